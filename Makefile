@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+# Python: 3.11 (this machine's default and CI's).  JAX is pinned < 0.10 for Brax's trainers (see
+# pyproject.toml), and JAX 0.9 supports 3.11, so we do not need the pyenv 3.12.  Override with
+# `make PYTHON=python3.12 ...` if you want it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "need Python 3.11 or 3.12, got " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,export]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m jaxrl.demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,31 @@
+"""jaxrl environments: ``envs.make(name, num_envs)`` over our tasks, MuJoCo Playground and Brax.
+
+    import envs
+    envs.list_envs("playground")            # all 54 Playground names
+    env = envs.make("CartpoleBalance", num_envs=8)
+    state = env.reset()                       # EnvState pytree, batched over 8 envs
+    state = env.step(state, jnp.zeros((8, env.action_size)))
+"""
+
+from envs import _runtime
+
+_runtime.configure()
+
+from envs.menagerie import MenagerieMissingError  # noqa: E402
+from envs.registry import default_impl, list_envs, make, register, source_of  # noqa: E402
+from envs.specs import ArraySpec, EnvSpec  # noqa: E402
+from envs.wrappers import EnvState, EpisodeStats, VecEnv  # noqa: E402
+
+__all__ = [
+    "ArraySpec",
+    "EnvSpec",
+    "EnvState",
+    "EpisodeStats",
+    "MenagerieMissingError",
+    "VecEnv",
+    "default_impl",
+    "list_envs",
+    "make",
+    "register",
+    "source_of",
+]

@@ -1,0 +1,1 @@
+"""Our own manipulation tasks, built from primitive geoms (no downloaded assets)."""

@@ -1,0 +1,1 @@
+"""OmniReset: reset-state datasets and the reset-mixture wrapper."""

@@ -1,0 +1,177 @@
+"""`envs.make(name, num_envs, ...)`: one entry point for our tasks, Playground's and Brax's.
+
+Name lookup order: our own tasks (registered with `register`), then MuJoCo Playground's 54
+registry names, then Brax's environments (``ant``, ``halfcheetah``, ...).
+
+MJX implementation (``impl``): Playground defaults every task to ``"warp"``.  We measured on CPU
+(experiments/impl_speed.py, results in README) that ``"jax"`` is many times faster for the
+dm_control suite (cartpole ≈15–47×, cheetah up to 7×), while the T1/G1 humanoids step faster with
+``"warp"``.  So the default is: on CPU, ``"warp"`` for Playground's locomotion humanoids and
+``"jax"`` for everything else; on GPU/TPU, Playground's own default.  Pass ``impl=`` to override.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Callable
+
+import jax
+
+from envs import menagerie
+from envs.wrappers import RandomizationFn, VecEnv
+
+_OWN: dict[str, Callable[..., Any]] = {}
+_OWN_DEFAULT_LENGTH: dict[str, int] = {}
+
+# Tasks that measured faster with impl="warp" than "jax" on CPU (see module docstring).
+CPU_WARP_TASKS = ("G1Joystick", "T1Joystick")
+
+
+def register(name: str, episode_length: int = 1000):
+    """Decorator registering a task constructor ``fn(**overrides) -> env`` under ``name``.
+
+    The env needs ``reset(key) -> State``, ``step(State, action) -> State``, ``observation_size``
+    (int or dict with ``state`` / ``privileged_state``) and ``action_size``, i.e. Playground's
+    ``MjxEnv`` API.
+    """
+
+    def deco(fn):
+        if name in _OWN or name in _playground_names() or name in _brax_names():
+            raise ValueError(f"env name {name!r} is already registered")
+        _OWN[name] = fn
+        _OWN_DEFAULT_LENGTH[name] = int(episode_length)
+        return fn
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    _OWN.pop(name, None)
+    _OWN_DEFAULT_LENGTH.pop(name, None)
+
+
+def _playground_names() -> tuple[str, ...]:
+    from mujoco_playground import registry
+
+    return tuple(registry.ALL_ENVS)
+
+
+def _brax_names() -> tuple[str, ...]:
+    from brax import envs as brax_envs
+
+    return tuple(sorted(brax_envs._envs))
+
+
+def _import_own_tasks() -> None:
+    # Our task modules register themselves on import.
+    import envs.manipulation  # noqa: F401
+
+
+def list_envs(source: str | None = None) -> list[str]:
+    """All task names, or those of one source: ``'jaxrl'``, ``'playground'`` or ``'brax'``."""
+    _import_own_tasks()
+    groups = {
+        "jaxrl": sorted(_OWN),
+        "playground": list(_playground_names()),
+        "brax": list(_brax_names()),
+    }
+    if source is None:
+        return [n for g in groups.values() for n in g]
+    if source not in groups:
+        raise ValueError(f"source must be one of {sorted(groups)}, got {source!r}")
+    return groups[source]
+
+
+def source_of(name: str) -> str:
+    _import_own_tasks()
+    if name in _OWN:
+        return "jaxrl"
+    if name in _playground_names():
+        return "playground"
+    if name in _brax_names():
+        return "brax"
+    close = difflib.get_close_matches(name, list_envs(), n=5, cutoff=0.5)
+    if not close:
+        close = [n for n in list_envs() if name.lower() in n.lower()][:5]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown env name {name!r}.{hint} See envs.list_envs() for all names.")
+
+
+def default_impl(name: str, backend: str | None = None) -> str | None:
+    """The MJX implementation we use when the caller gives none (see module docstring)."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return None  # Playground's own default
+    return "warp" if name.startswith(CPU_WARP_TASKS) else "jax"
+
+
+def _load_playground(name: str, impl: str | None, menagerie_path, overrides: dict) -> tuple[Any, int]:
+    from mujoco_playground import registry
+
+    how = menagerie.prepare(name, menagerie_path)
+    cfg = registry.get_default_config(name)
+    overrides = dict(overrides)
+    impl = impl or default_impl(name)
+    if impl is not None and "impl" in cfg:
+        overrides["impl"] = impl
+    unknown = [k for k in overrides if k not in cfg]
+    if unknown:
+        raise ValueError(f"{name}: unknown config override(s) {unknown}; valid keys: {sorted(cfg.keys())}")
+    try:
+        env = registry.load(name, config_overrides=overrides or None)
+    except Exception as e:  # a Menagerie file the stand-in cannot provide
+        if how != "standin":
+            raise
+        raise menagerie.MenagerieMissingError(menagerie.missing_message(name, f"loading failed: {e}")) from e
+    if how == "standin":
+        menagerie.check_standin_physics(name, env.mj_model, env.xml_path, env._model_assets)
+    return env, int(cfg.get("episode_length", 1000))
+
+
+def _load_brax(name: str, overrides: dict) -> tuple[Any, int]:
+    from brax import envs as brax_envs
+
+    overrides = dict(overrides)
+    overrides.setdefault("backend", "mjx")
+    return brax_envs.get_environment(name, **overrides), 1000
+
+
+def make(
+    name: str,
+    num_envs: int = 1,
+    episode_length: int | None = None,
+    seed: int = 0,
+    *,
+    impl: str | None = None,
+    menagerie_path: str | os.PathLike | None = None,
+    randomization_fn: RandomizationFn | None = None,
+    **overrides: Any,
+) -> VecEnv:
+    """Make a batched environment.
+
+    Args:
+      name: our task, a MuJoCo Playground name (``CartpoleBalance``, ``T1JoystickFlatTerrain``)
+        or a Brax name (``ant``).
+      num_envs: envs stepped in parallel (vmap).
+      episode_length: time limit in env steps; default from the task's config (1000 for most).
+      seed: default key for ``reset()`` and domain randomisation.
+      impl: MJX implementation, ``"jax"`` or ``"warp"`` (Playground tasks); None picks by platform.
+      menagerie_path: a MuJoCo Menagerie checkout for robot tasks (else ``$JAXRL_MENAGERIE_PATH``,
+        else an offline stand-in where that keeps physics unchanged).
+      randomization_fn: ``(mjx_model, keys[N]) -> (model_batch, in_axes)``, e.g. Playground's
+        ``registry.get_domain_randomizer(name)``.
+      **overrides: task config overrides (Playground config keys; Brax constructor kwargs).
+    """
+    src = source_of(name)
+    if impl is not None and impl not in ("jax", "warp"):
+        raise ValueError(f"impl must be 'jax' or 'warp', got {impl!r}")
+    if src == "jaxrl":
+        env = _OWN[name](**overrides)
+        default_len = _OWN_DEFAULT_LENGTH[name]
+    elif src == "playground":
+        env, default_len = _load_playground(name, impl, menagerie_path, overrides)
+    else:
+        env, default_len = _load_brax(name, overrides)
+    length = default_len if episode_length is None else episode_length
+    return VecEnv(env, num_envs, length, name=name, seed=seed, randomization_fn=randomization_fn)

@@ -1,0 +1,322 @@
+"""The batched environment every jaxrl learner talks to.
+
+`VecEnv` wraps one single-env MJX task (MuJoCo Playground's ``MjxEnv``, a Brax ``Env``, or one
+of our own tasks: anything with ``reset(key) -> State`` and ``step(State, action) -> State``)
+and adds, all inside jit:
+
+* vmap over ``num_envs``;
+* auto-reset inside ``step`` with a fresh key per finished env, keeping the true final
+  observation of the finished episode in ``EnvState.final_obs`` so that off-policy learners
+  can bootstrap on time-outs;
+* separate ``terminated`` (the task ended the episode) and ``truncated`` (time limit) flags;
+* episode statistics (`EpisodeStats`) that a training loop reads from the state pytree, with
+  no host round-trip;
+* dict observations: ``state`` for the actor and ``privileged_state`` for the critic; flat
+  observations are wrapped so that learners see one interface;
+* an optional domain-randomisation hook (one randomised model per env).
+
+The auto-reset runs under ``lax.cond(any(done))``: tasks with fixed-length episodes (every env
+finishes at the same step) pay for resets once per episode, not every step.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from envs.specs import ArraySpec, EnvSpec
+
+Obs = dict[str, jax.Array]
+# (mjx_model, keys[N]) -> (batched model, in_axes pytree): Playground's randomizer signature.
+RandomizationFn = Callable[[Any, jax.Array], tuple[Any, Any]]
+
+
+@struct.dataclass
+class EpisodeStats:
+    """Running episode statistics over all envs; counters are cumulative since `reset`.
+
+    A loop reads e.g. the mean return of episodes finished during a chunk as
+    ``(after.return_sum - before.return_sum) / (after.completed - before.completed)``.
+    """
+
+    completed: jax.Array  # [] int32, episodes finished since reset
+    return_sum: jax.Array  # [] float32, sum of their returns
+    length_sum: jax.Array  # [] float32, sum of their lengths
+    last_return: jax.Array  # [N] return of each env's last finished episode (nan before one)
+    last_length: jax.Array  # [N] int32
+
+
+@struct.dataclass
+class EnvState:
+    """Batched environment state; every field has a leading ``num_envs`` axis unless noted."""
+
+    inner: Any  # the wrapped task's own State, batched
+    obs: Obs  # observation to act on now (after any auto-reset)
+    reward: jax.Array  # [N] reward of the transition that produced this state
+    terminated: jax.Array  # [N] bool: the task ended the episode (no bootstrap)
+    truncated: jax.Array  # [N] bool: the time limit ended it (bootstrap from final_obs)
+    final_obs: Obs  # true next observation of the last transition (== obs unless it ended)
+    episode_return: jax.Array  # [N] return so far in the running episode
+    episode_step: jax.Array  # [N] int32 steps so far in the running episode
+    stats: EpisodeStats
+    nonfinite_actions: jax.Array  # [] int32: actions with NaN/inf seen since reset
+    key: jax.Array  # [] PRNG key for auto-resets
+
+    @property
+    def done(self) -> jax.Array:
+        return self.terminated | self.truncated
+
+
+def _split_obs(obs: Any) -> Obs:
+    """Flat array -> {'state': x, 'privileged_state': x}; dicts keep both keys."""
+    if isinstance(obs, dict) or hasattr(obs, "keys"):
+        state = obs["state"]
+        return {"state": state, "privileged_state": obs.get("privileged_state", state)}
+    return {"state": obs, "privileged_state": obs}
+
+
+def _select(mask: jax.Array, new: Any, old: Any) -> Any:
+    """Per-env where over a batched pytree."""
+
+    def pick(n, o):
+        if o.ndim == 0 or o.shape[0] != mask.shape[0]:
+            return o  # not batched (e.g. empty placeholder fields of MJX-Warp data)
+        m = mask.reshape(mask.shape + (1,) * (o.ndim - 1))
+        return jnp.where(m, n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
+class VecEnv:
+    """``num_envs`` copies of a task stepped in lock-step; see the module docstring."""
+
+    def __init__(
+        self,
+        env: Any,
+        num_envs: int,
+        episode_length: int,
+        name: str = "",
+        seed: int = 0,
+        randomization_fn: RandomizationFn | None = None,
+    ):
+        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool):
+            raise TypeError(f"num_envs must be an int, got {type(num_envs).__name__}")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if int(episode_length) < 1:
+            raise ValueError(f"episode_length must be >= 1, got {episode_length}")
+        self.env = env
+        self.name = name or type(env).__name__
+        self.num_envs = int(num_envs)
+        self.episode_length = int(episode_length)
+        self.seed = int(seed)
+        self._randomization_fn = randomization_fn
+        self._model_batch = None
+        self._model_axes = None
+        if randomization_fn is not None:
+            keys = jax.random.split(jax.random.PRNGKey(self.seed ^ 0x5EED), self.num_envs)
+            self._model_batch, self._model_axes = randomization_fn(env.mjx_model, keys)
+        self.spec = self._make_spec()
+        self._reset_jit = jax.jit(self._reset)
+        self._step_jit = jax.jit(self._step)
+
+    # ----------------------------------------------------------------- spec
+    def _make_spec(self) -> EnvSpec:
+        size = self.env.observation_size
+        if isinstance(size, dict) or hasattr(size, "keys"):
+            if "state" not in size:
+                raise ValueError(
+                    f"{self.name}: dict observations need a 'state' key, got {sorted(size)}"
+                )
+            shapes = {"state": size["state"], "privileged_state": size.get("privileged_state", size["state"])}
+            privileged = "privileged_state" in size
+        else:
+            shapes = {"state": size, "privileged_state": size}
+            privileged = False
+        shapes = {k: (v,) if isinstance(v, (int, np.integer)) else tuple(v) for k, v in shapes.items()}
+        obs = {k: ArraySpec(shape=v) for k, v in shapes.items()}
+        low, high = getattr(self.env, "action_bounds", (-1.0, 1.0))
+        action = ArraySpec(shape=(int(self.env.action_size),), low=float(low), high=float(high))
+        dt = float(getattr(self.env, "dt", 0.0))
+        return EnvSpec(self.name, obs, action, self.num_envs, self.episode_length, dt, privileged)
+
+    @property
+    def obs_spec(self) -> dict[str, ArraySpec]:
+        return self.spec.obs
+
+    @property
+    def act_spec(self) -> ArraySpec:
+        return self.spec.action
+
+    @property
+    def action_size(self) -> int:
+        return self.spec.action.size
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.env
+
+    # --------------------------------------------------------- single env
+    def _env_call(self, fn_name: str, model: Any, *args):
+        """Call env.reset/step, with this env's randomised model swapped in when there is one."""
+        fn = getattr(self.env, fn_name)
+        if model is None:
+            return fn(*args)
+        inner = getattr(self.env, "unwrapped", self.env)
+        saved = inner._mjx_model
+        inner._mjx_model = model
+        try:
+            return fn(*args)
+        finally:
+            inner._mjx_model = saved
+
+    def _vmapped(self, fn_name: str, *args):
+        if self._model_batch is None:
+            return jax.vmap(lambda *a: self._env_call(fn_name, None, *a))(*args)
+        return jax.vmap(
+            lambda m, *a: self._env_call(fn_name, m, *a),
+            in_axes=(self._model_axes,) + (0,) * len(args),
+        )(self._model_batch, *args)
+
+    # ---------------------------------------------------------------- reset
+    def reset(self, key: jax.Array | None = None) -> EnvState:
+        """Reset all envs. ``key`` defaults to one made from ``seed``."""
+        if key is None:
+            key = jax.random.PRNGKey(self.seed)
+        if isinstance(key, jax.core.Tracer):
+            return self._reset(key)
+        return self._reset_jit(key)
+
+    def _reset(self, key: jax.Array) -> EnvState:
+        key, sub = jax.random.split(key)
+        inner = self._vmapped("reset", jax.random.split(sub, self.num_envs))
+        obs = _split_obs(inner.obs)
+        n = self.num_envs
+        zeros_f = jnp.zeros((n,), jnp.float32)
+        false = jnp.zeros((n,), bool)
+        stats = EpisodeStats(
+            completed=jnp.zeros((), jnp.int32),
+            return_sum=jnp.zeros((), jnp.float32),
+            length_sum=jnp.zeros((), jnp.float32),
+            last_return=jnp.full((n,), jnp.nan, jnp.float32),
+            last_length=jnp.zeros((n,), jnp.int32),
+        )
+        return EnvState(
+            inner=inner,
+            obs=obs,
+            reward=zeros_f,
+            terminated=false,
+            truncated=false,
+            final_obs=obs,
+            episode_return=zeros_f,
+            episode_step=jnp.zeros((n,), jnp.int32),
+            stats=stats,
+            nonfinite_actions=jnp.zeros((), jnp.int32),
+            key=key,
+        )
+
+    # ----------------------------------------------------------------- step
+    def check_action(self, action: Any) -> jax.Array:
+        """Shape and dtype check (at trace time under jit); returns a float32 array."""
+        shape = tuple(np.shape(action))
+        want = (self.num_envs, self.action_size)
+        if shape != want:
+            raise ValueError(
+                f"{self.name}: action has shape {shape}, expected {want} "
+                f"(num_envs={self.num_envs}, action_size={self.action_size})"
+            )
+        dtype = jnp.result_type(action)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{self.name}: actions must be floating point (float32), got dtype {dtype}"
+            )
+        return jnp.asarray(action, jnp.float32)
+
+    def step(self, state: EnvState, action: jax.Array) -> EnvState:
+        """Step all envs, auto-resetting finished ones.
+
+        Called eagerly (notebooks), it also refuses NaN/inf actions with a ValueError.  Inside a
+        jitted loop it counts them in ``state.nonfinite_actions`` instead: our trainers stop
+        with a report when that counter moves.
+        """
+        action = self.check_action(action)
+        if isinstance(action, jax.core.Tracer):
+            return self._step(state, action)
+        bad = ~np.isfinite(np.asarray(action)).all(axis=-1)
+        if bad.any():
+            raise ValueError(
+                f"{self.name}: non-finite action (NaN or inf) for env(s) "
+                f"{np.flatnonzero(bad)[:8].tolist()}; stepping MJX with it would silently "
+                "produce NaN states"
+            )
+        return self._step_jit(state, action)
+
+    def _step(self, state: EnvState, action: jax.Array) -> EnvState:
+        action = self.check_action(action)
+        finite = jnp.all(jnp.isfinite(action), axis=-1)
+        inner = self._vmapped("step", state.inner, action)
+        next_obs = _split_obs(inner.obs)
+        reward = inner.reward.astype(jnp.float32)
+        task_done = inner.done.astype(bool) if inner.done.dtype == bool else inner.done > 0.5
+        step = state.episode_step + 1
+        terminated = task_done
+        truncated = (step >= self.episode_length) & ~task_done
+        done = terminated | truncated
+        ep_return = state.episode_return + reward
+
+        stats = state.stats
+        done_f = done.astype(jnp.float32)
+        stats = EpisodeStats(
+            completed=stats.completed + done.sum(dtype=jnp.int32),
+            return_sum=stats.return_sum + jnp.sum(ep_return * done_f),
+            length_sum=stats.length_sum + jnp.sum(step.astype(jnp.float32) * done_f),
+            last_return=jnp.where(done, ep_return, stats.last_return),
+            last_length=jnp.where(done, step, stats.last_length),
+        )
+
+        key, sub = jax.random.split(state.key)
+
+        def with_reset(inner):
+            fresh = self._vmapped("reset", jax.random.split(sub, self.num_envs))
+            return _select(done, fresh, inner)
+
+        new_inner = jax.lax.cond(jnp.any(done), with_reset, lambda x: x, inner)
+        return EnvState(
+            inner=new_inner,
+            obs=_split_obs(new_inner.obs),
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            final_obs=next_obs,
+            episode_return=jnp.where(done, 0.0, ep_return),
+            episode_step=jnp.where(done, 0, step),
+            stats=stats,
+            nonfinite_actions=state.nonfinite_actions + (~finite).sum(dtype=jnp.int32),
+            key=key,
+        )
+
+    # ------------------------------------------------------------- helpers
+    @functools.cached_property
+    def random_action_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """key -> uniform random actions [N, A] within the action bounds."""
+        a = self.act_spec
+
+        def sample(key):
+            return jax.random.uniform(
+                key, (self.num_envs, a.size), minval=a.low, maxval=a.high, dtype=jnp.float32
+            )
+
+        return sample
+
+    def __repr__(self) -> str:
+        o = self.obs_spec
+        return (
+            f"VecEnv({self.name!r}, num_envs={self.num_envs}, obs={o['state'].shape}, "
+            f"privileged={o['privileged_state'].shape}, action={self.act_spec.shape}, "
+            f"episode_length={self.episode_length})"
+        )

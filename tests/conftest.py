@@ -1,0 +1,23 @@
+"""Shared fixtures.  JIT compilation dominates on CPU: envs are made once per session."""
+
+import os
+
+os.environ.setdefault("JAXRL_SMALL", "1")  # notebooks and demos pick their small settings
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+import envs  # noqa: E402  (applies the compilation cache)
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = any(d.platform == "gpu" for d in jax.devices())
+    skip = pytest.mark.skip(reason="needs a GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cartpole4():
+    return envs.make("CartpoleBalance", num_envs=4, episode_length=5, seed=0)

@@ -1,0 +1,185 @@
+"""envs.make: shapes, auto-reset semantics, statistics, determinism, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+
+
+def _rollout(env, steps, key=0):
+    state = env.reset(jax.random.PRNGKey(key))
+    out = []
+    keys = jax.random.split(jax.random.PRNGKey(key + 100), steps)
+    for k in keys:
+        state = env.step(state, env.random_action_fn(k))
+        out.append(state)
+    return out
+
+
+def _check_shapes(env, state):
+    n = env.num_envs
+    for k in ("state", "privileged_state"):
+        assert state.obs[k].shape == (n,) + env.obs_spec[k].shape
+        assert state.obs[k].dtype == jnp.float32
+        assert state.final_obs[k].shape == state.obs[k].shape
+    assert state.reward.shape == (n,) and state.reward.dtype == jnp.float32
+    assert state.terminated.dtype == jnp.bool_ and state.truncated.dtype == jnp.bool_
+    assert state.episode_step.dtype == jnp.int32
+
+
+def test_dm_control_rollout_shapes_and_dtypes(cartpole4):
+    env = cartpole4
+    assert env.obs_spec["state"].shape == (5,) and env.act_spec.shape == (1,)
+    assert (env.act_spec.low, env.act_spec.high) == (-1.0, 1.0)
+    for s in _rollout(env, 3):
+        _check_shapes(env, s)
+        assert np.isfinite(np.asarray(s.obs["state"])).all()
+
+
+def test_brax_env_rollout_shapes_and_termination():
+    env = envs.make("inverted_pendulum", num_envs=3, episode_length=200)
+    assert envs.source_of("inverted_pendulum") == "brax"
+    states = _rollout(env, 40)
+    for s in states:
+        _check_shapes(env, s)
+    # Random actions topple the pole: episodes end by termination, not by the time limit.
+    term = np.array([np.asarray(s.terminated) for s in states])
+    trunc = np.array([np.asarray(s.truncated) for s in states])
+    assert term.any() and not trunc.any()
+    assert not (term & trunc).any()
+
+
+def test_auto_reset_keeps_final_obs_and_flags_truncation(cartpole4):
+    env = cartpole4  # episode_length=5
+    state = env.reset(jax.random.PRNGKey(3))
+    actions = [jnp.full((4, 1), 0.3 * (-1) ** i) for i in range(6)]
+    # Reference computed another way: the raw single-env task stepped without our wrapper.
+    raw = jax.vmap(env.unwrapped.reset)(jax.random.split(jax.random.split(jax.random.PRNGKey(3))[1], 4))
+    raw_step = jax.jit(jax.vmap(env.unwrapped.step))
+    ret = np.zeros(4)
+    for i in range(5):
+        state = env.step(state, actions[i])
+        raw = raw_step(raw, actions[i])
+        ret += np.asarray(raw.reward)
+        np.testing.assert_allclose(state.final_obs["state"], raw.obs, rtol=1e-6, atol=1e-6)
+    assert state.truncated.all() and not state.terminated.any()
+    assert (np.asarray(state.episode_step) == 0).all()
+    assert (np.asarray(state.episode_return) == 0).all()
+    # After the reset the observation to act on is a fresh start, not the final one.
+    assert not np.allclose(state.obs["state"], state.final_obs["state"])
+    assert int(state.stats.completed) == 4
+    np.testing.assert_allclose(float(state.stats.return_sum), ret.sum(), rtol=1e-5)
+    np.testing.assert_allclose(state.stats.last_return, ret, rtol=1e-5)
+    assert float(state.stats.length_sum) == 20.0
+    state = env.step(state, actions[5])
+    assert not state.truncated.any() and (np.asarray(state.episode_step) == 1).all()
+
+
+def test_same_seed_same_trajectory_other_seed_differs():
+    a = envs.make("CartpoleBalance", num_envs=4, episode_length=5, seed=0)
+    b = envs.make("CartpoleBalance", num_envs=4, episode_length=5, seed=0)
+    ta = _rollout(a, 7, key=11)
+    tb = _rollout(b, 7, key=11)
+    for x, y in zip(ta, tb):
+        np.testing.assert_array_equal(x.obs["state"], y.obs["state"])
+        np.testing.assert_array_equal(x.reward, y.reward)
+    tc = _rollout(a, 7, key=12)
+    assert not np.array_equal(ta[-1].obs["state"], tc[-1].obs["state"])
+
+
+def test_step_works_under_jit_and_scan(cartpole4):
+    env = cartpole4
+
+    @jax.jit
+    def run(state, key):
+        def body(s, k):
+            s = env.step(s, env.random_action_fn(k))
+            return s, s.reward
+
+        return jax.lax.scan(body, state, jax.random.split(key, 12))
+
+    state, rewards = run(env.reset(), jax.random.PRNGKey(0))
+    assert rewards.shape == (12, 4)
+    assert int(state.stats.completed) == 8  # two episodes of length 5 per env
+
+
+def test_unknown_env_name_lists_closest_names():
+    with pytest.raises(ValueError, match="CartpoleBalance"):
+        envs.make("CartpoleBalanc")
+    with pytest.raises(ValueError, match="unknown env name"):
+        envs.make("NoSuchTaskAnywhere")
+
+
+@pytest.mark.parametrize("n", [0, -3])
+def test_num_envs_must_be_positive(n):
+    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+        envs.make("CartpoleBalance", num_envs=n)
+
+
+def test_bad_impl_and_unknown_override_are_refused():
+    with pytest.raises(ValueError, match="impl must be"):
+        envs.make("CartpoleBalance", impl="cuda")
+    with pytest.raises(ValueError, match="unknown config override"):
+        envs.make("CartpoleBalance", not_a_key=3)
+
+
+def test_wrong_action_shape_and_dtype_are_refused(cartpole4):
+    env = cartpole4
+    state = env.reset()
+    with pytest.raises(ValueError, match=r"expected \(4, 1\)"):
+        env.step(state, jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        env.step(state, jnp.zeros((3, 1)))
+    with pytest.raises(TypeError, match="floating point"):
+        env.step(state, jnp.zeros((4, 1), jnp.int32))
+
+
+def test_nan_actions_raise_eagerly_and_are_counted_under_jit(cartpole4):
+    env = cartpole4
+    state = env.reset()
+    bad = jnp.zeros((4, 1)).at[2, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"non-finite action .*\[2\]"):
+        env.step(state, bad)
+    state = jax.jit(env.step)(state, bad)
+    assert int(state.nonfinite_actions) == 1
+
+
+def test_register_own_task_and_refuse_duplicates(cartpole4):
+    from envs import registry
+
+    @envs.register("TestOwnCartpole", episode_length=7)
+    def _make(**kw):
+        return cartpole4.unwrapped
+
+    try:
+        assert "TestOwnCartpole" in envs.list_envs("jaxrl")
+        env = envs.make("TestOwnCartpole", num_envs=2)
+        assert env.episode_length == 7 and envs.source_of("TestOwnCartpole") == "jaxrl"
+        with pytest.raises(ValueError, match="already registered"):
+            envs.register("TestOwnCartpole")(_make)
+        with pytest.raises(ValueError, match="already registered"):
+            envs.register("CartpoleBalance")(_make)
+    finally:
+        registry.unregister("TestOwnCartpole")
+
+
+def test_list_envs_covers_all_playground_and_brax_names():
+    pg = envs.list_envs("playground")
+    assert len(pg) == 54 and "T1JoystickFlatTerrain" in pg
+    assert "ant" in envs.list_envs("brax")
+    with pytest.raises(ValueError, match="source must be"):
+        envs.list_envs("gym")
+
+
+def test_default_impl_is_jax_on_cpu_except_humanoids():
+    assert envs.default_impl("CartpoleBalance", "cpu") == "jax"
+    assert envs.default_impl("T1JoystickFlatTerrain", "cpu") == "warp"
+    assert envs.default_impl("CartpoleBalance", "gpu") is None
+
+
+def test_runtime_enables_compilation_cache_and_highest_precision():
+    assert jax.config.jax_compilation_cache_dir
+    if "JAX_DEFAULT_MATMUL_PRECISION" not in __import__("os").environ:
+        assert jax.config.jax_default_matmul_precision == "highest"
