@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m jaxrl.demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbmake --nbmake-timeout=600 tests notebooks
 
 clean:
 	rm -rf $(VENV) runs

@@ -7,7 +7,14 @@
     state = env.step(state, jnp.zeros((8, env.action_size)))
 """
 
-from envs import _runtime
+import os as _os
+
+# XLA:CPU logs a spurious "machine type ... doesn't match" ERROR for every executable loaded from
+# the persistent compilation cache (tuning flags like +prefer-no-scatter, not CPU features).
+# Hide C++ ERROR-level logs unless the user chose a level; Python exceptions are unaffected.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from envs import _runtime  # noqa: E402
 
 _runtime.configure()
 

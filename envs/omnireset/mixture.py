@@ -1,0 +1,206 @@
+"""`ResetMixture`: start every episode from a state drawn from a mixture of reset datasets.
+
+On each ``reset(key)``: draw a type ``k ~ Categorical(probs)``, an index uniform among that type's
+states, restore qpos/qvel, set the held position-actuator targets to the restored joint positions
+(the stored ctrl; the gripper keeps its stored command), run ``mjx.forward``, and record
+``state.info['reset_type'] = k`` (int32; the task's own nominal reset reports -1).
+
+Per-type success without host round-trips: every state carries, for each type ``k``,
+``metrics['type_k']`` (1 if the running episode started from type k) and
+``metrics['success_type_k']`` (= ``metrics['success'] * metrics['type_k']``).  Summing these over
+envs at the last step of the episodes (e.g. inside a jitted evaluation scan of
+``episode_length - 1`` steps, or from the pre-step state when ``episode_step == length - 1``)
+gives the per-type success rate; `success_by_type` does exactly that for a policy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs.manipulation.base import ManipulationTask, SimState
+from envs.omnireset.dataset import ResetDataset
+
+
+def validate_probs(probs: Sequence[float], type_names: Sequence[str]) -> np.ndarray:
+    """Mixture weights: one per type, finite, non-negative, summing to 1 (within 1e-6)."""
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 1 or p.shape[0] != len(type_names):
+        raise ValueError(
+            f"probs must have one entry per reset type {list(type_names)} "
+            f"({len(type_names)}), got shape {p.shape}"
+        )
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"probs must be finite, got {p.tolist()}")
+    if np.any(p < 0):
+        bad = [n for n, x in zip(type_names, p) if x < 0]
+        raise ValueError(f"probs must be non-negative; negative for {bad}: {p.tolist()}")
+    if abs(p.sum() - 1.0) > 1e-6:
+        raise ValueError(f"probs must sum to 1 (within 1e-6), got sum {p.sum():.9g}: {p.tolist()}")
+    return p
+
+
+class ResetMixture:
+    """Single-env task wrapper with the task's API; see the module docstring."""
+
+    def __init__(self, task: ManipulationTask, dataset: ResetDataset, probs: Sequence[float]):
+        dataset.check_compatible(task)
+        p = validate_probs(probs, dataset.type_names)
+        empty = [
+            n
+            for n, c, pk in zip(dataset.type_names, dataset.counts.values(), p)
+            if c == 0 and pk > 0
+        ]
+        if empty:
+            raise ValueError(
+                f"reset type(s) {empty} have zero valid states in the dataset but positive "
+                f"probability; rebuild the dataset or give them probability 0"
+            )
+        self.task = task
+        self.dataset = dataset
+        self.probs = p
+        self.type_names = tuple(dataset.type_names)
+        counts = np.array([dataset.counts[n] for n in self.type_names], np.int32)
+        n_max = max(int(counts.max()), 1)
+
+        def pad(arrs, width):
+            out = np.zeros((len(arrs), n_max, width), np.float32)
+            for i, a in enumerate(arrs):
+                out[i, : a.shape[0]] = a
+            return out
+
+        self._qpos = jnp.asarray(pad(dataset.qpos, task.nq))  # [K, N, nq]
+        self._qvel = jnp.asarray(pad(dataset.qvel, task.nv))
+        self._ctrl = jnp.asarray(pad(dataset.ctrl, task.nu))
+        self._counts = jnp.asarray(np.maximum(counts, 1))
+        self._logits = jnp.asarray(
+            np.where(p > 0, np.log(np.maximum(p, 1e-30)), -np.inf), jnp.float32
+        )
+
+    # ------------------------------------------------------ task passthrough
+    @property
+    def unwrapped(self) -> ManipulationTask:
+        return self.task
+
+    @property
+    def observation_size(self):
+        return self.task.observation_size
+
+    @property
+    def action_size(self) -> int:
+        return self.task.action_size
+
+    @property
+    def dt(self) -> float:
+        return self.task.dt
+
+    @property
+    def mj_model(self):
+        return self.task.mj_model
+
+    @property
+    def mjx_model(self):
+        return self.task.mjx_model
+
+    @property
+    def _mjx_model(self):
+        return self.task._mjx_model
+
+    @property
+    def xml_path(self) -> str:
+        return self.task.xml_path
+
+    # --------------------------------------------------------------- API
+    def sample(self, key: jax.Array) -> tuple[jax.Array, jax.Array, SimState]:
+        """(type k, index i, stored state) drawn from the mixture."""
+        k_type, k_idx = jax.random.split(key)
+        k = jax.random.categorical(k_type, self._logits).astype(jnp.int32)
+        i = jax.random.randint(k_idx, (), 0, self._counts[k])
+        sim = SimState(self._qpos[k, i], self._qvel[k, i], self._ctrl[k, i])
+        return k, i, sim
+
+    def reset(self, key: jax.Array):
+        key, sub = jax.random.split(key)
+        k, i, sim = self.sample(sub)
+        sim = sim._replace(ctrl=self.task.hold_ctrl(sim.qpos, sim.ctrl))
+        state = self.task.reset_to(sim, k, key)
+        state.info["reset_index"] = i.astype(jnp.int32)
+        return state.replace(metrics=self._type_metrics(state))
+
+    def step(self, state, action):
+        state = self.task.step(state, action)
+        return state.replace(metrics=self._type_metrics(state))
+
+    def _type_metrics(self, state) -> dict[str, jax.Array]:
+        metrics = dict(state.metrics)
+        k = state.info["reset_type"]
+        for j in range(len(self.type_names)):
+            is_j = (k == j).astype(jnp.float32)
+            metrics[f"type_{j}"] = is_j
+            metrics[f"success_type_{j}"] = metrics["success"] * is_j
+        return metrics
+
+
+def make_mixture_env(
+    task_name: str,
+    dataset: ResetDataset | str | os.PathLike,
+    probs: Sequence[float] | None = None,
+    num_envs: int = 1,
+    episode_length: int | None = None,
+    seed: int = 0,
+    **task_overrides: Any,
+):
+    """A `VecEnv` of ``task_name`` whose resets come from ``dataset`` (object or .npz path) with
+    mixture weights ``probs`` (default uniform over the dataset's types)."""
+    from envs import registry
+    from envs.wrappers import VecEnv
+
+    registry._import_own_tasks()
+    if registry.source_of(task_name) != "jaxrl":
+        raise ValueError(f"OmniReset resets need one of our MJCF tasks, got {task_name!r}")
+    task = registry._OWN[task_name](**task_overrides)
+    if not isinstance(dataset, ResetDataset):
+        dataset = ResetDataset.load(dataset, task)
+    if probs is None:
+        probs = np.full(len(dataset.type_names), 1.0 / len(dataset.type_names))
+    env = ResetMixture(task, dataset, probs)
+    length = registry._OWN_DEFAULT_LENGTH[task_name] if episode_length is None else episode_length
+    return VecEnv(env, num_envs, length, name=f"{task_name}/omnireset", seed=seed)
+
+
+def success_by_type(
+    vec_env,
+    policy: Callable[[dict[str, jax.Array], jax.Array], jax.Array],
+    key: jax.Array,
+    steps: int,
+) -> dict[str, float]:
+    """Run ``steps`` (< the env's episode length, so no auto-reset) from a fresh reset with
+    ``policy(obs, key) -> actions`` and return the success rate at the last step per reset type
+    (nan for types not drawn).  One jitted scan, one host transfer at the end."""
+    if steps >= vec_env.episode_length:
+        raise ValueError(f"steps ({steps}) must be < episode_length ({vec_env.episode_length})")
+    mixture = vec_env.env
+    names = mixture.type_names
+
+    @jax.jit
+    def run(key):
+        k0, k1 = jax.random.split(key)
+        s = vec_env.reset(k0)
+
+        def body(s, k):
+            return vec_env.step(s, policy(s.obs, k)), None
+
+        s, _ = jax.lax.scan(body, s, jax.random.split(k1, steps))
+        m = s.inner.metrics
+        return (
+            jnp.stack([m[f"success_type_{j}"].sum() for j in range(len(names))]),
+            jnp.stack([m[f"type_{j}"].sum() for j in range(len(names))]),
+        )
+
+    succ, count = jax.device_get(run(key))
+    return {n: float(s / c) if c > 0 else float("nan") for n, s, c in zip(names, succ, count)}

@@ -1,0 +1,476 @@
+"""Checkpoints that resume a run exactly and never restore garbage silently.
+
+One checkpoint is one folder ``run_dir/checkpoints/step_000000001234/``:
+
+    state/              the arrays, written by orbax (one flat dict ``leaf_00000 ...``)
+    structure.json      tree path, shape and dtype of every leaf of the saved pytree
+    metadata.json       the caller's JSON metadata (config, env, observation layout, algo)
+    manifest.json       step, eval return, size + SHA-256 of every file above
+    COMMITTED           written last; holds the SHA-256 of manifest.json
+
+Why our own bookkeeping instead of orbax's: orbax 0.12.8 restores random bytes written into a
+data file silently with wrong values, raises a bare ``Exception`` on a truncated file and counts
+an empty step folder as the latest step.  Here a checkpoint exists only once ``COMMITTED`` is
+there; it is written into ``.tmp-step_...``, fsynced and renamed, so a crash leaves at most a
+temporary folder, which is ignored and removed.  Every restore re-hashes the files it reads.
+
+Single-process runs only: under ``jax.distributed`` the folder must be shared and the rename
+coordinated (not done yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_TMP_PREFIX = ".tmp-"
+_MARKER = "COMMITTED"
+_MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint (none written, or every one failed verification)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was written by a run with a different state layout or config."""
+
+
+# --------------------------------------------------------------------------- pytree description
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def path_str(path: tuple) -> str:
+    """``(GetAttrKey('obs_normaliser'), GetAttrKey('mean'))`` -> ``'obs_normaliser.mean'``."""
+    return ".".join(_key_name(k) for k in path) or "<root>"
+
+
+def _is_key_array(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _leaf_spec(x: Any) -> tuple[list[int], str]:
+    """Shape and dtype name as stored; typed PRNG keys are stored as their uint32 key data."""
+    if _is_key_array(x):
+        data_shape = jax.eval_shape(jax.random.key_data, x).shape
+        return list(data_shape), f"key<{jax.random.key_impl(x)}>"
+    if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+        return [], f"python_{type(x).__name__}"
+    return list(np.shape(x)), str(np.dtype(x.dtype))
+
+
+def describe(tree: Any) -> list[dict]:
+    """One entry per leaf: ``{"path", "shape", "dtype"}``, in flattening order."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = []
+    for path, leaf in leaves:
+        shape, dtype = _leaf_spec(leaf)
+        out.append({"path": path_str(path), "shape": shape, "dtype": dtype})
+    return out
+
+
+def _fmt(entry: dict | None) -> str:
+    if entry is None:
+        return "nothing"
+    return f"{entry['dtype']} {tuple(entry['shape'])}"
+
+
+def compare_structure(stored: list[dict], expected: list[dict]) -> str | None:
+    """A sentence naming the first difference between two ``describe`` results, or None."""
+    stored_by_path = {e["path"]: e for e in stored}
+    expected_by_path = {e["path"]: e for e in expected}
+    for e in expected:
+        s = stored_by_path.get(e["path"])
+        if s is None:
+            return f"{e['path']}: the checkpoint has no such entry, this run expects {_fmt(e)}"
+        if s["shape"] != e["shape"] or s["dtype"] != e["dtype"]:
+            return f"{e['path']}: checkpoint has {_fmt(s)}, this run expects {_fmt(e)}"
+    for s in stored:
+        if s["path"] not in expected_by_path:
+            return f"{s['path']}: checkpoint has {_fmt(s)}, this run has no such entry"
+    if [e["path"] for e in stored] != [e["path"] for e in expected]:
+        return "the same entries in a different order (different pytree node types?)"
+    return None
+
+
+def _flatten_dict(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten_dict(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def metadata_diff(stored: Mapping, expected: Mapping) -> dict[str, tuple]:
+    """``{field: (stored, expected)}`` for every (dotted, nested) field of ``expected`` that differs."""
+    flat_stored, missing = _flatten_dict(stored), "<missing>"
+    diff = {}
+    for k, v in _flatten_dict(expected).items():
+        # Compare through JSON so tuples == lists, as they will be after a round trip.
+        want = json.loads(json.dumps(v, default=str))
+        have = flat_stored.get(k, missing)
+        if have != want:
+            diff[k] = (have, want)
+    return diff
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def _files_under(root: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != _MARKER
+    )
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+class CheckpointManager:
+    """Atomic, verified checkpoints of a whole training-state pytree.
+
+    Args:
+      run_dir: the run folder; checkpoints go to ``run_dir/checkpoints``.
+      keep_last: how many of the most recent checkpoints to keep.
+      keep_best: also keep the checkpoint with the highest ``eval_return``.
+      save_interval_s: ``save`` without ``force`` writes only when this many seconds passed since
+        the last save (or since the manager was made).
+      clock: seconds, monotonic; replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        keep_last: int = 3,
+        keep_best: bool = True,
+        save_interval_s: float = 600.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.directory = Path(run_dir) / "checkpoints"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep_last, self.keep_best = keep_last, keep_best
+        self.save_interval_s, self._clock = save_interval_s, clock
+        self._last_save = clock()
+        self._remove_temporaries()
+
+    # ---- listing
+
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / f"step_{step:012d}"
+
+    def steps(self) -> list[int]:
+        """Committed steps, ascending (not yet verified; ``restore`` verifies)."""
+        out = []
+        for p in self.directory.iterdir():
+            m = _STEP_RE.match(p.name)
+            if m and (p / _MARKER).is_file():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def _manifest(self, step: int) -> dict:
+        with open(self._step_dir(step) / _MANIFEST) as f:
+            return json.load(f)
+
+    def best_step(self) -> int | None:
+        """The committed step with the highest eval return (None when none has one)."""
+        best, best_return = None, -np.inf
+        for step in self.steps():
+            try:
+                ret = self._manifest(step).get("eval_return")
+            except (OSError, ValueError):
+                continue
+            if ret is not None and np.isfinite(ret) and ret > best_return:
+                best, best_return = step, ret
+        return best
+
+    # ---- saving
+
+    def should_save(self) -> bool:
+        return self._clock() - self._last_save >= self.save_interval_s
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        metadata: Mapping[str, Any],
+        eval_return: float | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Write ``state`` for ``step`` when forced or the save interval elapsed; True if written."""
+        if not (force or self.should_save()):
+            return False
+        step = int(step)
+        tmp = self.directory / f"{_TMP_PREFIX}step_{step:012d}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            self._write(tmp, step, state, metadata, eval_return)
+            _fsync_tree(tmp)
+            final = self._step_dir(step)
+            if final.exists():  # re-saving a step (e.g. after resume): replace it
+                old = self.directory / f"{_TMP_PREFIX}old-{final.name}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(self.directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._last_save = self._clock()
+        self._apply_retention()
+        log.info("saved checkpoint step %d to %s", step, self._step_dir(step))
+        return True
+
+    def _write(self, folder: Path, step: int, state: Any, metadata: Mapping, eval_return) -> None:
+        import orbax.checkpoint as ocp
+
+        leaves = jax.tree_util.tree_leaves(state)
+        arrays = {}
+        for i, leaf in enumerate(leaves):
+            if _is_key_array(leaf):
+                leaf = jax.random.key_data(leaf)
+            elif isinstance(leaf, (bool, int, float)):
+                leaf = np.asarray(leaf)
+            arrays[f"leaf_{i:05d}"] = leaf
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+            ckptr.save(folder / "state", arrays)
+        _write_json(folder / "structure.json", describe(state))
+        _write_json(folder / "metadata.json", dict(metadata))
+        files = {
+            rel: {"sha256": _sha256(folder / rel), "size": (folder / rel).stat().st_size}
+            for rel in _files_under(folder)
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "eval_return": None if eval_return is None else float(eval_return),
+            "wall_time": time.time(),
+            "files": files,
+        }
+        _write_json(folder / _MANIFEST, manifest)
+        (folder / _MARKER).write_text(_sha256(folder / _MANIFEST) + "\n")
+
+    def _apply_retention(self) -> None:
+        steps = self.steps()
+        keep = set(steps[-self.keep_last :])
+        if self.keep_best and (best := self.best_step()) is not None:
+            keep.add(best)
+        for step in steps:
+            if step not in keep:
+                shutil.rmtree(self._step_dir(step), ignore_errors=True)
+
+    def _remove_temporaries(self) -> None:
+        for p in self.directory.iterdir():
+            if p.name.startswith(_TMP_PREFIX):
+                log.info("removing unfinished checkpoint %s (left by a crash)", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+    # ---- verifying and restoring
+
+    def verify(self, step: int) -> str | None:
+        """None when every file of ``step`` matches its checksum, else what failed."""
+        folder = self._step_dir(step)
+        try:
+            marker = (folder / _MARKER).read_text().strip()
+        except OSError:
+            return f"step {step}: no {_MARKER} marker (unfinished write)"
+        manifest_path = folder / _MANIFEST
+        if not manifest_path.is_file() or _sha256(manifest_path) != marker:
+            return f"step {step}: {_MANIFEST} is missing or does not match its checksum"
+        try:
+            files = self._manifest(step)["files"]
+        except (ValueError, KeyError) as e:
+            return f"step {step}: {_MANIFEST} unreadable ({e})"
+        for rel, info in sorted(files.items()):
+            path = folder / rel
+            if not path.is_file():
+                return f"step {step}: file {rel} is missing"
+            if path.stat().st_size != info["size"]:
+                return (
+                    f"step {step}: file {rel} has {path.stat().st_size} bytes, "
+                    f"{info['size']} were written (truncated?)"
+                )
+            if _sha256(path) != info["sha256"]:
+                return f"step {step}: file {rel} does not match its SHA-256 checksum (corrupted)"
+        return None
+
+    def _good_step(self, step: int | None) -> int:
+        if step is not None:
+            if not (self._step_dir(step) / _MARKER).is_file():
+                raise CheckpointError(
+                    f"no committed checkpoint for step {step} in {self.directory}; "
+                    f"available: {self.steps()}"
+                )
+            if problem := self.verify(step):
+                raise CheckpointError(f"checkpoint failed verification: {problem}")
+            return step
+        steps, problems = self.steps(), []
+        for candidate in reversed(steps):
+            problem = self.verify(candidate)
+            if problem is None:
+                return candidate
+            problems.append(problem)
+            msg = f"skipping corrupt checkpoint in {self.directory}: {problem}"
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if not steps:
+            raise CheckpointError(f"no committed checkpoint in {self.directory}")
+        raise CheckpointError(
+            f"no usable checkpoint in {self.directory}: every one failed verification:\n  "
+            + "\n  ".join(problems)
+            + "\nThe files were modified or truncated after writing (disk full, copy interrupted?)."
+        )
+
+    def metadata(self, step: int | None = None) -> dict:
+        step = self._good_step(step)
+        with open(self._step_dir(step) / "metadata.json") as f:
+            return json.load(f)
+
+    def check_metadata(self, expected: Mapping[str, Any], step: int | None = None) -> None:
+        """Raise ``CheckpointMismatchError`` naming each field of ``expected`` that differs."""
+        _raise_on_metadata_diff(self.metadata(step), expected, step)
+
+    def restore(
+        self,
+        target: Any,
+        step: int | None = None,
+        *,
+        expected_metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict, int]:
+        """``(state, metadata, step)`` from ``step`` or the latest checkpoint that verifies.
+
+        ``target`` is a pytree like the saved one (real arrays or ``jax.ShapeDtypeStruct``); the
+        restored arrays take its structure and, for jax arrays, its shardings.
+        """
+        import orbax.checkpoint as ocp
+
+        step = self._good_step(step)
+        folder = self._step_dir(step)
+        with open(folder / "metadata.json") as f:
+            metadata = json.load(f)
+        if expected_metadata is not None:
+            _raise_on_metadata_diff(metadata, expected_metadata, step)
+        with open(folder / "structure.json") as f:
+            stored = json.load(f)
+        if problem := compare_structure(stored, describe(target)):
+            hint = ", ".join(f"{k}={metadata[k]!r}" for k in ("algo", "env") if k in metadata)
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not fit this run's state: "
+                f"{problem}.  It was written by a run with a different configuration or "
+                f"environment{' (' + hint + ')' if hint else ''}; restore it with the same "
+                "config and env, or start a new run directory."
+            )
+        leaves, treedef = jax.tree_util.tree_flatten(target)
+        abstract = {f"leaf_{i:05d}": _abstract(leaf) for i, leaf in enumerate(leaves)}
+        try:
+            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+                arrays = ckptr.restore(folder / "state", abstract)
+        except Exception as e:  # orbax raises bare Exceptions on damaged files
+            raise CheckpointError(f"orbax could not read checkpoint step {step}: {e!r}") from e
+        restored = [_from_stored(leaf, arrays[f"leaf_{i:05d}"]) for i, leaf in enumerate(leaves)]
+        return jax.tree_util.tree_unflatten(treedef, restored), metadata, step
+
+
+def _raise_on_metadata_diff(stored: Mapping, expected: Mapping, step: int | None) -> None:
+    diff = metadata_diff(stored, expected)
+    if diff:
+        raise CheckpointMismatchError(
+            f"checkpoint{'' if step is None else f' step {step}'} was written with a different "
+            f"configuration: {diff} (field: (checkpoint, this run)).  Resume with the run's own "
+            "config, or start a new run directory."
+        )
+
+
+def _abstract(leaf: Any) -> Any:
+    """What orbax should restore a target leaf as (typed keys as their uint32 data)."""
+    if _is_key_array(leaf):
+        data = jax.eval_shape(jax.random.key_data, leaf)
+        sharding = getattr(leaf, "sharding", None) if isinstance(leaf, jax.Array) else None
+        return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+    if isinstance(leaf, jax.Array):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return leaf
+    arr = np.asarray(leaf)
+    return jax.ShapeDtypeStruct(arr.shape, arr.dtype)
+
+
+def _from_stored(target_leaf: Any, value: Any) -> Any:
+    if _is_key_array(target_leaf):
+        return jax.random.wrap_key_data(value, impl=jax.random.key_impl(target_leaf))
+    if isinstance(target_leaf, (bool, int, float)) and not isinstance(target_leaf, np.generic):
+        return type(target_leaf)(np.asarray(value))
+    if isinstance(target_leaf, np.ndarray):
+        return np.asarray(value)
+    return value

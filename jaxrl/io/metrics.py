@@ -1,0 +1,175 @@
+"""Metrics: one JSON line per log call (the record), TensorBoard scalars, optional W&B.
+
+``run_dir/metrics.jsonl`` is the source of truth: append-only, flushed each row, readable with
+``read_jsonl`` even after a crash mid-line.  TensorBoard events go to ``run_dir/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+
+def _plain(value: Any) -> Any:
+    """numpy / jax scalars and small arrays -> JSON-native values."""
+    if isinstance(value, (str, bool, type(None))) or type(value) in (int, float):
+        return value
+    if hasattr(value, "__array__") or isinstance(value, np.generic):
+        arr = np.asarray(value)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class MetricsLogger:
+    """Log metric rows (dicts with ``env_steps``) to JSONL, TensorBoard and, if asked, W&B.
+
+    Args:
+      run_dir: the run folder (created if needed).
+      tensorboard: also write TensorBoard scalars (step = env_steps) with tensorboardX.
+      wandb: also log to Weights & Biases; raises ImportError when wandb is not installed.
+      wandb_project: the W&B project name.
+      config: the run's config, given to W&B.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
+        if self._file.tell() and not _ends_with_newline(self.path):  # a crash cut the last row
+            self._file.write("\n")
+        self._tb = self._wandb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wandb_lib
+            except ImportError as e:
+                raise ImportError(
+                    "MetricsLogger(wandb=True) needs Weights & Biases: `pip install wandb` "
+                    "(and `wandb login`), or pass wandb=False"
+                ) from e
+            self._wandb = wandb_lib.init(
+                project=wandb_project, dir=str(self.run_dir), config=_plain(dict(config or {}))
+            )
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        """Append ``row`` (needs ``env_steps``; other values scalars) everywhere."""
+        if "env_steps" not in row:
+            raise KeyError(f"a metrics row needs 'env_steps'; got keys {sorted(row)}")
+        row = {str(k): _plain(v) for k, v in row.items()}
+        step = int(row["env_steps"])
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        scalars = {k: v for k, v in row.items() if k != "env_steps" and _is_scalar(v)}
+        if self._tb is not None:
+            for name, value in scalars.items():
+                self._tb.add_scalar(name, float(value), global_step=step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All rows of a JSONL file; a damaged line (e.g. cut by a crash) is skipped with a warning."""
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{number}: skipping an unreadable line", RuntimeWarning)
+    return rows
+
+
+def plot_learning_curve(
+    runs: Sequence[Mapping] | Mapping[str, Sequence[Mapping] | str | os.PathLike],
+    path: str | os.PathLike,
+    x: str = "env_steps",
+    y: str = "eval_return",
+    title: str | None = None,
+) -> Path:
+    """Save a PNG with one line per run: ``runs`` is a list of rows or ``{label: rows or jsonl}``.
+
+    Uses matplotlib's Agg canvas directly, so it never touches the notebook's pyplot backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not isinstance(runs, Mapping):
+        runs = {"run": runs}
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, rows in runs.items():
+        if isinstance(rows, (str, os.PathLike)):
+            rows = read_jsonl(rows)
+        points = [
+            (r[x], r[y])
+            for r in rows
+            if _is_scalar(r.get(x)) and _is_scalar(r.get(y)) and math.isfinite(r[y])
+        ]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=str(label), marker="." if len(points) < 30 else None)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(y.replace("_", " "))
+    if title:
+        ax.set_title(title)
+    if ax.lines:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,179 @@
+"""Norm-bounded building blocks of FlashSAC (and SimbaV2-style nets).
+
+Every parameter whose norm the algorithm bounds carries a distinctive LEAF NAME, so that one
+function, `project`, can find and re-project all of them in any params pytree (also inside
+`nn.vmap` ensembles, where every leaf has extra leading axes):
+
+==============================  ==============================================================
+leaf name                       projection (``d`` = feature size, the last axis)
+==============================  ==============================================================
+``unit_kernel`` [..., in, out]  every output unit's weight vector (a column) to L2 norm 1
+``bn_scale`` + ``bn_bias`` [d]  the concatenated (scale, bias) to L2 norm sqrt(d)
+``rms_scale`` [d]               to L2 norm sqrt(d)
+==============================  ==============================================================
+
+Call `project` right after EVERY optimiser step (not on a Polyak-averaged target network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+UNIT_KERNEL = "unit_kernel"
+BN_SCALE, BN_BIAS = "bn_scale", "bn_bias"
+RMS_SCALE = "rms_scale"
+KERNEL_EPS = 1e-8  # guards the column normalisation against an all-zero column
+
+
+class UnitDense(nn.Module):
+    """Bias-free dense layer whose kernel columns are kept at unit L2 norm by `project`."""
+
+    features: int
+    kernel_init: Callable = nn.initializers.orthogonal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(UNIT_KERNEL, self.kernel_init, (x.shape[-1], self.features))
+        return x @ kernel  # [B, out]; the kernel is (in, out)
+
+
+class BoundedBatchNorm(nn.Module):
+    """BatchNorm over the batch axis whose (scale, bias) is projected to norm sqrt(d).
+
+    ``momentum`` follows flax: running = momentum * running + (1 - momentum) * batch.
+    In train mode it normalises with the batch statistics and updates ``batch_stats``.
+    """
+
+    train: bool
+    momentum: float = 0.99
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        scale = self.param(BN_SCALE, nn.initializers.ones, (d,))
+        bias = self.param(BN_BIAS, nn.initializers.zeros, (d,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((d,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((d,), jnp.float32))
+        if self.train:
+            axes = tuple(range(x.ndim - 1))
+            mean = x.mean(axes)
+            var = jnp.square(x - mean).mean(axes)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+                ra_var.value = m * ra_var.value + (1.0 - m) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+
+
+class BoundedRMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale, with ``scale`` projected to norm sqrt(d)."""
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(RMS_SCALE, nn.initializers.ones, (x.shape[-1],))
+        return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps) * scale
+
+
+class InvertedResidualBlock(nn.Module):
+    """h + ReLU(BN(W2 · ReLU(BN(W1 · h)))), W1: d -> expansion*d, W2: back to d; both unit."""
+
+    train: bool
+    expansion: int = 4
+    bn_momentum: float = 0.99
+    bn_eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        d = h.shape[-1]
+        bn = {"train": self.train, "momentum": self.bn_momentum, "eps": self.bn_eps}
+        y = UnitDense(self.expansion * d, name="up")(h)
+        y = nn.relu(BoundedBatchNorm(**bn, name="up_bn")(y))
+        y = UnitDense(d, name="down")(y)
+        y = nn.relu(BoundedBatchNorm(**bn, name="down_bn")(y))
+        return h + y
+
+
+class BoundedTrunk(nn.Module):
+    """BN(input) -> UnitDense(width) -> num_blocks residual blocks -> RMSNorm.
+
+    The input BatchNorm replaces an observation normaliser.
+    """
+
+    width: int
+    num_blocks: int
+    train: bool
+    expansion: int = 4
+    bn_momentum: float = 0.99
+    bn_eps: float = 1e-5
+    rms_eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = BoundedBatchNorm(self.train, self.bn_momentum, self.bn_eps, name="input_bn")(x)
+        h = UnitDense(self.width, name="embed")(x)
+        for i in range(self.num_blocks):
+            h = InvertedResidualBlock(
+                self.train, self.expansion, self.bn_momentum, self.bn_eps, name=f"block_{i}"
+            )(h)
+        return BoundedRMSNorm(self.rms_eps, name="out_rms")(h)
+
+
+# ----------------------------------------------------------------------------- projection
+def _unit_columns(kernel: jax.Array) -> jax.Array:
+    norm = jnp.linalg.norm(kernel, axis=-2, keepdims=True)  # over `in`; leading ensemble axes ok
+    return kernel / (norm + KERNEL_EPS)
+
+
+def _to_norm_sqrt_d(parts: list[jax.Array]) -> list[jax.Array]:
+    """Rescale the concatenation of ``parts`` (along the last axis) to L2 norm sqrt(d)."""
+    d = parts[0].shape[-1]
+    sq = sum(jnp.sum(jnp.square(p), -1, keepdims=True) for p in parts)
+    factor = jnp.sqrt(d / jnp.maximum(sq, KERNEL_EPS))
+    return [p * factor for p in parts]
+
+
+def project(params: Any) -> Any:
+    """Re-project every norm-bounded parameter of a flax params pytree (see module docstring).
+
+    Leaves not named there (plain dense heads, biases) pass through unchanged.  A BatchNorm with
+    only one of ``bn_scale`` / ``bn_bias`` is an error: the pair is bounded jointly.
+    """
+    if not isinstance(params, Mapping):
+        return params
+    out = {k: project(v) for k, v in params.items()}
+    if UNIT_KERNEL in out:
+        out[UNIT_KERNEL] = _unit_columns(out[UNIT_KERNEL])
+    if (BN_SCALE in out) != (BN_BIAS in out):
+        raise ValueError(
+            f"a BatchNorm needs both {BN_SCALE!r} and {BN_BIAS!r} to be projected; got keys "
+            f"{sorted(out)}"
+        )
+    if BN_SCALE in out:
+        out[BN_SCALE], out[BN_BIAS] = _to_norm_sqrt_d([out[BN_SCALE], out[BN_BIAS]])
+    if RMS_SCALE in out:
+        (out[RMS_SCALE],) = _to_norm_sqrt_d([out[RMS_SCALE]])
+    return type(params)(out) if not isinstance(params, dict) else out
+
+
+def bounded_leaves(params: Any, path: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Map '/'-joined module path -> kind ('unit', 'bn', 'rms') of every bounded module."""
+    found: dict[str, Any] = {}
+    if not isinstance(params, Mapping):
+        return found
+    kinds = {UNIT_KERNEL: "unit", BN_SCALE: "bn", RMS_SCALE: "rms"}
+    for leaf, kind in kinds.items():
+        if leaf in params:
+            found["/".join(path)] = kind
+    for k, v in params.items():
+        found.update(bounded_leaves(v, path + (str(k),)))
+    return found

@@ -1,0 +1,209 @@
+"""A training run: any algorithm's loop plus metrics files, checkpoints, progress and resume.
+
+A loop (`OffPolicyLoop`, the on-policy loop) exposes ``init_carry()``, ``run_chunk(carry) ->
+(carry, row)``, ``finished(carry)``, ``env_steps(carry)`` and ``compile_s``; this module owns
+everything on the host side of it:
+
+    RUN_DIR/config.json      algo, env, steps, seed, the full algorithm config
+    RUN_DIR/metrics.jsonl    one row per evaluation (env_steps, wall_s, eval_return, losses, sps)
+    RUN_DIR/tb/              TensorBoard events
+    RUN_DIR/checkpoints/     the whole carry (agent, replay buffer, env state, RNG, counters)
+    RUN_DIR/summary.json     algo, env, env_steps, wall_s, compile_s, final_eval_return
+
+``resume(run_dir)`` rebuilds the loop from config.json, restores the newest verified checkpoint
+and continues; because the carry is everything, the resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import envs
+from envs.wrappers import VecEnv
+
+ALGOS = ("flashsac", "ppo")
+NUM_EVAL_ENVS = 16
+
+
+def algo_module(name: str):
+    """The entry module of an algorithm: make_loop, policy_layers, Config."""
+    if name == "flashsac":
+        from jaxrl import flashsac as m
+    elif name == "ppo":
+        from jaxrl import ppo as m
+    else:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(ALGOS)}")
+    return m
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_dict(cls: type, d: dict) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"config has fields {unknown} that {cls.__name__} does not know")
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    return cls(**kw)
+
+
+def config_hash(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict):
+    if isinstance(env, VecEnv):
+        if env.num_envs != num_envs:
+            raise ValueError(f"env has {env.num_envs} envs but the config asks for {num_envs}")
+        try:
+            eval_env = envs.make(env.name, num_envs=NUM_EVAL_ENVS, seed=seed + 1, **env_kwargs)
+        except ValueError:  # a hand-built env without a registered name: no separate eval envs
+            eval_env = None
+        return env, eval_env, env.name
+    train_env = envs.make(env, num_envs=num_envs, seed=seed, **env_kwargs)
+    eval_env = envs.make(env, num_envs=NUM_EVAL_ENVS, seed=seed + 1, **env_kwargs)
+    return train_env, eval_env, env
+
+
+def _metadata(record: dict, env: VecEnv) -> dict:
+    return {
+        **record,
+        "config_hash": config_hash(record),
+        "obs_layout": {k: list(v.shape) for k, v in env.obs_spec.items()},
+        "action_size": env.action_size,
+    }
+
+
+def train(
+    algo: str,
+    env: str | VecEnv,
+    config: Any,
+    *,
+    steps: int,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    num_evals: int = 10,
+    progress: bool = True,
+    checkpoint_every_s: float = 600.0,
+    keep_last: int = 3,
+    save_buffer: bool = True,
+    env_kwargs: dict | None = None,
+    progress_fn=None,
+    tensorboard: bool = True,
+    wandb: bool = False,
+) -> tuple[Any, list[dict]]:
+    """Train ``algo`` on ``env``; returns (final carry, metrics rows)."""
+    mod = algo_module(algo)
+    if not isinstance(config, mod.Config):
+        raise TypeError(f"{algo} needs a {mod.Config.__name__}, got {type(config).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    env_kwargs = dict(env_kwargs or {})
+    train_env, eval_env, env_name = _make_envs(env, config.num_envs, seed, env_kwargs)
+    record = {
+        "algo": algo, "env": env_name, "steps": int(steps), "seed": int(seed),
+        "num_evals": int(num_evals), "env_kwargs": env_kwargs, "config": config_to_dict(config),
+    }
+    loop = mod.make_loop(config, train_env, eval_env, steps, seed, num_evals=num_evals)
+    session = _Session(loop, mod, config, record, train_env, out_dir, progress, checkpoint_every_s,
+                       keep_last, save_buffer, progress_fn, tensorboard, wandb)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "config.json").write_text(json.dumps(record, indent=1))
+    return session.run(loop.init_carry(), rows=[])
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, **kwargs) -> tuple[Any, list[dict]]:
+    """Continue the run in ``run_dir`` from its newest verified checkpoint."""
+    from jaxrl.io import metrics as metrics_io
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
+    record = json.loads(cfg_file.read_text())
+    mod = algo_module(record["algo"])
+    config = config_from_dict(mod.Config, record["config"])
+    train_env, eval_env, _ = _make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"])
+    loop = mod.make_loop(config, train_env, eval_env, record["steps"], record["seed"],
+                         num_evals=record["num_evals"])
+    session = _Session(loop, mod, config, record, train_env, run_dir, progress,
+                       kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
+                       kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True, False)
+    carry, meta, step = session.ckpt.restore(loop.init_carry(), expected_metadata=session.metadata)
+    log = run_dir / "metrics.jsonl"
+    rows = [r for r in metrics_io.read_jsonl(log) if r["env_steps"] <= step] if log.exists() else []
+    # Rows logged after the checkpoint will be produced again: drop them.
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return session.run(carry, rows=rows, wall_offset=rows[-1]["wall_s"] if rows else 0.0)
+
+
+class _Session:
+    def __init__(self, loop, mod, config, record, env, out_dir, progress, checkpoint_every_s,
+                 keep_last, save_buffer, progress_fn, tensorboard, wandb):
+        self.loop, self.mod, self.config, self.record = loop, mod, config, record
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.metadata = _metadata(record, env)
+        self.save_buffer = save_buffer
+        self.progress_fn = progress_fn
+        self.show_progress = progress
+        self.ckpt = self.logger = None
+        if self.out is not None:
+            from jaxrl.io.checkpoint import CheckpointManager
+            from jaxrl.io.metrics import MetricsLogger
+
+            self.ckpt = CheckpointManager(self.out, keep_last=keep_last,
+                                          save_interval_s=checkpoint_every_s)
+            self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb)
+
+    def run(self, carry, rows: list[dict], wall_offset: float = 0.0):
+        from jaxrl.io.progress import Progress
+
+        bar = Progress(self.record["steps"], desc=f"{self.record['algo']} {self.record['env']}") \
+            if self.show_progress else None
+        t0 = time.perf_counter()
+        try:
+            while not self.loop.finished(carry):
+                carry, row = self.loop.run_chunk(carry)
+                row["wall_s"] = wall_offset + time.perf_counter() - t0
+                row["compile_s"] = self.loop.compile_s
+                rows.append(row)
+                if self.logger is not None:
+                    self.logger.log(row)
+                if self.ckpt is not None:
+                    self.ckpt.save(row["env_steps"], self._saveable(carry), self.metadata,
+                                   eval_return=row.get("eval_return"),
+                                   force=self.loop.finished(carry))
+                if bar is not None:
+                    bar.update(row)
+                if self.progress_fn is not None:
+                    self.progress_fn(row)
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.logger is not None:
+                self.logger.close()
+        if self.out is not None:
+            self._summary(rows)
+        return carry, rows
+
+    def _saveable(self, carry):
+        return carry  # the replay buffer is part of the carry: exact resume
+
+    def _summary(self, rows):
+        last = rows[-1] if rows else {}
+        evals = [r["eval_return"] for r in rows if "eval_return" in r]
+        summary = {
+            "algo": self.record["algo"], "env": self.record["env"],
+            "env_steps": last.get("env_steps", 0), "wall_s": last.get("wall_s", 0.0),
+            "compile_s": self.loop.compile_s, "final_eval_return": evals[-1] if evals else None,
+            "best_eval_return": max(evals) if evals else None, "config_hash": self.metadata["config_hash"],
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -1,0 +1,237 @@
+"""PPO pieces in isolation: GAE, adaptive-KL schedule, σ(s), export ops, config validation."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from envs.specs import ArraySpec, EnvSpec
+from jaxrl.algos import ppo
+from jaxrl.data import normalizer
+
+D, P, A = 5, 7, 3
+
+
+def _spec():
+    obs = {"state": ArraySpec((D,)), "privileged_state": ArraySpec((P,))}
+    return EnvSpec("fake", obs, ArraySpec((A,), low=-1.0, high=1.0), 4, 10, 0.01, True)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return ppo.PPOConfig.cpu(num_envs=4, unroll_length=6, num_minibatches=2, hidden=(16, 8))
+
+
+@pytest.fixture(scope="module")
+def trained_stats_state(cfg):
+    """A state whose normaliser has non-trivial statistics (so the affine op matters)."""
+    state = ppo.init(jax.random.PRNGKey(0), _spec(), cfg)
+    rng = np.random.default_rng(0)
+    stats = {
+        "state": normalizer.update(state.obs_stats["state"], rng.normal(2.0, 3.0, (50, D)).astype(np.float32)),
+        "privileged_state": state.obs_stats["privileged_state"],
+    }
+    return state.replace(obs_stats=stats)
+
+
+# ----------------------------------------------------------------------------- GAE
+def _gae_reference(r, v, nv, term, trunc, gamma, lam):
+    T, N = r.shape
+    adv = np.zeros((T, N))
+    for n in range(N):
+        running = 0.0
+        for t in reversed(range(T)):
+            if term[t, n]:
+                next_v, cont = 0.0, 0.0
+            elif trunc[t, n]:
+                next_v, cont = nv[t, n], 0.0  # bootstrap V(final_obs), cut the trace
+            else:
+                next_v, cont = nv[t, n], 1.0
+            delta = r[t, n] + gamma * next_v - v[t, n]
+            running = delta + gamma * lam * cont * running
+            adv[t, n] = running
+    return adv, adv + v
+
+
+def test_gae_matches_python_loop_with_terminated_and_truncated():
+    rng = np.random.default_rng(0)
+    T, N = 12, 5
+    r, v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(3))
+    term = rng.random((T, N)) < 0.15
+    trunc = (rng.random((T, N)) < 0.15) & ~term
+    term[3, 0], trunc[7, 0] = True, True  # both cases surely present
+    adv, ret = ppo.gae(r, v, nv, term, trunc, 0.97, 0.9)
+    ref_adv, ref_ret = _gae_reference(r, v, nv, term, trunc, 0.97, 0.9)
+    np.testing.assert_allclose(adv, ref_adv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret, ref_ret, rtol=1e-5, atol=1e-5)
+
+
+def test_gae_truncation_bootstraps_final_value_and_termination_does_not():
+    r = np.zeros((1, 2), np.float32)
+    v = np.zeros((1, 2), np.float32)
+    nv = np.full((1, 2), 10.0, np.float32)
+    adv, _ = ppo.gae(r, v, nv, np.array([[True, False]]), np.array([[False, True]]), 0.5, 1.0)
+    np.testing.assert_allclose(adv, [[0.0, 5.0]])
+
+
+# ----------------------------------------------------------------------------- adaptive KL
+def test_adaptive_kl_lowers_lr_when_kl_high_and_raises_when_low(cfg):
+    lr = jnp.asarray(1e-3)
+    k = cfg.desired_kl
+    assert float(ppo.adapt_lr(lr, 2.5 * k, cfg)) == pytest.approx(1e-3 / 1.5)
+    assert float(ppo.adapt_lr(lr, 0.4 * k, cfg)) == pytest.approx(1e-3 * 1.5)
+    assert float(ppo.adapt_lr(lr, 1.0 * k, cfg)) == pytest.approx(1e-3)
+
+
+def test_adaptive_kl_is_bounded_and_can_be_switched_off(cfg):
+    assert float(ppo.adapt_lr(jnp.asarray(cfg.lr_max), 0.0, cfg)) == pytest.approx(cfg.lr_max)
+    assert float(ppo.adapt_lr(jnp.asarray(cfg.lr_min), 1.0, cfg)) == pytest.approx(cfg.lr_min)
+    fixed = dataclasses.replace(cfg, desired_kl=None)
+    assert float(ppo.adapt_lr(jnp.asarray(1e-3), 1.0, fixed)) == pytest.approx(1e-3)
+
+
+# ----------------------------------------------------------------------------- σ(s)
+def _elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def test_state_dependent_std_matches_direct_formula(cfg, trained_stats_state):
+    state = trained_stats_state
+    p = jax.tree.map(np.asarray, state.params["actor"]["params"])
+    # Make log_std non-uniform so that a wrong axis would show.
+    log_std = np.random.default_rng(1).normal(-1.0, 0.5, p["log_std"].shape).astype(np.float32)
+    params = jax.tree.map(lambda x: x, state.params)
+    params["actor"]["params"]["log_std"] = jnp.asarray(log_std)
+    state = state.replace(params=params)
+    obs = {"state": np.random.default_rng(2).normal(size=(6, D)).astype(np.float32),
+           "privileged_state": np.zeros((6, P), np.float32)}
+    _, std = ppo.policy(state.params, state, obs, cfg)
+
+    st = state.obs_stats["state"]
+    x = np.clip((obs["state"] - np.asarray(st.mean)) / np.asarray(st.std), -cfg.obs_clip, cfg.obs_clip)
+    phi = _elu(_elu(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"]) @ p["hidden_1"]["kernel"] + p["hidden_1"]["bias"])
+    want = np.zeros((6, A))
+    for b in range(6):
+        for a in range(A):
+            want[b, a] = np.sqrt(sum(phi[b, j] ** 2 * np.exp(2 * log_std[j, a]) for j in range(phi.shape[1])) + 1e-6)
+    np.testing.assert_allclose(std, want, rtol=1e-4)
+
+
+def test_initial_std_is_about_exp_init_log_std_for_unit_features():
+    phi = jnp.ones((1, 64))
+    log_std = jnp.full((64, 2), 0.3 - 0.5 * np.log(64))
+    np.testing.assert_allclose(ppo.state_dependent_std(phi, log_std), np.exp(0.3), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- export
+def _interpret(ops, x):
+    """Tiny numpy runtime for the export op list."""
+    x = np.asarray(x, np.float32)
+    stack = []
+    for op in ops:
+        kind = op["op"]
+        if kind == "affine":
+            x = x * op["scale"] + op["shift"]
+        elif kind == "dense":
+            x = x @ op["kernel"] + (0 if op["bias"] is None else op["bias"])
+        elif kind == "relu":
+            x = np.maximum(x, 0)
+        elif kind == "elu":
+            x = _elu(x)
+        elif kind == "swish":
+            x = x / (1 + np.exp(-x))
+        elif kind == "tanh":
+            x = np.tanh(x)
+        elif kind == "rmsnorm":
+            x = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + op["eps"]) * op["scale"]
+        elif kind == "push":
+            stack.append(x)
+        elif kind == "add_pop":
+            x = x + stack.pop()
+        elif kind == "slice":
+            x = x[..., op["start"]:op["stop"]]
+        elif kind == "clip":
+            x = np.clip(x, op["low"], op["high"])
+        else:
+            raise ValueError(kind)
+    return x
+
+
+def test_policy_layers_reproduce_deterministic_act(cfg, trained_stats_state):
+    state = trained_stats_state
+    # Scale the mean head up so that the final clip to [-1, 1] is exercised too.
+    params = jax.tree.map(lambda x: x, state.params)
+    params["actor"]["params"]["mean"]["kernel"] = params["actor"]["params"]["mean"]["kernel"] * 300.0
+    state = state.replace(params=params)
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 6.0, (32, D)).astype(np.float32)  # some beyond the ±5σ obs clip
+    obs = {"state": x, "privileged_state": np.zeros((32, P), np.float32)}
+    want, extras = ppo.act(state, obs, jax.random.PRNGKey(0), cfg, deterministic=True)
+    ops = ppo.policy_layers(state, cfg)
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for op in ops for v in op.values() if hasattr(v, "dtype"))
+    got = _interpret(ops, x)
+    assert extras == {}
+    assert np.abs(want).max() == pytest.approx(1.0)  # the clip matters in this check
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- act / update
+def test_act_stochastic_extras_and_update_runs(cfg):
+    spec = _spec()
+    state = ppo.init(jax.random.PRNGKey(1), spec, cfg)
+    T, N = cfg.unroll_length, cfg.num_envs
+    rng = np.random.default_rng(4)
+    obs = {"state": rng.normal(size=(T, N, D)).astype(np.float32),
+           "privileged_state": rng.normal(size=(T, N, P)).astype(np.float32)}
+    actions, ex = ppo.act(state, obs, jax.random.PRNGKey(2), cfg)
+    assert actions.shape == (T, N, A) and float(jnp.abs(actions).max()) <= 1.0
+    np.testing.assert_allclose(ex["log_prob"], ppo.gaussian_log_prob(ex["raw_action"], ex["mean"], ex["std"]))
+    rollout = ppo.Rollout(
+        obs=obs, raw_action=ex["raw_action"], log_prob=ex["log_prob"], mean=ex["mean"],
+        std=ex["std"], value=ex["value"], next_value=ex["value"],
+        reward=jnp.asarray(rng.normal(size=(T, N)), jnp.float32),
+        terminated=jnp.zeros((T, N), bool), truncated=jnp.zeros((T, N), bool),
+    )
+    new, metrics = jax.jit(lambda s, r, k: ppo.update(s, r, k, cfg))(state, rollout, jax.random.PRNGKey(3))
+    assert int(new.updates) == cfg.num_epochs * cfg.num_minibatches
+    assert float(new.obs_stats["state"].count) == T * N
+    assert cfg.lr_min <= float(metrics["lr"]) <= cfg.lr_max
+    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "lr"):
+        assert np.isfinite(float(metrics[k])), k
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_envs=10, unroll_length=3, num_minibatches=4), "num_minibatches"),
+        (dict(gamma=1.5), "gamma"),
+        (dict(gae_lambda=-0.1), "gae_lambda"),
+        (dict(clip_eps=0.0), "clip_eps"),
+        (dict(num_epochs=0), "num_epochs"),
+        (dict(desired_kl=0.0), "desired_kl"),
+        (dict(learning_rate=1.0), "lr_max"),
+        (dict(hidden=()), "hidden"),
+        (dict(activation="gelu"), "activation"),
+    ],
+)
+def test_invalid_config_raises_clear_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ppo.PPOConfig(**overrides)
+
+
+def test_presets_are_valid_and_paper_matches_section_3():
+    p = ppo.PPOConfig.paper()
+    assert (p.unroll_length, p.num_epochs, p.num_minibatches, p.clip_eps) == (32, 5, 4, 0.2)
+    assert (p.value_coef, p.entropy_coef, p.gamma, p.gae_lambda) == (1.0, 0.006, 0.99, 0.95)
+    assert (p.max_grad_norm, p.learning_rate, p.desired_kl) == (1.0, 1e-4, 0.01)
+    assert p.hidden == (512, 256, 128, 64) and p.activation == "elu" and p.normalize_obs
+    assert ppo.PPOConfig.cpu().num_envs < p.num_envs
+
+
+def test_init_rejects_missing_observation_key(cfg):
+    bad = dataclasses.replace(cfg, critic_obs_key="nope")
+    with pytest.raises(ValueError, match="nope"):
+        ppo.init(jax.random.PRNGKey(0), _spec(), bad)

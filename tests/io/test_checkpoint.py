@@ -1,0 +1,219 @@
+"""Checkpoints: exact round trip, corruption detected, retention, atomic writes (real files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from jaxrl.io.checkpoint import CheckpointError, CheckpointManager, CheckpointMismatchError
+
+META = {"algo": "sac", "env": "CartpoleBalance", "config": {"lr": 3e-4, "batch_size": 256}}
+
+
+class Normaliser(NamedTuple):
+    mean: jax.Array  # [D]
+    count: jax.Array  # int
+
+
+@struct.dataclass
+class State:
+    params: dict
+    obs_normaliser: Normaliser
+    key: jax.Array  # uint32 [2]
+    dones: jax.Array  # bool [E]
+    step: jax.Array  # int32
+
+
+def make_state(seed: int, obs_dim: int = 17) -> State:
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    return State(
+        params={
+            "actor": {"kernel": jax.random.normal(k1, (obs_dim, 64)), "bias": jnp.zeros(64)},
+            "layers": [jax.random.normal(k2, (64,)), jnp.arange(5, dtype=jnp.int32)],
+        },
+        obs_normaliser=Normaliser(jnp.full((obs_dim,), seed, jnp.float32), jnp.array(seed)),
+        key=jax.random.PRNGKey(seed + 100),
+        dones=jnp.array([True, False, seed % 2 == 0]),
+        step=jnp.array(seed * 1000, jnp.int32),
+    )
+
+
+def assert_bit_exact(a, b) -> None:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+def data_file(mgr: CheckpointManager, step: int) -> Path:
+    """The largest array file orbax wrote for ``step``."""
+    files = [p for p in (mgr._step_dir(step) / "state").rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+@pytest.fixture
+def two_saved(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=5)
+    states = {step: make_state(step) for step in (1, 2)}
+    for step, state in states.items():
+        assert mgr.save(step, state, META, force=True)
+    return mgr, states
+
+
+def test_round_trip_is_bit_exact_for_float_int_uint32_and_bool_leaves(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    state = make_state(3)
+    assert mgr.save(7, state, META, eval_return=1.5, force=True)
+    restored, metadata, step = mgr.restore(make_state(0))
+    assert step == 7 and metadata == META
+    assert_bit_exact(restored, state)
+    assert restored.key.dtype == jnp.uint32
+    assert mgr.steps() == [7] and mgr.latest_step() == 7 and mgr.best_step() == 7
+    structure = json.loads((mgr._step_dir(7) / "structure.json").read_text())
+    assert {"path": "obs_normaliser.mean", "shape": [17], "dtype": "float32"} in structure
+
+
+def test_random_bytes_in_a_data_file_are_detected_and_the_previous_step_used(two_saved):
+    mgr, states = two_saved
+    path = data_file(mgr, 2)
+    raw = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    start = len(raw) // 2
+    raw[start : start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match=rf"step 2: file {path.relative_to(mgr._step_dir(2))}"):
+        restored, _, step = mgr.restore(make_state(0))
+    assert step == 1
+    assert_bit_exact(restored, states[1])
+
+
+def test_truncated_file_is_detected_and_the_previous_step_used(two_saved):
+    mgr, states = two_saved
+    path = data_file(mgr, 2)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(RuntimeWarning, match="step 2: .*truncated"):
+        restored, _, step = mgr.restore(make_state(0))
+    assert step == 1
+    assert_bit_exact(restored, states[1])
+
+
+def test_empty_step_folder_is_ignored(two_saved):
+    mgr, _ = two_saved
+    (mgr.directory / "step_000000000099").mkdir()
+    assert mgr.latest_step() == 2
+    _, _, step = mgr.restore(make_state(0))
+    assert step == 2
+
+
+def test_only_corrupt_checkpoints_raise_checkpoint_error(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(5, make_state(5), META, force=True)
+    path = data_file(mgr, 5)
+    path.write_bytes(b"")
+    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="step 5: file"):
+        mgr.restore(make_state(0))
+    with pytest.raises(CheckpointError, match="no committed checkpoint"):
+        CheckpointManager(tmp_path / "empty").restore(make_state(0))
+
+
+def test_restoring_into_a_different_shape_names_the_path_and_both_shapes(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(1, make_state(1, obs_dim=17), META, force=True)
+    with pytest.raises(CheckpointMismatchError) as err:
+        mgr.restore(make_state(0, obs_dim=24))
+    msg = str(err.value)
+    assert (
+        "params.actor.kernel: checkpoint has float32 (17, 64), this run expects float32 (24, 64)"
+        in msg
+    )
+    assert "same config" in msg and "env='CartpoleBalance'" in msg
+
+
+def test_restoring_into_a_different_structure_names_the_missing_path(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(1, {"a": jnp.zeros(3), "b": jnp.zeros(2)}, META, force=True)
+    with pytest.raises(CheckpointMismatchError, match="c: the checkpoint has no such entry"):
+        mgr.restore({"a": jnp.zeros(3), "c": jnp.zeros(2)})
+
+
+def test_metadata_mismatch_names_the_differing_fields(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(1, make_state(1), META, force=True)
+    mgr.check_metadata({"env": "CartpoleBalance", "config": {"lr": 3e-4}})
+    with pytest.raises(CheckpointMismatchError) as err:
+        mgr.check_metadata({"env": "CheetahRun", "config": {"lr": 3e-4, "batch_size": 512}})
+    assert "'env': ('CartpoleBalance', 'CheetahRun')" in str(err.value)
+    assert "'config.batch_size': (256, 512)" in str(err.value)
+    with pytest.raises(CheckpointMismatchError, match="env"):
+        mgr.restore(make_state(0), expected_metadata={"env": "CheetahRun"})
+
+
+def test_keeps_the_last_k_and_the_best_by_eval_return(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=2, keep_best=True)
+    state = {"w": jnp.zeros(4)}
+    for step, ret in [(1, 5.0), (2, 9.0), (3, 1.0), (4, 2.0), (5, None)]:
+        mgr.save(step, state, META, eval_return=ret, force=True)
+    assert mgr.steps() == [2, 4, 5]
+    assert mgr.best_step() == 2
+    no_best = CheckpointManager(tmp_path / "b", keep_last=1, keep_best=False)
+    for step in (1, 2, 3):
+        no_best.save(step, state, META, eval_return=10.0 - step, force=True)
+    assert no_best.steps() == [3]
+
+
+def test_save_interval_is_respected(tmp_path):
+    now = [0.0]
+    mgr = CheckpointManager(tmp_path, save_interval_s=600.0, clock=lambda: now[0])
+    state = {"w": jnp.zeros(4)}
+    assert not mgr.save(1, state, META)
+    now[0] = 599.0
+    assert not mgr.save(2, state, META)
+    now[0] = 600.0
+    assert mgr.save(3, state, META)
+    now[0] = 900.0
+    assert not mgr.save(4, state, META)
+    assert mgr.save(5, state, META, force=True)
+    now[0] = 1499.0
+    assert not mgr.save(6, state, META)
+    assert mgr.steps() == [3, 5]
+
+
+def test_leftover_temporary_folder_from_a_crash_is_ignored_and_cleaned(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(1, make_state(1), META, force=True)
+    # A crash mid-write: a full copy under the temporary name, and a step folder without marker.
+    crashed = mgr.directory / ".tmp-step_000000000002"
+    import shutil
+
+    shutil.copytree(mgr._step_dir(1), crashed)
+    (crashed / "COMMITTED").unlink()
+    half = mgr.directory / "step_000000000003"
+    shutil.copytree(mgr._step_dir(1), half)
+    (half / "COMMITTED").unlink()
+    assert mgr.steps() == [1]
+    _, _, step = mgr.restore(make_state(0))
+    assert step == 1
+    CheckpointManager(tmp_path)  # a new run (resume) cleans up
+    assert not crashed.exists()
+    assert sorted(p.name for p in mgr.directory.iterdir()) == [
+        "step_000000000001",
+        "step_000000000003",
+    ]
+
+
+def test_resaving_a_step_replaces_it(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(1, make_state(1), META, force=True)
+    mgr.save(1, make_state(2), META, force=True)
+    restored, _, _ = mgr.restore(make_state(0))
+    assert_bit_exact(restored, make_state(2))
+    assert [p.name for p in mgr.directory.iterdir()] == ["step_000000000001"]

@@ -1,0 +1,189 @@
+"""Policy export: jax, numpy and onnxruntime agree on every op; the card is complete JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxrl.io import numpy_policy
+from jaxrl.io.export import (
+    check_layers,
+    config_hash,
+    export_policy,
+    make_card,
+    save_npz,
+    to_jax,
+    to_onnx,
+)
+
+OBS_DIM, HIDDEN, ACT_DIM = 11, 32, 4
+
+
+def random_layers(seed: int = 0) -> list[dict]:
+    """Normaliser, residual RMSNorm blocks, every activation, slice and clip."""
+    rng = np.random.default_rng(seed)
+
+    def dense(n_in, n_out, bias=True):
+        kernel = rng.normal(0, 1 / np.sqrt(n_in), (n_in, n_out)).astype(np.float32)
+        return {
+            "op": "dense",
+            "kernel": kernel,
+            "bias": rng.normal(0, 0.1, n_out) if bias else None,
+        }
+
+    return [
+        {"op": "affine", "scale": rng.uniform(0.5, 2, OBS_DIM), "shift": rng.normal(0, 1, OBS_DIM)},
+        {"op": "clip", "low": -5.0, "high": 5.0},
+        dense(OBS_DIM, HIDDEN),
+        {"op": "rmsnorm", "scale": rng.uniform(0.5, 1.5, HIDDEN), "eps": 1e-6},
+        {"op": "push"},
+        dense(HIDDEN, HIDDEN, bias=False),
+        {"op": "relu"},
+        {"op": "push"},
+        dense(HIDDEN, HIDDEN),
+        {"op": "elu"},
+        {"op": "add_pop"},
+        dense(HIDDEN, HIDDEN),
+        {"op": "swish"},
+        {"op": "add_pop"},
+        {"op": "rmsnorm", "scale": np.ones(HIDDEN), "eps": 1e-5},
+        dense(HIDDEN, 2 * ACT_DIM),
+        {"op": "slice", "start": 0, "stop": ACT_DIM},  # the mean half of (mean, log_std)
+        {"op": "tanh"},
+        {"op": "affine", "scale": np.full(ACT_DIM, 0.5), "shift": np.zeros(ACT_DIM)},
+    ]
+
+
+@pytest.fixture(scope="module")
+def observations():
+    return np.random.default_rng(1).normal(0, 3, (2000, OBS_DIM)).astype(np.float32)
+
+
+def card_for(n_actions=ACT_DIM) -> dict:
+    return make_card(
+        obs_layout={"joint_pos": 5, "joint_vel": 5, "phase": 1},
+        action_names=[f"joint_{i}" for i in range(n_actions)],
+        control_dt=0.02,
+        config={"algo": "flashsac", "lr": 3e-4},
+        action_scale=0.3,
+        action_offset=[0.1, 0.0, -0.1, 0.2][:n_actions],
+        default_joint_pos=[0.0, 0.5, -0.5, 0.0][:n_actions],
+        kp=40.0,
+        kd=[1.0, 1.0, 2.0, 2.0][:n_actions],
+        env="T1JoystickFlatTerrain",
+        algo="flashsac",
+    )
+
+
+def test_onnxruntime_numpy_and_jax_agree_on_every_op(tmp_path, observations):
+    import onnxruntime as ort
+
+    layers = random_layers()
+    assert check_layers(layers, OBS_DIM) == ACT_DIM
+    expected = np.asarray(to_jax(layers)(observations))
+    assert expected.shape == (2000, ACT_DIM) and np.isfinite(expected).all()
+
+    to_onnx(layers, OBS_DIM, tmp_path / "p.onnx")
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(["action"], {"obs": observations})
+    np.testing.assert_allclose(onnx_out, expected, atol=1e-5, rtol=0)
+
+    np.testing.assert_allclose(numpy_policy.forward(layers, observations), expected, atol=1e-5)
+    single = numpy_policy.forward(layers, observations[0])
+    assert single.shape == (ACT_DIM,)
+
+
+def test_onnx_opset_18_reduce_mean_with_axes_input(tmp_path, observations):
+    import onnxruntime as ort
+
+    layers = random_layers(2)
+    to_onnx(layers, OBS_DIM, tmp_path / "p18.onnx", opset=18)
+    session = ort.InferenceSession(str(tmp_path / "p18.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"obs": observations[:64]})
+    np.testing.assert_allclose(out, numpy_policy.forward(layers, observations[:64]), atol=1e-5)
+
+
+def test_npz_round_trip_gives_the_same_actions(tmp_path, observations):
+    layers = random_layers(3)
+    save_npz(layers, tmp_path / "policy.npz")
+    loaded = numpy_policy.load_npz(tmp_path / "policy.npz")
+    assert [layer["op"] for layer in loaded] == [layer["op"] for layer in layers]
+    assert loaded[5].get("bias") is None and isinstance(loaded[3]["eps"], float)
+    np.testing.assert_array_equal(
+        numpy_policy.forward(loaded, observations), numpy_policy.forward(layers, observations)
+    )
+
+
+def test_numpy_policy_module_does_not_import_jax():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(numpy_policy))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "numpy"}
+
+
+def test_unknown_op_raises_naming_it():
+    layers = random_layers()
+    layers[6] = {"op": "gelu"}
+    with pytest.raises(ValueError, match="layer 6: unknown op 'gelu'"):
+        check_layers(layers, OBS_DIM)
+    with pytest.raises(ValueError, match="unknown op 'gelu'"):
+        numpy_policy.forward(layers, np.zeros((1, OBS_DIM), np.float32))
+
+
+def test_shape_mismatch_between_layers_raises_naming_the_layer_index(tmp_path):
+    layers = random_layers()
+    layers[8] = {"op": "dense", "kernel": np.zeros((HIDDEN + 1, HIDDEN)), "bias": None}
+    with pytest.raises(ValueError, match=r"layer 8 \(dense\): kernel has shape \(33, 32\)"):
+        to_onnx(layers, OBS_DIM, tmp_path / "bad.onnx")
+    layers = random_layers()
+    layers[3] = {"op": "rmsnorm", "scale": np.ones(HIDDEN - 1), "eps": 1e-6}
+    with pytest.raises(ValueError, match=r"layer 3 \(rmsnorm\): scale has shape \(31,\)"):
+        check_layers(layers, OBS_DIM)
+    with pytest.raises(ValueError, match=r"layer 0 \(affine\)"):
+        check_layers(random_layers(), OBS_DIM + 1)
+    with pytest.raises(ValueError, match=r"layer 1 \(add_pop\): no matching push"):
+        check_layers([{"op": "relu"}, {"op": "add_pop"}], 3)
+
+
+def test_export_writes_policy_and_a_complete_json_card(tmp_path, observations):
+    import onnxruntime as ort
+
+    layers = random_layers()
+    policy_path, card_path = export_policy(layers, tmp_path / "policy.onnx", card=card_for())
+    assert card_path.name == "policy.onnx.card.json"
+    card = json.loads(card_path.read_text())
+    for field in (
+        "format_version",
+        "observation",
+        "action",
+        "default_joint_positions",
+        "control_dt",
+        "pd_gains",
+        "config_sha256",
+        "policy",
+    ):
+        assert field in card, field
+    assert card["observation"]["size"] == OBS_DIM
+    assert card["observation"]["layout"][2] == {"name": "phase", "start": 10, "size": 1}
+    assert card["action"]["names"] == ["joint_0", "joint_1", "joint_2", "joint_3"]
+    assert card["action"]["scale"] == [0.3] * 4 and card["pd_gains"]["kp"] == [40.0] * 4
+    assert card["control_hz"] == pytest.approx(50.0)
+    assert card["config_sha256"] == config_hash({"lr": 3e-4, "algo": "flashsac"})
+    assert card["policy"]["file"] == "policy.onnx" and card["policy"]["format"] == "onnx"
+
+    session = ort.InferenceSession(str(policy_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["obs"]
+    (out,) = session.run(["action"], {"obs": observations[:8]})
+    np.testing.assert_allclose(out, numpy_policy.forward(layers, observations[:8]), atol=1e-5)
+
+    npz_path, npz_card = export_policy(layers, tmp_path / "policy.npz", card=card_for())
+    assert json.loads(npz_card.read_text())["policy"]["format"] == "npz"
+    assert len(numpy_policy.load_npz(npz_path)) == len(layers)
+
+    with pytest.raises(ValueError, match="outputs 4 actions, the card names 3"):
+        export_policy(layers, tmp_path / "x.onnx", card=card_for(3))

@@ -1,0 +1,106 @@
+"""Norm-bounded blocks: projection targets, BatchNorm statistics, identification by name."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl.nets import bounded
+from jaxrl.nets.heads import critic_ensemble
+
+
+@pytest.fixture(scope="module")
+def trunk_vars():
+    trunk = bounded.BoundedTrunk(width=8, num_blocks=2, train=True, expansion=2)
+    return trunk, trunk.init(jax.random.PRNGKey(0), jnp.ones((4, 3)))
+
+
+def _perturbed(params, key):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        tree, [x * 3.0 + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
+
+
+def _assert_bounded(params):
+    kinds = bounded.bounded_leaves(params)
+    assert kinds, "no bounded module found"
+
+    def node(path):
+        out = params
+        for k in path.split("/") if path else []:
+            out = out[k]
+        return out
+
+    for path, kind in kinds.items():
+        p = node(path)
+        if kind == "unit":
+            norms = np.linalg.norm(np.asarray(p["unit_kernel"]), axis=-2)
+            np.testing.assert_allclose(norms, 1.0, atol=1e-5, err_msg=path)
+        elif kind == "bn":
+            d = p["bn_scale"].shape[-1]
+            sq = np.sum(np.square(p["bn_scale"]), -1) + np.sum(np.square(p["bn_bias"]), -1)
+            np.testing.assert_allclose(np.sqrt(sq), np.sqrt(d), rtol=1e-5, err_msg=path)
+        else:
+            d = p["rms_scale"].shape[-1]
+            norms = np.linalg.norm(np.asarray(p["rms_scale"]), axis=-1)
+            np.testing.assert_allclose(norms, np.sqrt(d), rtol=1e-5, err_msg=path)
+    return kinds
+
+
+def test_project_bounds_every_unit_kernel_bn_and_rmsnorm_of_a_trunk(trunk_vars):
+    _, variables = trunk_vars
+    params = bounded.project(_perturbed(variables["params"], jax.random.PRNGKey(1)))
+    kinds = _assert_bounded(params)
+    # input BN + embed + 2 blocks x (2 unit + 2 BN) + RMSNorm
+    assert sorted(kinds.values()).count("unit") == 5
+    assert sorted(kinds.values()).count("bn") == 5
+    assert list(kinds.values()).count("rms") == 1
+
+
+def test_project_handles_ensemble_leading_axis_per_member():
+    critic = critic_ensemble(2)(num_atoms=5, width=8, num_blocks=1, train=False, expansion=2)
+    variables = critic.init(jax.random.PRNGKey(0), jnp.ones((3, 4)), jnp.ones((3, 2)))
+    params = bounded.project(_perturbed(variables["params"], jax.random.PRNGKey(2)))
+    _assert_bounded(params)
+    k = params["trunk"]["embed"]["unit_kernel"]
+    assert k.shape == (2, 6, 8)  # per member, normalised over its own `in` axis
+
+
+def test_project_leaves_plain_dense_params_untouched():
+    params = {"head": {"kernel": jnp.full((3, 2), 5.0), "bias": jnp.full((2,), 7.0)}}
+    out = bounded.project(params)
+    np.testing.assert_array_equal(out["head"]["kernel"], params["head"]["kernel"])
+    np.testing.assert_array_equal(out["head"]["bias"], params["head"]["bias"])
+
+
+def test_project_refuses_batchnorm_missing_its_bias():
+    with pytest.raises(ValueError, match="bn_bias"):
+        bounded.project({"bn": {"bn_scale": jnp.ones(3)}})
+
+
+def test_batchnorm_train_mode_updates_running_stats_with_flax_momentum():
+    bn = bounded.BoundedBatchNorm(train=True, momentum=0.9)
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 3)) * 2.0 + 1.0
+    v = bn.init(jax.random.PRNGKey(1), x)
+    y, upd = bn.apply(v, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y).mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * np.asarray(x).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        upd["batch_stats"]["var"], 0.9 + 0.1 * np.asarray(x).var(0), rtol=1e-5
+    )
+    # eval mode uses the running statistics, not the batch's
+    ev = bounded.BoundedBatchNorm(train=False, eps=1e-5).apply(
+        {"params": v["params"], "batch_stats": upd["batch_stats"]}, x
+    )
+    s = upd["batch_stats"]
+    want = (np.asarray(x) - s["mean"]) / np.sqrt(s["var"] + 1e-5)
+    np.testing.assert_allclose(ev, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rmsnorm_output_has_unit_root_mean_square_at_init():
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 16)) * 7.0
+    m = bounded.BoundedRMSNorm()
+    y = m.apply(m.init(jax.random.PRNGKey(1), x), x)
+    np.testing.assert_allclose(np.sqrt(np.mean(np.square(y), -1)), 1.0, rtol=1e-4)

@@ -1,0 +1,94 @@
+"""Reset-dataset generation, validation and storage."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import envs.omnireset as omr
+
+
+def test_acceptance_rates_are_in_unit_interval(push_dataset, push_types):
+    assert set(push_dataset.acceptance) == {t.name for t in push_types}
+    for name, rate in push_dataset.acceptance.items():
+        assert 0.0 < rate <= 1.0, (name, rate)
+    assert all(c == 32 for c in push_dataset.counts.values())
+
+
+def test_kept_states_satisfy_limits_when_resimulated(push_task, push_dataset, push_types):
+    ok = omr.revalidate(push_task, push_dataset, push_types, jax.random.PRNGKey(1))
+    for name, flags in ok.items():
+        assert flags.all(), f"{name}: {int((~flags).sum())} stored states fail re-validation"
+
+
+def test_sampler_candidates_are_rejected_when_they_penetrate(push_task):
+    # puck overlapping the pusher: rejected; the same two far apart: kept
+    import jax.numpy as jnp
+
+    sims = omr.SimState(
+        qpos=jnp.array([[0.0, 0.0, 0.01, 0.0], [0.0, 0.0, 0.2, 0.0]]),
+        qvel=jnp.zeros((2, 4)),
+        ctrl=jnp.zeros((2, 2)),
+    )
+    lim = {
+        k: jnp.full((2,), v)
+        for k, v in {
+            "max_qvel": 0.02,
+            "max_penetration": 0.002,
+            "max_drift": 0.02,
+            "shake_amplitude": 0.0,
+        }.items()
+    }
+    _, m = jax.jit(omr.simulate_and_check, static_argnums=(0, 4, 5))(
+        push_task, sims, lim, jax.random.PRNGKey(0), 25, 0
+    )
+    assert np.asarray(m["ok"]).tolist() == [False, True]
+
+
+def test_save_load_round_trip(push_task, push_dataset, tmp_path):
+    path = tmp_path / "push.npz"
+    push_dataset.save(path)
+    ds = omr.ResetDataset.load(path, push_task)
+    assert ds.type_names == push_dataset.type_names
+    assert ds.body_names == push_dataset.body_names
+    assert ds.acceptance == pytest.approx(push_dataset.acceptance)
+    for a, b in zip(
+        ds.qpos + ds.qvel + ds.ctrl, push_dataset.qpos + push_dataset.qvel + push_dataset.ctrl
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_loading_into_a_different_model_raises(push_dataset, tmp_path):
+    path = tmp_path / "push.npz"
+    push_dataset.save(path)
+    peg = omr.make_task("PegInsertion")
+    with pytest.raises(omr.DatasetMismatchError, match="nq=4.*nq=14"):
+        omr.ResetDataset.load(path, peg)
+
+
+def test_loading_with_other_body_names_raises(push_task, push_dataset, tmp_path):
+    renamed = dataclasses.replace(
+        push_dataset,
+        body_names=tuple("block" if n == "puck" else n for n in push_dataset.body_names),
+    )
+    path = tmp_path / "renamed.npz"
+    renamed.save(path)
+    with pytest.raises(
+        omr.DatasetMismatchError, match=r"only in dataset \['block'\].*only in model \['puck'\]"
+    ):
+        omr.ResetDataset.load(path, push_task)
+
+
+def test_loading_another_version_raises(push_dataset, tmp_path):
+    path = tmp_path / "old.npz"
+    dataclasses.replace(push_dataset, version=0).save(path)
+    with pytest.raises(omr.DatasetMismatchError, match="version 0"):
+        omr.ResetDataset.load(path)
+
+
+def test_build_and_save_returns_acceptance(tmp_path):
+    path = tmp_path / "cli.npz"
+    rates = omr.build_and_save("PushToSlot", 4, path, seed=3, verbose=False)
+    assert set(rates) == {"anywhere", "near_object", "near_goal"}
+    assert omr.ResetDataset.load(path).counts == {"anywhere": 4, "near_object": 4, "near_goal": 4}
