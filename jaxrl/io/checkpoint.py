@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,8 @@ class CheckpointManager:
                 leaf = jax.random.key_data(leaf)
             elif isinstance(leaf, (bool, int, float)):
                 leaf = np.asarray(leaf)
+            if np.size(leaf) == 0:
+                continue  # orbax refuses empty arrays; structure.json records their shape
             arrays[f"leaf_{i:05d}"] = leaf
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
             ckptr.save(folder / "state", arrays)
@@ -432,13 +435,20 @@ class CheckpointManager:
                 "config and env, or start a new run directory."
             )
         leaves, treedef = jax.tree_util.tree_flatten(target)
-        abstract = {f"leaf_{i:05d}": _abstract(leaf) for i, leaf in enumerate(leaves)}
+        abstract = {
+            f"leaf_{i:05d}": _abstract(leaf) for i, leaf in enumerate(leaves) if np.size(leaf) != 0
+        }
         try:
             with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
                 arrays = ckptr.restore(folder / "state", abstract)
         except Exception as e:  # orbax raises bare Exceptions on damaged files
             raise CheckpointError(f"orbax could not read checkpoint step {step}: {e!r}") from e
-        restored = [_from_stored(leaf, arrays[f"leaf_{i:05d}"]) for i, leaf in enumerate(leaves)]
+        restored = [
+            _from_stored(leaf, arrays[f"leaf_{i:05d}"])
+            if np.size(leaf) != 0
+            else _empty_like(leaf)
+            for i, leaf in enumerate(leaves)
+        ]
         return jax.tree_util.tree_unflatten(treedef, restored), metadata, step
 
 
@@ -464,6 +474,13 @@ def _abstract(leaf: Any) -> Any:
         return leaf
     arr = np.asarray(leaf)
     return jax.ShapeDtypeStruct(arr.shape, arr.dtype)
+
+
+def _empty_like(leaf: Any) -> Any:
+    """A zero-size leaf (never stored: orbax refuses them) rebuilt from the target."""
+    if isinstance(leaf, np.ndarray):
+        return np.zeros(leaf.shape, leaf.dtype)
+    return jnp.zeros(np.shape(leaf), leaf.dtype)
 
 
 def _from_stored(target_leaf: Any, value: Any) -> Any:

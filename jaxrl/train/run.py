@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 import time
 from pathlib import Path
@@ -172,6 +173,8 @@ class _Session:
         try:
             while not self.loop.finished(carry):
                 carry, row = self.loop.run_chunk(carry)
+                # NaN marks "no value this chunk" (e.g. no training episode ended): leave it out.
+                row = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
                 row["wall_s"] = wall_offset + time.perf_counter() - t0
                 row["compile_s"] = self.loop.compile_s
                 rows.append(row)

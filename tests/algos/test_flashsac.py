@@ -345,35 +345,10 @@ def test_presets_paper_gamma_and_cpu_are_valid():
 
 # ----------------------------------------------------------------------- export
 def _interpret(ops, x):
-    stack = []
-    for op in ops:
-        kind = op["op"]
-        if kind == "affine":
-            x = x * op["scale"] + op["shift"]
-        elif kind == "dense":
-            x = x @ op["kernel"] + (0.0 if op["bias"] is None else op["bias"])
-        elif kind == "relu":
-            x = np.maximum(x, 0.0)
-        elif kind == "elu":
-            x = np.where(x > 0, x, np.expm1(x))
-        elif kind == "swish":
-            x = x / (1.0 + np.exp(-x))
-        elif kind == "tanh":
-            x = np.tanh(x)
-        elif kind == "rmsnorm":
-            x = x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + op["eps"]) * op["scale"]
-        elif kind == "push":
-            stack.append(x.copy())
-        elif kind == "add_pop":
-            x = x + stack.pop()
-        elif kind == "slice":
-            x = x[..., op["start"] : op["stop"]]
-        elif kind == "clip":
-            x = np.clip(x, op["low"], op["high"])
-        else:
-            raise ValueError(kind)
-    assert not stack
-    return x
+    """The shipped numpy-only runtime (itself checked against ONNX and jnp in tests/io)."""
+    from jaxrl.io.numpy_policy import forward
+
+    return forward(ops, np.asarray(x, np.float32))
 
 
 def test_policy_layers_interpreted_in_numpy_equal_deterministic_act(states):

@@ -127,36 +127,10 @@ def test_initial_std_is_about_exp_init_log_std_for_unit_features():
 
 # ----------------------------------------------------------------------------- export
 def _interpret(ops, x):
-    """Tiny numpy runtime for the export op list."""
-    x = np.asarray(x, np.float32)
-    stack = []
-    for op in ops:
-        kind = op["op"]
-        if kind == "affine":
-            x = x * op["scale"] + op["shift"]
-        elif kind == "dense":
-            x = x @ op["kernel"] + (0 if op["bias"] is None else op["bias"])
-        elif kind == "relu":
-            x = np.maximum(x, 0)
-        elif kind == "elu":
-            x = _elu(x)
-        elif kind == "swish":
-            x = x / (1 + np.exp(-x))
-        elif kind == "tanh":
-            x = np.tanh(x)
-        elif kind == "rmsnorm":
-            x = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + op["eps"]) * op["scale"]
-        elif kind == "push":
-            stack.append(x)
-        elif kind == "add_pop":
-            x = x + stack.pop()
-        elif kind == "slice":
-            x = x[..., op["start"]:op["stop"]]
-        elif kind == "clip":
-            x = np.clip(x, op["low"], op["high"])
-        else:
-            raise ValueError(kind)
-    return x
+    """The shipped numpy-only runtime (itself checked against ONNX and jnp in tests/io)."""
+    from jaxrl.io.numpy_policy import forward
+
+    return forward(ops, np.asarray(x, np.float32))
 
 
 def test_policy_layers_reproduce_deterministic_act(cfg, trained_stats_state):

@@ -217,3 +217,17 @@ def test_resaving_a_step_replaces_it(tmp_path):
     restored, _, _ = mgr.restore(make_state(0))
     assert_bit_exact(restored, make_state(2))
     assert [p.name for p in mgr.directory.iterdir()] == ["step_000000000001"]
+
+
+def test_zero_size_leaves_round_trip(tmp_path):
+    """MJX data has empty arrays (e.g. no contacts); orbax refuses them, we must not."""
+    import jax.numpy as jnp
+
+    from jaxrl.io.checkpoint import CheckpointManager
+
+    state = {"contacts": jnp.zeros((4, 0, 3)), "x": jnp.arange(3.0)}
+    m = CheckpointManager(tmp_path)
+    assert m.save(1, state, {"algo": "t"}, force=True)
+    got, _, step = m.restore(state)
+    assert step == 1 and got["contacts"].shape == (4, 0, 3)
+    assert (got["x"] == state["x"]).all()
