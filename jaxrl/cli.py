@@ -107,16 +107,16 @@ def train_cmd(argv: list[str]) -> None:
         frozen=True,
     )
     a = tyro.cli(Args, args=rest, prog=f"jaxrl train {algo}", description=mod.__doc__.split("\n")[0])
-    env = a.env
+    resets = None
     if a.resets:
         if algo != "ppo":
-            raise SystemExit("--resets is for ppo")
-        from envs import omnireset
-
+            raise SystemExit("--resets is for ppo (OmniReset)")
         probs = [float(p) for p in a.mix.split(",")] if a.mix else None
-        env = omnireset.make_mixture_env(a.env, a.resets, probs, num_envs=a.config.num_envs)
-    _, rows = run.train(algo, env, a.config, steps=a.steps, seed=a.seed, out_dir=a.out,
-                        num_evals=a.num_evals, progress=a.progress, checkpoint_every_s=a.checkpoint_every_s)
+        resets = {"path": str(Path(a.resets).absolute()), "probs": probs}
+    elif a.mix:
+        raise SystemExit("--mix needs --resets FILE")
+    run.train(algo, a.env, a.config, steps=a.steps, seed=a.seed, out_dir=a.out, resets=resets,
+              num_evals=a.num_evals, progress=a.progress, checkpoint_every_s=a.checkpoint_every_s)
     print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
 
 

@@ -211,7 +211,7 @@ class CheckpointManager:
     ):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-        self.directory = Path(run_dir) / "checkpoints"
+        self.directory = Path(run_dir).absolute() / "checkpoints"  # orbax needs absolute paths
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep_last, self.keep_best = keep_last, keep_best
         self.save_interval_s, self._clock = save_interval_s, clock

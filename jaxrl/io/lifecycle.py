@@ -29,7 +29,8 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any
     record = json.loads((run_dir / "config.json").read_text())
     mod = run.algo_module(record["algo"])
     config = run.config_from_dict(mod.Config, record["config"])
-    env, _, _ = run._make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"])
+    env, _, _ = run._make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"],
+                               record.get("resets"))
     loop = mod.make_loop(config, env, None, record["steps"], record["seed"], num_evals=record["num_evals"])
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
     step = ckpt.best_step() if which == "best" else None

@@ -59,16 +59,25 @@ def config_hash(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict):
+def _make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, resets: dict | None = None):
+    """(train env, eval env, task name).  Evaluation always runs on the task's NOMINAL resets, so
+    an OmniReset run (``resets={'path': FILE, 'probs': [...]}``) is scored from the start state."""
     if isinstance(env, VecEnv):
-        if env.num_envs != num_envs:
-            raise ValueError(f"env has {env.num_envs} envs but the config asks for {num_envs}")
+        name = env.name.split("/")[0]  # "PushToSlot/omnireset" -> "PushToSlot"
         try:
-            eval_env = envs.make(env.name, num_envs=NUM_EVAL_ENVS, seed=seed + 1, **env_kwargs)
+            eval_env = envs.make(name, num_envs=NUM_EVAL_ENVS, seed=seed + 1, **env_kwargs)
         except ValueError:  # a hand-built env without a registered name: no separate eval envs
             eval_env = None
-        return env, eval_env, env.name
-    train_env = envs.make(env, num_envs=num_envs, seed=seed, **env_kwargs)
+        if env.num_envs != num_envs:
+            raise ValueError(f"env has {env.num_envs} envs but the config asks for {num_envs}")
+        return env, eval_env, name
+    if resets:
+        from envs import omnireset
+
+        train_env = omnireset.make_mixture_env(env, resets["path"], resets.get("probs"),
+                                               num_envs=num_envs, seed=seed, **env_kwargs)
+    else:
+        train_env = envs.make(env, num_envs=num_envs, seed=seed, **env_kwargs)
     eval_env = envs.make(env, num_envs=NUM_EVAL_ENVS, seed=seed + 1, **env_kwargs)
     return train_env, eval_env, env
 
@@ -96,6 +105,7 @@ def train(
     keep_last: int = 3,
     save_buffer: bool = True,
     env_kwargs: dict | None = None,
+    resets: dict | None = None,
     progress_fn=None,
     tensorboard: bool = True,
     wandb: bool = False,
@@ -107,10 +117,11 @@ def train(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     env_kwargs = dict(env_kwargs or {})
-    train_env, eval_env, env_name = _make_envs(env, config.num_envs, seed, env_kwargs)
+    train_env, eval_env, env_name = _make_envs(env, config.num_envs, seed, env_kwargs, resets)
     record = {
         "algo": algo, "env": env_name, "steps": int(steps), "seed": int(seed),
-        "num_evals": int(num_evals), "env_kwargs": env_kwargs, "config": config_to_dict(config),
+        "num_evals": int(num_evals), "env_kwargs": env_kwargs, "resets": resets,
+        "config": config_to_dict(config),
     }
     loop = mod.make_loop(config, train_env, eval_env, steps, seed, num_evals=num_evals)
     session = _Session(loop, mod, config, record, train_env, out_dir, progress, checkpoint_every_s,
@@ -132,7 +143,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, **kwargs) -> tuple[Any
     record = json.loads(cfg_file.read_text())
     mod = algo_module(record["algo"])
     config = config_from_dict(mod.Config, record["config"])
-    train_env, eval_env, _ = _make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"])
+    train_env, eval_env, _ = _make_envs(record["env"], config.num_envs, record["seed"],
+                                        record["env_kwargs"], record.get("resets"))
     loop = mod.make_loop(config, train_env, eval_env, record["steps"], record["seed"],
                          num_evals=record["num_evals"])
     session = _Session(loop, mod, config, record, train_env, run_dir, progress,

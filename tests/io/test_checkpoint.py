@@ -231,3 +231,15 @@ def test_zero_size_leaves_round_trip(tmp_path):
     got, _, step = m.restore(state)
     assert step == 1 and got["contacts"].shape == (4, 0, 3)
     assert (got["x"] == state["x"]).all()
+
+
+def test_relative_run_dir_works(tmp_path, monkeypatch):
+    """Notebooks and CLIs pass relative run folders; orbax itself only takes absolute paths."""
+    import jax.numpy as jnp
+
+    from jaxrl.io.checkpoint import CheckpointManager
+
+    monkeypatch.chdir(tmp_path)
+    m = CheckpointManager("runs/rel")
+    assert m.save(3, {"x": jnp.ones(2)}, {"algo": "t"}, force=True)
+    assert (tmp_path / "runs/rel/checkpoints").is_dir() and m.latest_step() == 3
