@@ -62,8 +62,8 @@ class OnPolicyLoop:
         carry, metrics = self._call("chunk", self._chunk, carry)
         metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
         steps = self.env_steps(carry)
+        guards.check_actions(carry.env_state.nonfinite_actions, steps)  # root cause first
         guards.check_finite({k: v for k, v in metrics.items() if k != "train_return"}, steps)
-        guards.check_actions(carry.env_state.nonfinite_actions, steps)
         elapsed = time.perf_counter() - t0
         row = {"env_steps": steps, "chunk_s": elapsed, "sps": (steps - start) / max(elapsed, 1e-9), **metrics}
         if self._evaluate is not None:

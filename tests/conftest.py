@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("JAXRL_SMALL", "1")  # notebooks and demos pick their small settings
+# Before jax loads: hide XLA:CPU's spurious cache-loading ERROR logs (see envs/__init__.py).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -189,8 +189,9 @@ class OffPolicyLoop:
         steps = self.env_steps(carry)
         metrics = {k: np.asarray(v).item() for k, v in metrics.items()}
         # train_return is NaN when no episode ended during the chunk: that is not a failure.
-        guards.check_finite({k: v for k, v in metrics.items() if k != "train_return"}, steps)
+        # Actions first: a NaN action is the root cause of the NaN losses that follow it.
         guards.check_actions(carry.env_state.nonfinite_actions, steps)
+        guards.check_finite({k: v for k, v in metrics.items() if k != "train_return"}, steps)
         elapsed = time.perf_counter() - t0
         row = {"env_steps": steps, "chunk_s": elapsed, "sps": (steps - start_steps) / max(elapsed, 1e-9)}
         row.update(metrics)

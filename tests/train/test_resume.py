@@ -99,3 +99,33 @@ def test_restoring_into_another_layout_names_the_mismatch(runs, tmp_path):
     (run / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match="checkpoint has"):
         lifecycle.load_run(run)
+
+
+def test_exported_onnx_and_npz_equal_the_jax_policy_on_random_and_real_observations(runs, tmp_path):
+    import onnxruntime as ort
+
+    import envs
+    from jaxrl.algos import flashsac as algo
+    from jaxrl.io import numpy_policy
+
+    full, _, _ = runs
+    record, _, config, agent, env = lifecycle.load_run(full)
+    onnx_path = lifecycle.export_run(full, fmt="onnx", out=tmp_path / "p.onnx")
+    npz_path = lifecycle.export_run(full, fmt="npz", out=tmp_path / "p.npz")
+    card = json.loads(Path(f"{onnx_path}.card.json").read_text())
+    assert card["observation"]["size"] == env.obs_spec["state"].size
+    assert card["action"]["size"] == env.action_size and card["control_dt"] == pytest.approx(env.spec.dt)
+    # Real observations from a rollout, plus random ones well outside the training range.
+    e = envs.make(record["env"], num_envs=64)
+    s, real = e.reset(jax.random.PRNGKey(5)), []
+    for i in range(30):
+        s = e.step(s, e.random_action_fn(jax.random.PRNGKey(i)))
+        real.append(np.asarray(s.obs["state"]))
+    rand = np.random.default_rng(0).normal(0, 3, (2000, e.obs_spec["state"].size)).astype(np.float32)
+    obs = np.concatenate(real + [rand])
+    want = np.asarray(algo.act(agent, {"state": obs, "privileged_state": obs}, jax.random.PRNGKey(0),
+                               config, deterministic=True)[0])
+    sess = ort.InferenceSession(str(onnx_path))
+    got = sess.run(None, {sess.get_inputs()[0].name: obs})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(numpy_policy.forward(numpy_policy.load_npz(npz_path), obs), want, atol=1e-5)

@@ -1,0 +1,42 @@
+"""The `jaxrl` command line: help, listing, and clear refusals."""
+
+import pytest
+
+from jaxrl import cli
+
+
+def test_help_lists_every_command(capsys):
+    cli.main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("list-envs", "train", "resume", "export", "resets"):
+        assert cmd in out
+
+
+def test_list_envs_marks_tasks_that_need_menagerie(capsys):
+    rows = cli.list_envs(cli.ListEnvs(source="playground"))
+    by_name = {r["name"]: r for r in rows}
+    assert len(rows) == 54
+    assert by_name["T1JoystickFlatTerrain"]["needs_menagerie"] and not by_name["CartpoleBalance"]["needs_menagerie"]
+
+
+def test_unknown_command_and_algorithm_are_refused():
+    with pytest.raises(SystemExit, match="unknown command"):
+        cli.main(["fly"])
+    with pytest.raises(SystemExit, match="flashsac,ppo"):
+        cli.main(["train", "dqn"])
+    with pytest.raises(SystemExit, match="--mix needs --resets"):
+        cli.main(["train", "ppo", "--mix", "0.5,0.5", "--steps", "10"])
+
+
+def test_train_help_shows_config_defaults_from_the_preset(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "flashsac", "--help"])
+    out = capsys.readouterr().out
+    assert "--config.batch-size" in out and "--config.gamma" in out
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    from jaxrl.train import run
+
+    with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
+        run.resume(tmp_path)
