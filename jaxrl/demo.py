@@ -22,10 +22,10 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--env", default="CartpoleBalance")
-    p.add_argument("--steps", type=int, default=None, help="env steps (default: 60k, 4k when JAXRL_SMALL=1)")
+    p.add_argument("--steps", type=int, default=None, help="env steps (default: 40k, 4k when JAXRL_SMALL=1)")
     a = p.parse_args(argv)
     small = os.environ.get("JAXRL_SMALL") == "1"
-    steps = a.steps or (4_000 if small else 60_000)
+    steps = a.steps or (4_000 if small else 40_000)
     cfg = flashsac.FlashSACConfig.cpu()
     out = Path(a.out)
     flashsac.train(a.env, cfg, steps=steps, seed=0, out_dir=out, num_evals=3 if small else 10,
