@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
 
         run.resume(rest[0])
     elif cmd == "export":
-        print(export_cmd(tyro.cli(ExportArgs, args=rest, prog="jaxrl export")))
+        if rest and not rest[0].startswith("-"):  # `jaxrl export RUN_DIR ...`
+            rest = ["--run-dir", rest[0], *rest[1:]]
+        print(export_cmd(tyro.cli(ExportArgs, args=rest, prog="jaxrl export RUN_DIR")))
     elif cmd == "resets":
         if not rest or rest[0] != "build":
             raise SystemExit("usage: jaxrl resets build --task NAME --per-type N --out FILE")

@@ -40,3 +40,8 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
         run.resume(tmp_path)
+
+
+def test_export_takes_the_run_dir_positionally(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
+        cli.main(["export", str(tmp_path), "--format", "npz"])
