@@ -226,32 +226,21 @@ class FlashSACState:
 
 
 # ============================================================================ modules
+def _trunk_kwargs(cfg: FlashSACConfig, train: bool) -> dict:
+    """Trunk settings shared by actor and critic (widths differ, set by the caller)."""
+    return dict(num_blocks=cfg.num_blocks, train=train, expansion=cfg.expansion,
+                bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps, rms_eps=cfg.rms_eps)
+
+
 def _actor(cfg: FlashSACConfig, action_size: int, train: bool) -> nn.Module:
-    return TanhGaussianActor(
-        action_size=action_size,
-        width=cfg.actor_width,
-        num_blocks=cfg.num_blocks,
-        train=train,
-        expansion=cfg.expansion,
-        bn_momentum=cfg.bn_momentum,
-        bn_eps=cfg.bn_eps,
-        rms_eps=cfg.rms_eps,
-        log_std_min=cfg.log_std_min,
-        log_std_max=cfg.log_std_max,
-    )
+    return TanhGaussianActor(action_size=action_size, width=cfg.actor_width,
+                             log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+                             **_trunk_kwargs(cfg, train))
 
 
 def _critic(cfg: FlashSACConfig, train: bool) -> nn.Module:
-    return critic_ensemble(ENSEMBLE_SIZE)(
-        num_atoms=cfg.num_atoms,
-        width=cfg.critic_width,
-        num_blocks=cfg.num_blocks,
-        train=train,
-        expansion=cfg.expansion,
-        bn_momentum=cfg.bn_momentum,
-        bn_eps=cfg.bn_eps,
-        rms_eps=cfg.rms_eps,
-    )
+    return critic_ensemble(ENSEMBLE_SIZE)(num_atoms=cfg.num_atoms, width=cfg.critic_width,
+                                          **_trunk_kwargs(cfg, train))
 
 
 def _action_size(state: FlashSACState) -> int:

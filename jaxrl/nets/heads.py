@@ -11,6 +11,12 @@ from jaxrl.nets.bounded import BoundedTrunk
 LOG_2 = 0.6931471805599453
 
 
+def _trunk(head: nn.Module) -> BoundedTrunk:
+    """The shared trunk of a head, built from the head's own trunk fields (inside its compact call)."""
+    return BoundedTrunk(head.width, head.num_blocks, head.train, head.expansion, head.bn_momentum,
+                        head.bn_eps, head.rms_eps, name="trunk")
+
+
 class TanhGaussianActor(nn.Module):
     """Trunk -> plain dense mean (init N(0, 1e-3)) and log-std (zero init).
 
@@ -32,16 +38,7 @@ class TanhGaussianActor(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        z = BoundedTrunk(
-            self.width,
-            self.num_blocks,
-            self.train,
-            self.expansion,
-            self.bn_momentum,
-            self.bn_eps,
-            self.rms_eps,
-            name="trunk",
-        )(obs)
+        z = _trunk(self)(obs)
         mean = nn.Dense(self.action_size, kernel_init=nn.initializers.normal(1e-3), name="mean")(z)
         raw = nn.Dense(self.action_size, kernel_init=nn.initializers.zeros, name="log_std")(z)
         half_range = 0.5 * (self.log_std_max - self.log_std_min)
@@ -63,16 +60,7 @@ class CategoricalCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        z = BoundedTrunk(
-            self.width,
-            self.num_blocks,
-            self.train,
-            self.expansion,
-            self.bn_momentum,
-            self.bn_eps,
-            self.rms_eps,
-            name="trunk",
-        )(jnp.concatenate([obs, action], -1))
+        z = _trunk(self)(jnp.concatenate([obs, action], -1))
         return nn.Dense(self.num_atoms, name="logits")(z)  # [B, num_atoms]
 
 
