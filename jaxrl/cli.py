@@ -5,6 +5,8 @@
     jaxrl train ppo --env CartpoleBalance --steps 200000 --out runs/ppo [--resets FILE --mix 0.25,0.25,0.25,0.25]
     jaxrl resume RUN_DIR
     jaxrl export RUN_DIR --format onnx|npz [--out FILE]
+    jaxrl eval RUN_DIR --episodes 10 [--video out.mp4 --grid 4]
+    jaxrl sim2sim RUN_DIR --episodes 3
     jaxrl resets build --task NAME --per-type N --out FILE
 """
 
@@ -14,13 +16,15 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Optional
 
 COMMANDS = {
     "list-envs": "list tasks with observation/action sizes and whether they need Menagerie",
     "train": "train an algorithm: `jaxrl train flashsac|ppo --help`",
     "resume": "continue a run from its newest verified checkpoint",
     "export": "export a run's deterministic policy (ONNX or npz) plus a JSON card",
+    "eval": "evaluate a run's deterministic policy; --video renders rollouts (MuJoCo renderer)",
+    "sim2sim": "run the exported policy in MuJoCo C (not MJX) and report return next to MJX's",
     "resets": "OmniReset datasets: `jaxrl resets build --help`",
 }
 
@@ -63,18 +67,28 @@ def list_envs(args: ListEnvs) -> list[dict]:
 
 
 # ------------------------------------------------------------------------- train
+def _help(text: str):
+    """Field help that survives tyro's view of the dataclass built at run time in `train_cmd`
+    (inline comments of inherited fields are lost there)."""
+    import tyro
+
+    return tyro.conf.arg(help=text)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
     """Options shared by every trainer."""
 
-    env: str = "CartpoleBalance"  # task name (see `jaxrl list-envs`)
-    steps: int = 100_000  # env-step budget (warm-up included)
-    seed: int = 0
-    out: str = "runs/latest"  # run folder: config.json, metrics.jsonl, checkpoints, summary.json
-    preset: Literal["cpu", "paper"] = "cpu"  # config preset the overrides apply to
-    num_evals: int = 10  # evaluations (metrics rows) over the run
-    checkpoint_every_s: float = 600.0  # seconds between checkpoints (one at the end always)
-    progress: bool = True
+    env: Annotated[str, _help("task name (see `jaxrl list-envs`)")] = "CartpoleBalance"
+    steps: Annotated[int, _help("env-step budget (warm-up included)")] = 100_000
+    seed: Annotated[int, _help("seed of envs, networks and exploration: same seed, same run")] = 0
+    out: Annotated[str, _help("run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json")] = "runs/latest"
+    overwrite: Annotated[bool, _help("delete a run already in --out first (else refuse: use `jaxrl resume`)")] = False
+    preset: Annotated[Literal["cpu", "paper"], _help("config preset the --config.* overrides apply to")] = "cpu"
+    num_evals: Annotated[int, _help("evaluations (metrics rows, eval-return points) over the run")] = 10
+    checkpoint_every_s: Annotated[float, _help("seconds between checkpoints (one at the end always)")] = 600.0
+    progress: Annotated[bool, _help("live progress bar (env steps, steps/s, eval return, ETA)")] = True
+    wandb: Annotated[bool, _help("also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")] = False
 
 
 def _preset(cls, preset: str, env: str):
@@ -100,8 +114,10 @@ def train_cmd(argv: list[str]) -> None:
         "Args",
         [
             ("config", mod.Config, dataclasses.field(default=default_cfg)),
-            ("resets", "str | None", dataclasses.field(default=None)),  # (ppo) OmniReset dataset file
-            ("mix", "str | None", dataclasses.field(default=None)),  # (ppo) e.g. 0.25,0.25,0.25,0.25
+            ("resets", Annotated[Optional[str], _help("(ppo) OmniReset reset dataset file (`jaxrl resets build`)")],
+             dataclasses.field(default=None)),
+            ("mix", Annotated[Optional[str], _help("(ppo) reset-type probabilities, e.g. 0.25,0.25,0.25,0.25")],
+             dataclasses.field(default=None)),
         ],
         bases=(TrainArgs,),
         frozen=True,
@@ -116,7 +132,8 @@ def train_cmd(argv: list[str]) -> None:
     elif a.mix:
         raise SystemExit("--mix needs --resets FILE")
     run.train(algo, a.env, a.config, steps=a.steps, seed=a.seed, out_dir=a.out, resets=resets,
-              num_evals=a.num_evals, progress=a.progress, checkpoint_every_s=a.checkpoint_every_s)
+              num_evals=a.num_evals, progress=a.progress, checkpoint_every_s=a.checkpoint_every_s,
+              overwrite=a.overwrite, wandb=a.wandb)
     print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
 
 
@@ -134,6 +151,44 @@ def export_cmd(a: ExportArgs) -> Path:
     from jaxrl.io import lifecycle
 
     return lifecycle.export_run(a.run_dir, fmt=a.format, out=a.out, which=a.checkpoint)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate a run's deterministic policy on fresh episodes; optionally render a video."""
+
+    run_dir: str
+    episodes: int = 10  # episodes, run in parallel (one env each)
+    video: str | None = None  # write a video of the first --grid episodes here (.mp4 or .gif)
+    grid: int = 1  # episodes shown side by side in the video
+    height: int = 240  # video cell height in pixels
+    width: int = 320  # video cell width in pixels
+    camera: str = "auto"  # camera name or id; auto: the task's first camera, else -1 (free camera)
+    checkpoint: Literal["latest", "best"] = "latest"
+    seed: int = 0  # seed of the evaluation episodes' initial states
+
+
+@dataclasses.dataclass(frozen=True)
+class Sim2SimArgs:
+    """Run the exported policy in MuJoCo C (not MJX) and report its return next to MJX's."""
+
+    run_dir: str
+    episodes: int = 3  # episodes on each simulator, same initial states
+    policy: str | None = None  # policy file (.onnx/.npz); default RUN_DIR/policy.onnx, exported if missing
+    checkpoint: Literal["latest", "best"] = "latest"  # exported when no policy file exists yet
+    seed: int = 0  # seed of the initial states
+    max_steps: int | None = None  # cap episode length (default: the task's)
+
+
+def _with_run_dir(rest: list[str]) -> list[str]:
+    """`jaxrl CMD RUN_DIR ...` -> `--run-dir RUN_DIR ...` for tyro."""
+    return ["--run-dir", rest[0], *rest[1:]] if rest and not rest[0].startswith("-") else rest
+
+
+def _camera(text: str) -> str | int | None:
+    if text == "auto":
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +220,22 @@ def main(argv: list[str] | None = None) -> None:
 
         run.resume(rest[0])
     elif cmd == "export":
-        if rest and not rest[0].startswith("-"):  # `jaxrl export RUN_DIR ...`
-            rest = ["--run-dir", rest[0], *rest[1:]]
-        print(export_cmd(tyro.cli(ExportArgs, args=rest, prog="jaxrl export RUN_DIR")))
+        print(export_cmd(tyro.cli(ExportArgs, args=_with_run_dir(rest), prog="jaxrl export RUN_DIR")))
+    elif cmd == "eval":
+        from jaxrl.io import lifecycle
+
+        a = tyro.cli(EvalArgs, args=_with_run_dir(rest), prog="jaxrl eval RUN_DIR")
+        report = lifecycle.evaluate_run(a.run_dir, episodes=a.episodes, which=a.checkpoint, seed=a.seed,
+                                        video=a.video, grid=a.grid, height=a.height, width=a.width,
+                                        camera=_camera(a.camera))
+        print(json.dumps(report, indent=1))
+    elif cmd == "sim2sim":
+        from jaxrl.io import sim2sim
+
+        a = tyro.cli(Sim2SimArgs, args=_with_run_dir(rest), prog="jaxrl sim2sim RUN_DIR")
+        report = sim2sim.sim2sim(a.run_dir, episodes=a.episodes, policy_file=a.policy, which=a.checkpoint,
+                                 seed=a.seed, max_steps=a.max_steps)
+        print(sim2sim.format_report(report))
     elif cmd == "resets":
         if not rest or rest[0] != "build":
             raise SystemExit("usage: jaxrl resets build --task NAME --per-type N --out FILE")

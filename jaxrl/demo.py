@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     cfg = flashsac.FlashSACConfig.cpu()
     out = Path(a.out)
     flashsac.train(a.env, cfg, steps=steps, seed=0, out_dir=out, num_evals=3 if small else 10,
-                   checkpoint_every_s=120.0)
+                   checkpoint_every_s=120.0, overwrite=True)
     plot_learning_curve({f"FlashSAC {a.env}": read_jsonl(out / "metrics.jsonl")}, out / "learning_curve.png")
     policy = lifecycle.export_run(out, fmt="onnx")
     summary = json.loads((out / "summary.json").read_text())

@@ -23,3 +23,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def cartpole4():
     return envs.make("CartpoleBalance", num_envs=4, episode_length=5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def solved_cartpole_run(tmp_path_factory):
+    """One FlashSAC run (cpu preset, CartpoleBalance, 40k steps) with a run folder, shared by the
+    learning test and the lifecycle tests (eval, video, export, sim2sim): trained once (~3 min)."""
+    from jaxrl import flashsac
+
+    run_dir = tmp_path_factory.mktemp("solved") / "cartpole"
+    _, rows = flashsac.train("CartpoleBalance", flashsac.FlashSACConfig.cpu(), steps=40_000,
+                             num_evals=8, progress=False, out_dir=run_dir)
+    return run_dir, rows

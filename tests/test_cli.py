@@ -8,7 +8,7 @@ from jaxrl import cli
 def test_help_lists_every_command(capsys):
     cli.main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("list-envs", "train", "resume", "export", "resets"):
+    for cmd in ("list-envs", "train", "resume", "export", "eval", "sim2sim", "resets"):
         assert cmd in out
 
 
@@ -33,6 +33,21 @@ def test_train_help_shows_config_defaults_from_the_preset(capsys):
         cli.main(["train", "flashsac", "--help"])
     out = capsys.readouterr().out
     assert "--config.batch-size" in out and "--config.gamma" in out
+    # the shared options carry their help text too, not only a default
+    assert "env-step budget" in out and "delete a run already in --out" in out
+
+
+@pytest.mark.parametrize("cmd", ["eval", "sim2sim"])
+def test_eval_and_sim2sim_take_the_run_dir_positionally(tmp_path, cmd):
+    with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
+        cli.main([cmd, str(tmp_path), "--episodes", "1"])
+
+
+def test_eval_help_documents_video_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "--video" in out and "--grid" in out and "episodes shown side by side" in out
 
 
 def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):

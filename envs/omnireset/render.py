@@ -8,42 +8,7 @@ import numpy as np
 
 from envs.manipulation.base import ManipulationTask
 from envs.omnireset.dataset import ResetDataset
-
-GL_HELP = (
-    "MuJoCo could not create an OpenGL context for offscreen rendering. Set MUJOCO_GL=egl "
-    "(GPU machines; apt-get install libegl1) or MUJOCO_GL=osmesa (software; apt-get install "
-    "libosmesa6) before importing mujoco, then retry."
-)
-
-
-def _renderer(model, height: int, width: int):
-    """mujoco.Renderer; when MuJoCo picked GLFW at import (MUJOCO_GL unset) and there is no
-    display, switch its context class to EGL, then OSMesa, before giving up with GL_HELP."""
-    import sys
-
-    import mujoco
-    from mujoco.rendering.classic import gl_context
-
-    errors = []
-    headless_default = not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY")
-    if not headless_default:  # (GLFW without a display aborts the process later: skip it)
-        try:
-            return mujoco.Renderer(model, height=height, width=width)
-        except Exception as e:  # noqa: BLE001  mujoco raises various errors when no GL backend is available
-            errors.append(f"{os.environ.get('MUJOCO_GL') or 'default'}: {e}")
-    if not os.environ.get("MUJOCO_GL") and "OpenGL.GL" not in sys.modules:
-        for backend in ("egl", "osmesa"):
-            try:
-                os.environ["PYOPENGL_PLATFORM"] = backend
-                module = __import__(f"mujoco.{backend}", fromlist=["GLContext"])
-                gl_context.GLContext = module.GLContext
-                renderer = mujoco.Renderer(model, height=height, width=width)
-                os.environ["MUJOCO_GL"] = backend
-                return renderer
-            except Exception as e:  # noqa: BLE001  (any failure: try the next backend)
-                errors.append(f"{backend}: {e}")
-                os.environ.pop("PYOPENGL_PLATFORM", None)
-    raise RuntimeError(f"{GL_HELP} Tried: {'; '.join(errors)}")
+from jaxrl.io.video import make_renderer
 
 
 def render_reset_grid(
@@ -65,7 +30,7 @@ def render_reset_grid(
 
     dataset.check_compatible(task)
     rng = np.random.default_rng(seed)
-    renderer = _renderer(task.mj_model, height, width)
+    renderer = make_renderer(task.mj_model, height, width)
     data = mujoco.MjData(task.mj_model)
     k = len(dataset.type_names)
     grid = np.zeros((k * height, per_type * width, 3), np.uint8)

@@ -19,14 +19,22 @@ from jaxrl.io import export
 from jaxrl.io.checkpoint import CheckpointManager
 
 
+def read_record(run_dir: str | Path) -> dict:
+    """The run's config.json (algo, env, steps, seed, env_kwargs, config)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
+    return json.loads(path.read_text())
+
+
 def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any, Any, Any]:
     """(record, algo module, config, agent state, train env) of the run's chosen checkpoint."""
     from jaxrl.train import run
 
+    if which not in ("latest", "best"):
+        raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
-    record = json.loads((run_dir / "config.json").read_text())
+    record = read_record(run_dir)
     mod = run.algo_module(record["algo"])
     config = run.config_from_dict(mod.Config, record["config"])
     env, _, _ = run._make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"],
@@ -84,3 +92,87 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     out = Path(out) if out is not None else Path(run_dir) / f"policy.{fmt}"
     policy_path, _ = export.export_policy(layers, out, fmt, card=card)
     return policy_path
+
+
+def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "latest", seed: int = 0,
+                 video: str | Path | None = None, grid: int = 1, height: int = 240, width: int = 320,
+                 camera: str | int | None = None, write: bool = True) -> dict:
+    """Deterministic policy of a run on ``episodes`` fresh episodes (one per env, in parallel).
+
+    Returns (and writes ``RUN_DIR/eval.json``) the per-episode returns and lengths.  With
+    ``video`` it also renders the first ``grid`` episodes with MuJoCo's renderer into one video
+    (a grid when ``grid > 1``); frames after an episode ends hold its last state.  ``camera``
+    None picks the task's first camera (set up by its author) or MuJoCo's free camera.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import envs
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if video is not None and not 1 <= grid <= episodes:
+        raise ValueError(f"grid must be between 1 and episodes={episodes}, got {grid}")
+    record, mod, config, agent, _ = load_run(run_dir, which)
+    policy = export.to_jax(mod.policy_layers(agent, config))
+    env = envs.make(record["env"], num_envs=episodes, seed=seed, **(record.get("env_kwargs") or {}))
+    k = grid if video is not None else 0
+
+    def body(carry, _):
+        s, alive, ret, length = carry
+        inner = s.inner.data if k else None
+        frame = (inner.qpos[:k], inner.mocap_pos[:k], inner.mocap_quat[:k]) if k else ()
+        s = env.step(s, policy(s.obs["state"]))
+        ret, length = ret + s.reward * alive, length + alive
+        alive = alive * (1.0 - s.done.astype(jnp.float32))
+        return (s, alive, ret, length), frame
+
+    @jax.jit
+    def rollout(key):
+        ones, zeros = jnp.ones((episodes,)), jnp.zeros((episodes,))
+        (_, _, ret, length), frames = jax.lax.scan(body, (env.reset(key), ones, zeros, zeros),
+                                                   None, env.episode_length)
+        return ret, length, frames
+
+    ret, length, frames = rollout(jax.random.PRNGKey(seed))
+    ret, length = np.asarray(ret, float), np.asarray(length).astype(int)
+    report = {
+        "env": record["env"], "checkpoint": which, "episodes": episodes, "seed": seed,
+        "returns": ret.tolist(), "lengths": length.tolist(),
+        "mean_return": float(ret.mean()), "std_return": float(ret.std()),
+    }
+    if video is not None:
+        report["video"] = str(_write_rollout_video(env, frames, length[:k], video, height, width, camera))
+    if write:
+        (Path(run_dir) / "eval.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _write_rollout_video(env, frames, lengths, path, height, width, camera) -> Path:
+    """[T, K, ...] states -> video; each episode's frames stop at its end (held)."""
+    from jaxrl.io import video
+
+    qpos, mocap_pos, mocap_quat = (np.asarray(f) for f in frames)
+    t = np.arange(qpos.shape[0])[:, None]
+    idx = np.minimum(t, np.maximum(lengths[None, :] - 1, 0))  # [T, K] hold the last frame
+    cols = np.arange(qpos.shape[1])[None, :]
+    qpos, mocap_pos, mocap_quat = qpos[idx, cols], mocap_pos[idx, cols], mocap_quat[idx, cols]
+    dt = env.spec.dt or 0.02
+    stride = max(1, int(np.ceil((1.0 / dt) / 50)))  # at most ~50 fps: smaller files, same speed
+    model = sim_task(env).mj_model
+    if camera is None:
+        camera = 0 if model.ncam else -1
+    rendered = video.render_frames(
+        model, qpos[::stride], mocap_pos=mocap_pos[::stride] if model.nmocap else None,
+        mocap_quat=mocap_quat[::stride] if model.nmocap else None,
+        height=height, width=width, camera=camera)
+    return video.write_video(path, rendered, fps=1.0 / (dt * stride))
+
+
+def sim_task(env: Any) -> Any:
+    """The single-env task under a VecEnv (and Playground wrappers); needs an ``mj_model``."""
+    task = getattr(env.unwrapped, "unwrapped", env.unwrapped)
+    if not hasattr(task, "mj_model"):
+        raise NotImplementedError(f"{env.name}: rendering needs a MuJoCo task with an mj_model "
+                                  "(Playground or jaxrl tasks; Brax pipelines are not supported)")
+    return task

@@ -1,7 +1,8 @@
 """Metrics: one JSON line per log call (the record), TensorBoard scalars, optional W&B.
 
 ``run_dir/metrics.jsonl`` is the source of truth: append-only, flushed each row, readable with
-``read_jsonl`` even after a crash mid-line.  TensorBoard events go to ``run_dir/tensorboard``.
+``read_jsonl`` even after a crash mid-line.  TensorBoard events go to ``run_dir/tensorboard``,
+Weights & Biases files to ``run_dir/wandb``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,6 +44,9 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+WANDB_ID_FILE = Path("wandb") / "jaxrl_run_id"  # under run_dir: the W&B run this folder logs to
+
+
 class MetricsLogger:
     """Log metric rows (dicts with ``env_steps``) to JSONL, TensorBoard and, if asked, W&B.
 
@@ -51,6 +56,22 @@ class MetricsLogger:
       wandb: also log to Weights & Biases; raises ImportError when wandb is not installed.
       wandb_project: the W&B project name.
       config: the run's config, given to W&B.
+
+    W&B details:
+
+    * Only real-number values are logged (strings, bools, lists stay in the JSONL), at
+      ``step=env_steps``; the run is named after ``run_dir``.  ``WANDB_MODE=offline`` and the
+      other ``WANDB_*`` variables work as usual.
+    * One folder is one W&B run: its id is kept in ``run_dir/wandb/jaxrl_run_id`` and reused
+      (``resume="allow"``) when the folder's ``metrics.jsonl`` already has rows, i.e. when a run
+      is resumed; a folder whose ``metrics.jsonl`` is empty or gone (a new or overwritten run)
+      starts a new W&B run.  A ``WANDB_RUN_ID`` in the environment (sweeps) wins.
+    * W&B steps only go forward: a row whose env_steps is below the last step W&B has (rows a
+      resumed run produces again after its checkpoint) is not sent to W&B; it is still in the
+      JSONL and TensorBoard.
+    * Each logger makes its own W&B run (``reinit="create_new"``), so two loggers never share
+      one.  Leaving the ``with`` block on an exception, or ``close(failed=True)``, marks the W&B
+      run failed (exit code 1).
     """
 
     def __init__(
@@ -62,18 +83,7 @@ class MetricsLogger:
         *,
         config: Mapping[str, Any] | None = None,
     ):
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
-        if self._file.tell() and not _ends_with_newline(self.path):  # a crash cut the last row
-            self._file.write("\n")
-        self._tb = self._wandb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
-        if wandb:
+        if wandb:  # fail before creating anything
             try:
                 import wandb as wandb_lib
             except ImportError as e:
@@ -81,9 +91,39 @@ class MetricsLogger:
                     "MetricsLogger(wandb=True) needs Weights & Biases: `pip install wandb` "
                     "(and `wandb login`), or pass wandb=False"
                 ) from e
-            self._wandb = wandb_lib.init(
-                project=wandb_project, dir=str(self.run_dir), config=_plain(dict(config or {}))
-            )
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
+        had_rows = self._file.tell() > 0
+        self._tb = self._wandb = None
+        self._wandb_step = 0  # the lowest step W&B still takes (it drops rows below its step)
+        try:
+            if had_rows and not _ends_with_newline(self.path):  # a crash cut the last row
+                self._file.write("\n")
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
+            if wandb:
+                ident = {}
+                if not os.environ.get("WANDB_RUN_ID"):
+                    ident = {
+                        "id": _wandb_run_id(self.run_dir, resume=had_rows),
+                        "resume": "allow",
+                        "name": self.run_dir.resolve().name,
+                    }
+                self._wandb = wandb_lib.init(
+                    project=wandb_project,
+                    dir=str(self.run_dir),
+                    config=None if config is None else _plain(dict(config)),
+                    reinit="create_new",
+                    **ident,
+                )
+                self._wandb_step = self._wandb.starting_step  # > 0 when a W&B run resumed
+        except BaseException:
+            self.close(failed=True)
+            raise
 
     def log(self, row: Mapping[str, Any]) -> None:
         """Append ``row`` (needs ``env_steps``; other values scalars) everywhere."""
@@ -98,24 +138,38 @@ class MetricsLogger:
             for name, value in scalars.items():
                 self._tb.add_scalar(name, float(value), global_step=step)
             self._tb.flush()
-        if self._wandb is not None:
+        if self._wandb is not None and step >= self._wandb_step:
             self._wandb.log(scalars, step=step)
+            self._wandb_step = step
 
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._wandb is not None:
-            self._wandb.finish()
-            self._wandb = None
+    def close(self, *, failed: bool = False) -> None:
+        """Close every sink (safe to call twice); ``failed`` marks the W&B run failed."""
+        tb, run, self._tb, self._wandb = self._tb, self._wandb, None, None
+        try:
+            if not self._file.closed:
+                self._file.close()
+            if tb is not None:
+                tb.close()
+        finally:
+            if run is not None:
+                run.finish(exit_code=1 if failed else 0)
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+
+def _wandb_run_id(run_dir: Path, resume: bool) -> str:
+    """The W&B run id of ``run_dir``: the stored one when resuming, else a new one (stored)."""
+    path = run_dir / WANDB_ID_FILE
+    if resume and path.exists() and (run_id := path.read_text().strip()):
+        return run_id
+    run_id = uuid.uuid4().hex[:16]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -6,7 +6,7 @@ everything on the host side of it:
 
     RUN_DIR/config.json      algo, env, steps, seed, the full algorithm config
     RUN_DIR/metrics.jsonl    one row per evaluation (env_steps, wall_s, eval_return, losses, sps)
-    RUN_DIR/tb/              TensorBoard events
+    RUN_DIR/tensorboard/     TensorBoard events
     RUN_DIR/checkpoints/     the whole carry (agent, replay buffer, env state, RNG, counters)
     RUN_DIR/summary.json     algo, env, env_steps, wall_s, compile_s, final_eval_return
 
@@ -109,13 +109,21 @@ def train(
     progress_fn=None,
     tensorboard: bool = True,
     wandb: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Any, list[dict]]:
-    """Train ``algo`` on ``env``; returns (final carry, metrics rows)."""
+    """Train ``algo`` on ``env``; returns (final carry, metrics rows).
+
+    ``out_dir`` must not already hold a run: its checkpoints would mix with this run's (resume and
+    export pick the newest step of either).  Continue it with `resume`, or pass ``overwrite=True``
+    to delete that run's files (only the files a run writes) first.
+    """
     mod = algo_module(algo)
     if not isinstance(config, mod.Config):
         raise TypeError(f"{algo} needs a {mod.Config.__name__}, got {type(config).__name__}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if out_dir is not None:
+        _claim_run_dir(Path(out_dir), overwrite)
     env_kwargs = dict(env_kwargs or {})
     train_env, eval_env, env_name = _make_envs(env, config.num_envs, seed, env_kwargs, resets)
     record = {
@@ -132,8 +140,34 @@ def train(
     return session.run(loop.init_carry(), rows=[])
 
 
-def resume(run_dir: str | Path, *, progress: bool = True, **kwargs) -> tuple[Any, list[dict]]:
-    """Continue the run in ``run_dir`` from its newest verified checkpoint."""
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints", "eval.json",
+             "sim2sim.json", "rollout.mp4", "policy.onnx", "policy.onnx.card.json", "policy.npz",
+             "policy.npz.card.json", "learning_curve.png", "wandb")
+
+
+def _claim_run_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that already holds a run unless ``overwrite``; then remove that run's files."""
+    import shutil
+
+    existing = [n for n in RUN_FILES if (out / n).exists()]
+    if not existing or not ((out / "config.json").exists() or (out / "checkpoints").exists()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(existing)}). Continue it with `jaxrl resume {out}`, "
+            "train into a new folder, or pass overwrite=True (CLI: --overwrite) to delete that run first."
+        )
+    for name in existing:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = None,
+           **kwargs) -> tuple[Any, list[dict]]:
+    """Continue the run in ``run_dir`` from its newest verified checkpoint.
+
+    ``wandb=None`` logs to Weights & Biases again when the run did (it continues the same W&B run).
+    """
     from jaxrl.io import metrics as metrics_io
 
     run_dir = Path(run_dir)
@@ -149,7 +183,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, **kwargs) -> tuple[Any
                          num_evals=record["num_evals"])
     session = _Session(loop, mod, config, record, train_env, run_dir, progress,
                        kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
-                       kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True, False)
+                       kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True,
+                       (run_dir / "wandb" / "jaxrl_run_id").exists() if wandb is None else wandb)
     carry, meta, step = session.ckpt.restore(loop.init_carry(), expected_metadata=session.metadata)
     log = run_dir / "metrics.jsonl"
     rows = [r for r in metrics_io.read_jsonl(log) if r["env_steps"] <= step] if log.exists() else []
@@ -174,7 +209,8 @@ class _Session:
 
             self.ckpt = CheckpointManager(self.out, keep_last=keep_last,
                                           save_interval_s=checkpoint_every_s)
-            self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb)
+            self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb,
+                                        config=self.metadata)
 
     def run(self, carry, rows: list[dict], wall_offset: float = 0.0):
         from jaxrl.io.progress import Progress
@@ -182,6 +218,7 @@ class _Session:
         bar = Progress(self.record["steps"], desc=f"{self.record['algo']} {self.record['env']}") \
             if self.show_progress else None
         t0 = time.perf_counter()
+        failed = True
         try:
             while not self.loop.finished(carry):
                 carry, row = self.loop.run_chunk(carry)
@@ -200,11 +237,12 @@ class _Session:
                     bar.update(row)
                 if self.progress_fn is not None:
                     self.progress_fn(row)
+            failed = False
         finally:
             if bar is not None:
                 bar.close()
             if self.logger is not None:
-                self.logger.close()
+                self.logger.close(failed=failed)
         if self.out is not None:
             self._summary(rows)
         return carry, rows

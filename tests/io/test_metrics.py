@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import sys
 
 import numpy as np
 import pytest
 
-from jaxrl.io.metrics import MetricsLogger, plot_learning_curve, read_jsonl
+from jaxrl.io.metrics import (
+    WANDB_ID_FILE,
+    MetricsLogger,
+    _wandb_run_id,
+    plot_learning_curve,
+    read_jsonl,
+)
 from jaxrl.io.progress import LiveCurve, Progress
 
 ROWS = [
@@ -63,14 +71,160 @@ def test_row_without_env_steps_is_rejected(tmp_path):
         logger.log({"eval_return": 1.0})
 
 
-def test_wandb_asked_but_not_installed_says_how_to_fix(tmp_path):
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install wandb"):
-            MetricsLogger(tmp_path, tensorboard=False, wandb=True)
-    else:
-        pytest.skip("wandb is installed")
+def test_wandb_asked_but_not_installed_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
+    with pytest.raises(ImportError, match="pip install wandb"):
+        MetricsLogger(tmp_path / "run", tensorboard=False, wandb=True)
+    assert not (tmp_path / "run").exists()  # failed before creating anything
+
+
+def read_wandb_records(path) -> list:
+    """The Record protos of a ``.wandb`` file: a 7-byte header (":W&B", magic, version), then
+    LevelDB-log chunks in 32 KiB blocks (u32 crc, u16 length, u8 type: 1 full, 2 first,
+    3 middle, 4 last; a block tail under 7 bytes is padding)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", data[:7]
+    records, pos, pending = [], 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:  # zero padding
+            pos += block - pos % block
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+            pending = b""
+    assert not pending, "file ends inside a record"
+    return records
+
+
+def _item_key_value(item) -> tuple[str, object]:
+    key = item.key or "/".join(item.nested_key)
+    if item.value_json:
+        return key, json.loads(item.value_json)
+    return key, getattr(item, item.WhichOneof("value"))
+
+
+def read_wandb_run(path) -> dict:
+    """id, name, project, resume (asked), config, history [(step, {metric: value})], exit code."""
+    run = {"config": {}, "history": [], "exit_code": None}
+    for record in read_wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.update(
+                id=record.run.run_id,
+                name=record.run.display_name,
+                project=record.run.project,
+                resume=record.run.resume,
+                start_time=record.run.start_time.ToNanoseconds(),
+            )
+            run["config"].update(_item_key_value(i) for i in record.run.config.update)
+        elif kind == "config":
+            run["config"].update(_item_key_value(i) for i in record.config.update)
+        elif kind == "history":
+            values = dict(_item_key_value(i) for i in record.history.item)
+            metrics = {k: v for k, v in values.items() if not k.startswith("_")}
+            run["history"].append((record.history.step.num, metrics))
+        elif kind == "exit":
+            run["exit_code"] = record.exit.exit_code
+    run["config"].pop("_wandb", None)
+    return run
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """W&B in offline mode, quiet, with every file it writes under tmp_path."""
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # forget settings an earlier wandb user in this process read from its env
+    home = tmp_path / "wandb_home"
+    for name, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_SAVE_CODE": "false",
+        "WANDB_X_DISABLE_STATS": "true",
+        "WANDB_X_DISABLE_META": "true",
+        "WANDB_DIR": str(home),
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in (
+        "WANDB_API_KEY",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_NAME",
+        "WANDB_TAGS",
+        "WANDB_NOTES",
+        "WANDB_RUN_GROUP",
+        "WANDB_JOB_TYPE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    yield wandb
+    wandb.teardown()  # stop the wandb-core service, drop its settings (no-op when done already)
+
+
+def test_wandb_offline_run_gets_rows_and_config_and_a_resume_continues_it(tmp_path, wandb_offline):
+    run_dir = tmp_path / "sac_cartpole"
+    config = {"algo": "sac", "lr": np.float32(0.5), "hidden": (256, 256)}
+    with MetricsLogger(
+        run_dir, tensorboard=False, wandb=True, wandb_project="jaxrl-test", config=config
+    ) as logger:
+        logger.log({**ROWS[0], "eval_return": np.float32(1.5)})
+        for row in ROWS[1:]:
+            logger.log(row)
+        logger.log({"env_steps": 2000, "eval_return": -1.0})  # behind W&B's step: JSONL only
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        MetricsLogger(run_dir, tensorboard=False, wandb=True, wandb_project="jaxrl-test") as logger,
+    ):  # resumed: metrics.jsonl has rows
+        logger.log({"env_steps": 4000, "eval_return": 6.0})
+        raise RuntimeError("boom")
+    wandb_offline.teardown()  # finish() can return before wandb-core has flushed the .wandb file
+
+    run_id = (run_dir / WANDB_ID_FILE).read_text().strip()
+    # one offline folder per session: offline-run-<start second>-<id>[-<n> when a second repeats]
+    first, resumed = sorted(
+        (read_wandb_run(p) for p in run_dir.glob(f"wandb/offline-run-*/run-{run_id}.wandb")),
+        key=lambda run: run["start_time"],
+    )
+    assert first["id"] == resumed["id"] == run_id and first["resume"] and resumed["resume"]
+    assert first["name"] == "sac_cartpole" and first["project"] == "jaxrl-test"
+    assert first["config"] == {"algo": "sac", "lr": 0.5, "hidden": [256, 256]}
+    assert first["history"] == [
+        (1000, {"eval_return": 1.5, "critic_loss": 0.25}),  # the string "phase" is left out
+        (2000, {"eval_return": 3.0, "critic_loss": 0.125, "nonfinite": 0}),
+        (3000, {"eval_return": 4.5, "critic_loss": 0.0625}),
+    ]
+    assert first["exit_code"] == 0
+    for log in run_dir.glob("wandb/offline-run-*/logs/debug-internal.log"):
+        assert "ignoring partial history" not in log.read_text()  # the stale row never reached W&B
+    assert resumed["history"] == [(4000, {"eval_return": 6.0})]
+    assert resumed["exit_code"] == 1  # left the with block on an exception: a failed run
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["env_steps"] for r in rows] == [1000, 2000, 3000, 2000, 4000]
+    assert not list((tmp_path / "wandb_home").glob("**/offline-run-*"))  # runs live in run_dir
+
+
+def test_wandb_run_id_is_kept_for_a_resume_and_renewed_for_a_new_run(tmp_path):
+    first = _wandb_run_id(tmp_path, resume=False)
+    assert (tmp_path / WANDB_ID_FILE).read_text().strip() == first
+    assert _wandb_run_id(tmp_path, resume=True) == first
+    second = _wandb_run_id(tmp_path, resume=False)  # e.g. the folder was overwritten
+    assert second != first and _wandb_run_id(tmp_path, resume=True) == second
+    assert _wandb_run_id(tmp_path / "fresh", resume=True) != second  # nothing stored yet
 
 
 def test_learning_curve_png_has_one_line_per_run(tmp_path):

@@ -7,10 +7,10 @@ from jaxrl import flashsac
 
 
 @pytest.mark.slow
-def test_cpu_preset_solves_cartpole_balance_within_40k_steps():
-    """Solved = deterministic eval return >= 900 of the maximum 1000 (random policy: ~200-600)."""
-    _, rows = flashsac.train("CartpoleBalance", flashsac.FlashSACConfig.cpu(), steps=40_000,
-                             num_evals=8, progress=False)
+def test_cpu_preset_solves_cartpole_balance_within_40k_steps(solved_cartpole_run):
+    """Solved = deterministic eval return >= 900 of the maximum 1000 (random policy: ~200-600).
+    (The run is the shared session fixture: conftest.solved_cartpole_run.)"""
+    _, rows = solved_cartpole_run
     assert rows[-1]["env_steps"] >= 40_000
     assert max(r["eval_return"] for r in rows[-3:]) >= 900, [round(r["eval_return"]) for r in rows]
 

@@ -1,0 +1,213 @@
+"""Sim-to-sim: run an exported policy with MuJoCo's C simulator instead of MJX.
+
+The step every robotics team takes before a real robot: the same policy file the robot will load
+(ONNX through onnxruntime, or the npz through the shipped numpy forward), driving a different
+physics implementation (MuJoCo C, float64, its own solver and collision code) on the same model.
+A policy that only works through MJX's float32 quirks shows up here as a return gap.
+
+How the physics is swapped without rewriting each task: a task's ``step`` computes the control,
+advances physics through one function (Playground's ``mjx_env.step(model, data, action,
+n_substeps)``, our tasks' ``physics_step(data)``), then reads observation and reward off the new
+``mjx.Data``.  `mujoco_physics` replaces that one function, while a step is traced, with a
+``jax.pure_callback`` into `CPhysics`: it copies the state (qpos, qvel, act, ctrl, mocap, applied
+forces, warm start, time) into an ``mujoco.MjData``, calls ``mujoco.mj_step`` ``n_substeps``
+times and converts the result back with ``mjx.put_data``, so every derived quantity the task reads
+(sensors, site frames, contacts) is the C simulator's.  The task's own observation, reward and
+termination code runs unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# mjx.Data fields that define the state mj_step advances from.
+_STATE_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart",
+                 "qfrc_applied", "xfrc_applied", "eq_active", "history", "userdata", "time")
+
+
+class CPhysics:
+    """MuJoCo C stepping of one model, callable from inside jit through `step_data`."""
+
+    def __init__(self, mj_model):
+        import mujoco
+
+        self.model = mj_model
+        self.data = mujoco.MjData(mj_model)
+        self.calls = 0  # host calls so far (tests use it to prove the C path ran)
+        self.warnings = 0  # MuJoCo instability warnings (bad qacc -> auto reset) seen
+
+    def _host_step(self, data: Any, n_substeps: np.ndarray) -> Any:
+        """numpy mjx.Data -> numpy mjx.Data after ``n_substeps`` C steps."""
+        import mujoco
+        from mujoco import mjx
+
+        d = self.data
+        mujoco.mj_resetData(self.model, d)
+        d.time = float(data.time)
+        for name in _STATE_FIELDS[:-1]:
+            if hasattr(data, name) and hasattr(d, name) and np.size(getattr(d, name)):
+                target = getattr(d, name)
+                target[...] = np.asarray(getattr(data, name)).reshape(target.shape).astype(target.dtype)
+        before = int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)
+        for _ in range(int(n_substeps)):
+            mujoco.mj_step(self.model, d)
+        self.warnings += int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number) - before
+        self.calls += 1
+        out = mjx.put_data(self.model, d, impl="jax")
+        return jax.tree.map(lambda t, x: np.asarray(x, dtype=t.dtype).reshape(t.shape), data, out)
+
+    def step_data(self, data: Any, n_substeps: int = 1) -> Any:
+        """Traceable: the mjx.Data after ``n_substeps`` C steps from ``data`` (ctrl as set in it)."""
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), data)
+        return jax.pure_callback(self._host_step, shapes, data, np.int32(n_substeps),
+                                 vmap_method="sequential")
+
+
+@contextlib.contextmanager
+def mujoco_physics(task: Any, physics: CPhysics):
+    """While active, traced ``task.step`` calls advance physics with `physics` (MuJoCo C)."""
+    if hasattr(task, "physics_step"):  # jaxrl tasks (envs.manipulation): one method per task
+        n = int(getattr(task, "n_substeps", 1))
+        task.physics_step = lambda data: physics.step_data(data, n)
+        try:
+            yield
+        finally:
+            del task.physics_step
+        return
+    from mujoco_playground._src import mjx_env
+
+    if not isinstance(task, mjx_env.MjxEnv):
+        raise NotImplementedError(
+            f"sim2sim supports MuJoCo Playground tasks and jaxrl's own tasks; {type(task).__name__} "
+            "steps physics another way (Brax pipelines are not MuJoCo C compatible)"
+        )
+    original = mjx_env.step
+
+    def c_step(model, data, action, n_substeps=1):
+        return physics.step_data(data.replace(ctrl=action), n_substeps)
+
+    mjx_env.step = c_step
+    try:
+        yield
+    finally:
+        mjx_env.step = original
+
+
+def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """obs [B, D] float32 -> action [B, A] from an exported ``.onnx`` (onnxruntime) or ``.npz``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no policy file {path}; export one with `jaxrl export RUN_DIR`")
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda obs: session.run(["action"], {"obs": np.asarray(obs, np.float32)})[0]
+    if path.suffix == ".npz":
+        from jaxrl.io import numpy_policy
+
+        layers = numpy_policy.load_npz(path)
+        return lambda obs: numpy_policy.forward(layers, np.asarray(obs, np.float32))
+    raise ValueError(f"policy file must end in .onnx or .npz, got {path.name}")
+
+
+def _state_obs(obs: Any) -> np.ndarray:
+    return np.asarray(obs["state"] if hasattr(obs, "keys") else obs, np.float32)
+
+
+def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: jax.Array,
+                 episode_length: int, physics: CPhysics | None = None) -> dict:
+    """Run one episode per key with ``policy`` (numpy in, numpy out) on the single-env ``task``.
+
+    ``physics=None`` steps with MJX (the task as trained); a `CPhysics` steps with MuJoCo C.
+    Returns per-episode returns and lengths.
+    """
+    ctx = mujoco_physics(task, physics) if physics is not None else contextlib.nullcontext()
+    # Fresh closures (a jit of the bound method could reuse a trace made without the swap), and
+    # the whole loop inside the context: a re-trace (e.g. reset and step states differing in
+    # weak types) must see the swap too.
+    reset = jax.jit(lambda key: task.reset(key))
+    step = jax.jit(lambda s, a: task.step(s, a))
+    returns, lengths = [], []
+    with ctx:
+        for key in keys:
+            state, total, t = reset(key), 0.0, 0
+            while t < episode_length:
+                action = np.asarray(policy(_state_obs(state.obs)[None]), np.float32)[0]
+                if not np.isfinite(action).all():
+                    raise FloatingPointError(f"the policy returned a non-finite action at step {t}")
+                calls = physics.calls if physics is not None else 0
+                state = step(state, jnp.asarray(action))
+                if physics is not None and physics.calls != calls + 1:
+                    raise RuntimeError(f"{type(task).__name__}.step did not advance physics through "
+                                       "MuJoCo C exactly once; sim2sim cannot swap its physics")
+                total += float(state.reward)
+                t += 1
+                if float(state.done) > 0.5:
+                    break
+            returns.append(total)
+            lengths.append(t)
+    return {"returns": returns, "lengths": lengths}
+
+
+def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path | None = None,
+            which: str = "latest", seed: int = 0, max_steps: int | None = None,
+            write: bool = True) -> dict:
+    """Exported policy in MuJoCo C vs in MJX, same task, same initial states; writes sim2sim.json.
+
+    The policy file defaults to ``RUN_DIR/policy.onnx`` (exported first when missing).  Both sides
+    run the same file through the same runtime, so the gap is the simulator's alone.
+    """
+    import envs
+    from jaxrl.io import lifecycle
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    run_dir = Path(run_dir)
+    record = lifecycle.read_record(run_dir)
+    if policy_file is None:
+        policy_file = run_dir / "policy.onnx"
+        if not policy_file.exists():
+            lifecycle.export_run(run_dir, fmt="onnx", which=which)
+    policy = load_policy(policy_file)
+    kwargs = dict(record.get("env_kwargs") or {})
+    if envs.source_of(record["env"]) == "playground":
+        kwargs["impl"] = "jax"  # the data layout `mjx.put_data(impl="jax")` produces
+    venv = envs.make(record["env"], num_envs=1, seed=seed, **kwargs)
+    task = lifecycle.sim_task(venv)
+    length = min(venv.episode_length, max_steps or venv.episode_length)
+    keys = jax.random.split(jax.random.PRNGKey(seed), episodes)
+    physics = CPhysics(task.mj_model)
+    mjx_side = run_episodes(task, policy, keys, length)
+    c_side = run_episodes(task, policy, keys, length, physics)
+    m_mean, c_mean = float(np.mean(mjx_side["returns"])), float(np.mean(c_side["returns"]))
+    report = {
+        "env": record["env"], "policy": str(policy_file), "episodes": episodes, "episode_length": length,
+        "mjx_returns": mjx_side["returns"], "mujoco_returns": c_side["returns"],
+        "mjx_lengths": mjx_side["lengths"], "mujoco_lengths": c_side["lengths"],
+        "mjx_mean_return": m_mean, "mujoco_mean_return": c_mean,
+        "relative_gap": (c_mean - m_mean) / max(abs(m_mean), 1e-8),
+        "mujoco_instability_warnings": physics.warnings, "mujoco_step_calls": physics.calls,
+        "mujoco_version": __import__("mujoco").__version__,
+    }
+    if write:
+        (run_dir / "sim2sim.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A few lines for the console: returns per simulator and the relative gap."""
+    lines = [f"sim2sim {report['env']}  policy={report['policy']}  episodes={report['episodes']}"]
+    for side, name in (("mjx", "MJX (as trained)"), ("mujoco", "MuJoCo C")):
+        rets = ", ".join(f"{r:.1f}" for r in report[f"{side}_returns"])
+        lines.append(f"  {name:<17} mean return {report[f'{side}_mean_return']:9.2f}   [{rets}]")
+    lines.append(f"  relative gap (C - MJX) / |MJX|: {report['relative_gap']:+.3f}   "
+                 f"MuJoCo instability warnings: {report['mujoco_instability_warnings']}")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""MuJoCo C physics swapped into MJX tasks (`jaxrl.io.sim2sim`): it is really the C simulator that
+runs (a changed C model changes the trajectory), and on the same model it tracks MJX closely."""
+
+import contextlib
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from jaxrl.io import lifecycle, sim2sim
+
+
+def _trajectory(task, actions, physics=None):
+    """qpos after each step from the same reset, MJX physics (None) or MuJoCo C."""
+    ctx = sim2sim.mujoco_physics(task, physics) if physics else contextlib.nullcontext()
+    with ctx:
+        reset = jax.jit(lambda k: task.reset(k))
+        step = jax.jit(lambda s, a: task.step(s, a))
+        state, out = reset(jax.random.PRNGKey(0)), []
+        for a in actions:
+            state = step(state, a)
+            out.append(np.asarray(state.data.qpos))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def cheetah():
+    """A contact-rich Playground task (through `mjx_env.step`), MJX-JAX like sim2sim uses."""
+    task = lifecycle.sim_task(envs.make("CheetahRun", num_envs=1, impl="jax"))
+    actions = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (100, task.action_size)), jnp.float32)
+    return task, actions, _trajectory(task, actions)
+
+
+def test_c_physics_tracks_mjx_on_the_same_model(cheetah):
+    task, actions, mjx_q = cheetah
+    physics = sim2sim.CPhysics(task.mj_model)
+    c_q = _trajectory(task, actions, physics)
+    assert physics.calls == 1 + len(actions)  # the 200-substep settle in reset, then one per step
+    gap = np.abs(c_q - mjx_q).max()
+    assert 0 < gap < 1e-3, gap  # float64 C vs float32 MJX: close, not bit-identical
+
+
+def test_a_changed_c_model_changes_the_trajectory(cheetah):
+    """Proves the C model drives the state the task reads (not MJX with a callback on the side)."""
+    task, actions, mjx_q = cheetah
+    heavier = copy.deepcopy(task.mj_model)
+    heavier.opt.gravity[2] *= 1.5
+    c_q = _trajectory(task, actions, sim2sim.CPhysics(heavier))
+    assert np.abs(c_q - mjx_q).max() > 0.05
+
+
+def test_own_tasks_swap_their_physics_step_too():
+    """jaxrl's manipulation tasks step through `physics_step`; the swap is undone afterwards."""
+    task = lifecycle.sim_task(envs.make("PushToSlot", num_envs=1))
+    actions = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (30, task.action_size)), jnp.float32)
+    mjx_q = _trajectory(task, actions)
+    physics = sim2sim.CPhysics(task.mj_model)
+    c_q = _trajectory(task, actions, physics)
+    assert physics.calls == len(actions)
+    assert np.abs(c_q - mjx_q).max() < 1e-3
+    assert "physics_step" not in vars(task)  # the instance override is gone
+
+
+def test_policy_files_are_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="jaxrl export"):
+        sim2sim.load_policy(tmp_path / "missing.onnx")
+    (tmp_path / "p.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=".onnx or .npz"):
+        sim2sim.load_policy(tmp_path / "p.pt")
+
+
+def test_brax_tasks_are_refused_with_a_reason():
+    class NotMjx:
+        pass
+
+    with pytest.raises(NotImplementedError, match="Playground"):
+        with sim2sim.mujoco_physics(NotMjx(), None):
+            pass
