@@ -16,7 +16,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 COMMANDS = {
     "list-envs": "list tasks with observation/action sizes and whether they need Menagerie",
@@ -114,9 +114,9 @@ def train_cmd(argv: list[str]) -> None:
         "Args",
         [
             ("config", mod.Config, dataclasses.field(default=default_cfg)),
-            ("resets", Annotated[Optional[str], _help("(ppo) OmniReset reset dataset file (`jaxrl resets build`)")],
+            ("resets", Annotated[str | None, _help("(ppo) OmniReset reset dataset file (`jaxrl resets build`)")],
              dataclasses.field(default=None)),
-            ("mix", Annotated[Optional[str], _help("(ppo) reset-type probabilities, e.g. 0.25,0.25,0.25,0.25")],
+            ("mix", Annotated[str | None, _help("(ppo) reset-type probabilities, e.g. 0.25,0.25,0.25,0.25")],
              dataclasses.field(default=None)),
         ],
         bases=(TrainArgs,),

@@ -216,6 +216,7 @@ class CheckpointManager:
         self.keep_last, self.keep_best = keep_last, keep_best
         self.save_interval_s, self._clock = save_interval_s, clock
         self._last_save = clock()
+        self.last_restore_skipped: list[str] = []  # paths `restore` left as the target's (not saved)
         self._remove_temporaries()
 
     # ---- listing
@@ -264,8 +265,14 @@ class CheckpointManager:
         metadata: Mapping[str, Any],
         eval_return: float | None = None,
         force: bool = False,
+        skip: Callable[[str], bool] | None = None,
     ) -> bool:
-        """Write ``state`` for ``step`` when forced or the save interval elapsed; True if written."""
+        """Write ``state`` for ``step`` when forced or the save interval elapsed; True if written.
+
+        Leaves whose path ``skip(path)`` accepts are not written (e.g. a replay buffer too big for
+        the disk); `restore` then keeps the target's leaves for them and lists them in
+        ``last_restore_skipped``.
+        """
         if not (force or self.should_save()):
             return False
         step = int(step)
@@ -274,7 +281,7 @@ class CheckpointManager:
             shutil.rmtree(tmp)
         tmp.mkdir()
         try:
-            self._write(tmp, step, state, metadata, eval_return)
+            self._write(tmp, step, state, metadata, eval_return, skip)
             _fsync_tree(tmp)
             final = self._step_dir(step)
             if final.exists():  # re-saving a step (e.g. after resume): replace it
@@ -293,12 +300,16 @@ class CheckpointManager:
         log.info("saved checkpoint step %d to %s", step, self._step_dir(step))
         return True
 
-    def _write(self, folder: Path, step: int, state: Any, metadata: Mapping, eval_return) -> None:
+    def _write(self, folder: Path, step: int, state: Any, metadata: Mapping, eval_return,
+               skip: Callable[[str], bool] | None = None) -> None:
         import orbax.checkpoint as ocp
 
-        leaves = jax.tree_util.tree_leaves(state)
-        arrays = {}
-        for i, leaf in enumerate(leaves):
+        with_path = jax.tree_util.tree_flatten_with_path(state)[0]
+        arrays, skipped = {}, []
+        for i, (path, leaf) in enumerate(with_path):
+            if skip is not None and skip(jax.tree_util.keystr(path)):
+                skipped.append(i)
+                continue
             if _is_key_array(leaf):
                 leaf = jax.random.key_data(leaf)
             elif isinstance(leaf, (bool, int, float)):
@@ -310,6 +321,7 @@ class CheckpointManager:
             ckptr.save(folder / "state", arrays)
         _write_json(folder / "structure.json", describe(state))
         _write_json(folder / "metadata.json", dict(metadata))
+        _write_json(folder / "skipped.json", skipped)
         files = {
             rel: {"sha256": _sha256(folder / rel), "size": (folder / rel).stat().st_size}
             for rel in _files_under(folder)
@@ -410,11 +422,15 @@ class CheckpointManager:
         step: int | None = None,
         *,
         expected_metadata: Mapping[str, Any] | None = None,
+        only: Callable[[str], bool] | None = None,
     ) -> tuple[Any, dict, int]:
         """``(state, metadata, step)`` from ``step`` or the latest checkpoint that verifies.
 
         ``target`` is a pytree like the saved one (real arrays or ``jax.ShapeDtypeStruct``); the
-        restored arrays take its structure and, for jax arrays, its shardings.
+        restored arrays take its structure and, for jax arrays, its shardings.  ``only(path)``
+        (path as ``jax.tree_util.keystr`` gives it, e.g. ``".agent.actor..."``) restores just the
+        leaves it accepts and leaves the others as they are in ``target``: loading a policy then
+        does not read a multi-GB replay buffer into memory.
         """
         import orbax.checkpoint as ocp
 
@@ -434,18 +450,35 @@ class CheckpointManager:
                 f"environment{' (' + hint + ')' if hint else ''}; restore it with the same "
                 "config and env, or start a new run directory."
             )
-        leaves, treedef = jax.tree_util.tree_flatten(target)
+        with_path, treedef = jax.tree_util.tree_flatten_with_path(target)
+        leaves = [leaf for _, leaf in with_path]
+        wanted = [only is None or only(jax.tree_util.keystr(p)) for p, _ in with_path]
+        skipped_file = folder / "skipped.json"
+        skipped = set(json.loads(skipped_file.read_text())) if skipped_file.exists() else set()
+        self.last_restore_skipped = sorted(
+            jax.tree_util.keystr(with_path[i][0]) for i in skipped if wanted[i])
+        if skipped:
+            only = only or (lambda _: True)
+            wanted = [w and i not in skipped for i, w in enumerate(wanted)]
         abstract = {
-            f"leaf_{i:05d}": _abstract(leaf) for i, leaf in enumerate(leaves) if np.size(leaf) != 0
+            f"leaf_{i:05d}": _abstract(leaf)
+            for i, leaf in enumerate(leaves)
+            if np.size(leaf) != 0 and wanted[i]
         }
         try:
-            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
-                arrays = ckptr.restore(folder / "state", abstract)
+            if only is None:
+                with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+                    arrays = ckptr.restore(folder / "state", abstract)
+            else:
+                with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+                    arrays = ckptr.restore(folder / "state", args=ocp.args.PyTreeRestore(
+                        abstract, restore_args=jax.tree.map(_restore_args, abstract),
+                        partial_restore=True))
         except Exception as e:  # orbax raises bare Exceptions on damaged files
             raise CheckpointError(f"orbax could not read checkpoint step {step}: {e!r}") from e
         restored = [
-            _from_stored(leaf, arrays[f"leaf_{i:05d}"])
-            if np.size(leaf) != 0
+            leaf if not wanted[i]
+            else _from_stored(leaf, arrays[f"leaf_{i:05d}"]) if np.size(leaf) != 0
             else _empty_like(leaf)
             for i, leaf in enumerate(leaves)
         ]
@@ -460,6 +493,14 @@ def _raise_on_metadata_diff(stored: Mapping, expected: Mapping, step: int | None
             f"configuration: {diff} (field: (checkpoint, this run)).  Resume with the run's own "
             "config, or start a new run directory."
         )
+
+
+def _restore_args(abstract: jax.ShapeDtypeStruct) -> Any:
+    """Restore as a jax array with the target's sharding (default: first local device)."""
+    import orbax.checkpoint as ocp
+
+    sharding = abstract.sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=abstract.shape, dtype=abstract.dtype)
 
 
 def _abstract(leaf: Any) -> Any:

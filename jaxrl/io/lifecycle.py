@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxrl.io import export
@@ -42,7 +43,9 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any
     loop = mod.make_loop(config, env, None, record["steps"], record["seed"], num_evals=record["num_evals"])
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
     step = ckpt.best_step() if which == "best" else None
-    carry, _, _ = ckpt.restore(loop.init_carry(), step=step)
+    # Shapes only, and only the agent read from disk: no replay buffer built or loaded.
+    template = jax.eval_shape(loop.init_carry)
+    carry, _, _ = ckpt.restore(template, step=step, only=lambda path: path.startswith(".agent"))
     return record, mod, config, carry.agent, env
 
 

@@ -169,6 +169,19 @@ class OffPolicyLoop:
         metrics["train_episodes"] = done
         return carry, metrics
 
+    # -------------------------------------------------------------- resuming
+    # Carry subtrees a checkpoint may leave out (too big for the disk); `refill` rebuilds them.
+    optional_state = (".buffer",)
+
+    def refill(self, carry: OffPolicyCarry) -> OffPolicyCarry:
+        """After a restore without the replay buffer: collect ``min_buffer`` fresh transitions with
+        uniform random actions (as the warm-up did) so updates never sample an empty buffer.  The
+        budget counter is left where it was; the run is then no longer bit-identical to an
+        uninterrupted one."""
+        iteration = carry.iteration
+        carry = self._timed_call("_warmup", carry)
+        return carry.replace(iteration=iteration)
+
     # ------------------------------------------------------------------ host
     def env_steps(self, carry: OffPolicyCarry) -> int:
         return int(carry.iteration) * self.env.num_envs

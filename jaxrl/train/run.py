@@ -12,17 +12,23 @@ everything on the host side of it:
 
 ``resume(run_dir)`` rebuilds the loop from config.json, restores the newest verified checkpoint
 and continues; because the carry is everything, the resumed run equals an uninterrupted one.
+A loop may name carry subtrees a checkpoint can leave out (``optional_state``, the replay buffer:
+left out with ``save_buffer=False`` or when it would not fit on the disk) and rebuild them after a
+restore (``refill``); such a resume is then no longer exact, and says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
 
 import envs
 from envs.wrappers import VecEnv
@@ -185,7 +191,16 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
                        kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
                        kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True,
                        (run_dir / "wandb" / "jaxrl_run_id").exists() if wandb is None else wandb)
-    carry, meta, step = session.ckpt.restore(loop.init_carry(), expected_metadata=session.metadata)
+    carry, _, step = session.ckpt.restore(loop.init_carry(), expected_metadata=session.metadata)
+    if session.ckpt.last_restore_skipped:
+        import warnings
+
+        warnings.warn(
+            f"checkpoint step {step} of {run_dir} was saved without {', '.join(loop.optional_state)} "
+            "(save_buffer=False or not enough disk space); refilling it with fresh warm-up "
+            "transitions: the resumed run will not equal an uninterrupted one exactly",
+            RuntimeWarning, stacklevel=2)
+        carry = loop.refill(carry)
     log = run_dir / "metrics.jsonl"
     rows = [r for r in metrics_io.read_jsonl(log) if r["env_steps"] <= step] if log.exists() else []
     # Rows logged after the checkpoint will be produced again: drop them.
@@ -200,6 +215,7 @@ class _Session:
         self.out = Path(out_dir) if out_dir is not None else None
         self.metadata = _metadata(record, env)
         self.save_buffer = save_buffer
+        self._warned_disk = False
         self.progress_fn = progress_fn
         self.show_progress = progress
         self.ckpt = self.logger = None
@@ -230,9 +246,9 @@ class _Session:
                 if self.logger is not None:
                     self.logger.log(row)
                 if self.ckpt is not None:
-                    self.ckpt.save(row["env_steps"], self._saveable(carry), self.metadata,
+                    self.ckpt.save(row["env_steps"], carry, self.metadata,
                                    eval_return=row.get("eval_return"),
-                                   force=self.loop.finished(carry))
+                                   force=self.loop.finished(carry), skip=self._skip(carry))
                 if bar is not None:
                     bar.update(row)
                 if self.progress_fn is not None:
@@ -247,8 +263,28 @@ class _Session:
             self._summary(rows)
         return carry, rows
 
-    def _saveable(self, carry):
-        return carry  # the replay buffer is part of the carry: exact resume
+    def _skip(self, carry):
+        """Which carry paths to leave out of this checkpoint: none (exact resume) unless
+        ``save_buffer=False`` or the optional state (replay buffer) would not fit on the disk."""
+        import shutil
+        import warnings
+
+        prefixes = tuple(getattr(self.loop, "optional_state", ()))
+        if not prefixes:
+            return None
+        if self.save_buffer:
+            sizes = jax.tree_util.tree_flatten_with_path(carry)[0]
+            optional = sum(np.asarray(leaf).nbytes if not hasattr(leaf, "nbytes") else leaf.nbytes
+                           for path, leaf in sizes if jax.tree_util.keystr(path).startswith(prefixes))
+            free = shutil.disk_usage(self.out).free
+            if optional < 0.5 * free:
+                return None
+            if not self._warned_disk:
+                warnings.warn(f"{', '.join(prefixes)} needs {optional / 2**30:.1f} GiB but {self.out} "
+                              f"has {free / 2**30:.1f} GiB free: checkpoints leave it out (resume "
+                              "refills it)", RuntimeWarning, stacklevel=2)
+                self._warned_disk = True
+        return lambda path: path.startswith(prefixes)
 
     def _summary(self, rows):
         last = rows[-1] if rows else {}

@@ -243,3 +243,17 @@ def test_relative_run_dir_works(tmp_path, monkeypatch):
     m = CheckpointManager("runs/rel")
     assert m.save(3, {"x": jnp.ones(2)}, {"algo": "t"}, force=True)
     assert (tmp_path / "runs/rel/checkpoints").is_dir() and m.latest_step() == 3
+
+
+def test_partial_restore_reads_only_the_selected_subtree(tmp_path):
+    """`only=` restores e.g. the agent without reading the replay buffer: selected leaves equal the
+    saved ones bit for bit, the others keep the (shape-only) target's leaves."""
+    mgr = CheckpointManager(tmp_path)
+    saved = make_state(3)
+    mgr.save(7, saved, META, force=True)
+    template = jax.eval_shape(lambda: make_state(0))
+    state, _, step = mgr.restore(template, only=lambda path: path.startswith(".params"))
+    assert step == 7
+    assert_bit_exact(state.params, saved.params)
+    assert isinstance(state.obs_normaliser.mean, jax.ShapeDtypeStruct)  # not read
+    assert isinstance(state.step, jax.ShapeDtypeStruct)

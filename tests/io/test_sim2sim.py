@@ -76,6 +76,5 @@ def test_brax_tasks_are_refused_with_a_reason():
     class NotMjx:
         pass
 
-    with pytest.raises(NotImplementedError, match="Playground"):
-        with sim2sim.mujoco_physics(NotMjx(), None):
-            pass
+    with pytest.raises(NotImplementedError, match="Playground"), sim2sim.mujoco_physics(NotMjx(), None):
+        pass

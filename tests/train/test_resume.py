@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl.io.checkpoint import CheckpointMismatchError
 from jaxrl.io import lifecycle
+from jaxrl.io.checkpoint import CheckpointMismatchError
 
 TINY = [
     "--env", "CartpoleBalance", "--steps", "2400", "--num-evals", "6", "--checkpoint-every-s", "0",
@@ -129,3 +129,38 @@ def test_exported_onnx_and_npz_equal_the_jax_policy_on_random_and_real_observati
     got = sess.run(None, {sess.get_inputs()[0].name: obs})[0]
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(numpy_policy.forward(numpy_policy.load_npz(npz_path), obs), want, atol=1e-5)
+
+
+def test_resume_without_a_saved_replay_buffer_refills_it_and_finishes(tmp_path):
+    """save_buffer=False (what a too-small disk falls back to): checkpoints leave the replay buffer
+    out, resume warns, refills it with warm-up transitions and runs to the end of the budget."""
+    from jaxrl import flashsac
+    from jaxrl.io.checkpoint import CheckpointManager
+    from jaxrl.train import run
+
+    cfg = flashsac.FlashSACConfig.cpu().replace(num_envs=8, batch_size=32, buffer_size=4000, min_buffer=256,
+                                                actor_width=16, critic_width=16, num_blocks=1)
+
+    class Crash(Exception):
+        pass
+
+    seen = []
+
+    def crash_after_second_row(row):
+        seen.append(row)
+        if len(seen) == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        flashsac.train("CartpoleBalance", cfg, steps=2400, num_evals=4, out_dir=tmp_path, progress=False,
+                       checkpoint_every_s=0, save_buffer=False, progress_fn=crash_after_second_row)
+    mgr = CheckpointManager(tmp_path)
+    step = mgr.steps()[-1]
+    skipped = json.loads((mgr._step_dir(step) / "skipped.json").read_text())
+    assert skipped, "the buffer leaves should have been left out"
+    with pytest.warns(RuntimeWarning, match="refilling"):
+        carry, rows = run.resume(tmp_path, progress=False)
+    assert rows[-1]["env_steps"] >= 2400 and np.isfinite(rows[-1]["eval_return"])
+    # Empty after the restore, then 256 refill transitions plus every step taken after it:
+    assert int(carry.buffer.size) == 256 + rows[-1]["env_steps"] - step
+    assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == rows[-1]["env_steps"]
