@@ -2,7 +2,8 @@
 
 Trains FlashSAC (cpu preset) on CartpoleBalance, then writes into ``--out``:
 config.json, metrics.jsonl, TensorBoard events, checkpoints/, summary.json,
-learning_curve.png and policy.onnx (+ policy.onnx.card.json).
+learning_curve.png, policy.onnx (+ policy.onnx.card.json) and sim2sim.json (the ONNX policy
+run in MuJoCo C next to MJX).
 ``JAXRL_SMALL=1`` (set by the tests) shrinks the budget to a smoke run.
 """
 
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 from jaxrl import flashsac
-from jaxrl.io import lifecycle
+from jaxrl.io import lifecycle, sim2sim
 from jaxrl.io.metrics import plot_learning_curve, read_jsonl
 
 
@@ -32,8 +33,12 @@ def main(argv=None) -> dict:
                    checkpoint_every_s=120.0, overwrite=True)
     plot_learning_curve({f"FlashSAC {a.env}": read_jsonl(out / "metrics.jsonl")}, out / "learning_curve.png")
     policy = lifecycle.export_run(out, fmt="onnx")
+    check = sim2sim.sim2sim(out, episodes=1 if small else 2, max_steps=200 if small else None)
+    print(sim2sim.format_report(check))
     summary = json.loads((out / "summary.json").read_text())
-    summary.update(learning_curve=str(out / "learning_curve.png"), policy=str(policy))
+    summary.update(learning_curve=str(out / "learning_curve.png"), policy=str(policy),
+                   sim2sim_mjx_return=check["mjx_mean_return"],
+                   sim2sim_mujoco_return=check["mujoco_mean_return"])
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -164,7 +164,9 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     """Exported policy in MuJoCo C vs in MJX, same task, same initial states; writes sim2sim.json.
 
     The policy file defaults to ``RUN_DIR/policy.onnx`` (exported first when missing).  Both sides
-    run the same file through the same runtime, so the gap is the simulator's alone.
+    run the same file through the same runtime, so the gap is the simulator's alone.  The MJX side
+    uses the JAX implementation (the data layout the C state is converted into) even when the run
+    trained with MJX-Warp; observation and reward code are the task's either way.
     """
     import envs
     from jaxrl.io import lifecycle
@@ -206,7 +208,7 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
 def format_report(report: dict) -> str:
     """A few lines for the console: returns per simulator and the relative gap."""
     lines = [f"sim2sim {report['env']}  policy={report['policy']}  episodes={report['episodes']}"]
-    for side, name in (("mjx", "MJX (as trained)"), ("mujoco", "MuJoCo C")):
+    for side, name in (("mjx", "MJX (JAX impl)"), ("mujoco", "MuJoCo C")):
         rets = ", ".join(f"{r:.1f}" for r in report[f"{side}_returns"])
         lines.append(f"  {name:<17} mean return {report[f'{side}_mean_return']:9.2f}   [{rets}]")
     lines.append(f"  relative gap (C - MJX) / |MJX|: {report['relative_gap']:+.3f}   "
