@@ -457,16 +457,15 @@ class CheckpointManager:
         skipped = set(json.loads(skipped_file.read_text())) if skipped_file.exists() else set()
         self.last_restore_skipped = sorted(
             jax.tree_util.keystr(with_path[i][0]) for i in skipped if wanted[i])
-        if skipped:
-            only = only or (lambda _: True)
-            wanted = [w and i not in skipped for i, w in enumerate(wanted)]
+        wanted = [w and i not in skipped for i, w in enumerate(wanted)]
+        partial = not all(wanted)
         abstract = {
             f"leaf_{i:05d}": _abstract(leaf)
             for i, leaf in enumerate(leaves)
             if np.size(leaf) != 0 and wanted[i]
         }
         try:
-            if only is None:
+            if not partial:
                 with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
                     arrays = ckptr.restore(folder / "state", abstract)
             else:

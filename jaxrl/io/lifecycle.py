@@ -20,14 +20,6 @@ from jaxrl.io import export
 from jaxrl.io.checkpoint import CheckpointManager
 
 
-def read_record(run_dir: str | Path) -> dict:
-    """The run's config.json (algo, env, steps, seed, env_kwargs, config)."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
-    return json.loads(path.read_text())
-
-
 def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any, Any, Any]:
     """(record, algo module, config, agent state, train env) of the run's chosen checkpoint."""
     from jaxrl.train import run
@@ -35,12 +27,8 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any
     if which not in ("latest", "best"):
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
-    mod = run.algo_module(record["algo"])
-    config = run.config_from_dict(mod.Config, record["config"])
-    env, _, _ = run._make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"],
-                               record.get("resets"))
-    loop = mod.make_loop(config, env, None, record["steps"], record["seed"], num_evals=record["num_evals"])
+    record = run.read_record(run_dir)
+    mod, config, env, loop = run.rebuild(record, with_eval=False)
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
     step = ckpt.best_step() if which == "best" else None
     # Shapes only, and only the agent read from disk: no replay buffer built or loaded.
@@ -49,9 +37,14 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any
     return record, mod, config, carry.agent, env
 
 
+def _inner_task(env: Any) -> Any:
+    """The single-env task under a VecEnv (and under Playground's own wrappers)."""
+    return getattr(env.unwrapped, "unwrapped", env.unwrapped)
+
+
 def _robot_card_fields(env: Any) -> dict:
     """Actuator names, action scale/offset, default pose and PD gains read off the task."""
-    task = getattr(env.unwrapped, "unwrapped", env.unwrapped)
+    task = _inner_task(env)
     model = getattr(task, "mj_model", None)
     fields: dict[str, Any] = {}
     n = env.action_size
@@ -107,10 +100,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     (a grid when ``grid > 1``); frames after an episode ends hold its last state.  ``camera``
     None picks the task's first camera (set up by its author) or MuJoCo's free camera.
     """
-    import jax
-    import jax.numpy as jnp
-
     import envs
+    from jaxrl.train.evaluate import episode_rollout
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -121,21 +112,14 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     env = envs.make(record["env"], num_envs=episodes, seed=seed, **(record.get("env_kwargs") or {}))
     k = grid if video is not None else 0
 
-    def body(carry, _):
-        s, alive, ret, length = carry
-        inner = s.inner.data if k else None
-        frame = (inner.qpos[:k], inner.mocap_pos[:k], inner.mocap_quat[:k]) if k else ()
-        s = env.step(s, policy(s.obs["state"]))
-        ret, length = ret + s.reward * alive, length + alive
-        alive = alive * (1.0 - s.done.astype(jnp.float32))
-        return (s, alive, ret, length), frame
+    def frame(s):  # what the video needs of the first k envs
+        d = s.inner.data
+        return (d.qpos[:k], d.mocap_pos[:k], d.mocap_quat[:k])
 
     @jax.jit
     def rollout(key):
-        ones, zeros = jnp.ones((episodes,)), jnp.zeros((episodes,))
-        (_, _, ret, length), frames = jax.lax.scan(body, (env.reset(key), ones, zeros, zeros),
-                                                   None, env.episode_length)
-        return ret, length, frames
+        return episode_rollout(env, lambda obs, _: policy(obs["state"]), env.reset(key), key,
+                               record=frame if k else None)
 
     ret, length, frames = rollout(jax.random.PRNGKey(seed))
     ret, length = np.asarray(ret, float), np.asarray(length).astype(int)
@@ -173,8 +157,8 @@ def _write_rollout_video(env, frames, lengths, path, height, width, camera) -> P
 
 
 def sim_task(env: Any) -> Any:
-    """The single-env task under a VecEnv (and Playground wrappers); needs an ``mj_model``."""
-    task = getattr(env.unwrapped, "unwrapped", env.unwrapped)
+    """`_inner_task`, checked to be a MuJoCo task (it has an ``mj_model``)."""
+    task = _inner_task(env)
     if not hasattr(task, "mj_model"):
         raise NotImplementedError(f"{env.name}: rendering needs a MuJoCo task with an mj_model "
                                   "(Playground or jaxrl tasks; Brax pipelines are not supported)")

@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from envs.wrappers import VecEnv
+from envs.wrappers import EnvState, VecEnv
+
+
+def episode_rollout(env: VecEnv, policy: Callable[[dict, jax.Array], jax.Array], state: EnvState,
+                    key: jax.Array, record: Callable[[EnvState], Any] | None = None):
+    """Every env of ``env`` for exactly one episode from ``state`` (traceable).
+
+    Scans ``episode_length`` steps of ``policy(obs, key) -> actions``; steps after an env's episode
+    ended (the auto-reset started the next one) are masked out, so early terminations are scored
+    correctly.  Returns ``(returns [N], lengths [N], recorded)`` where ``recorded`` stacks
+    ``record(state)`` of the state *before* each step ([T, ...]; ``()`` without ``record``).
+    """
+
+    def body(carry, k):
+        s, alive, ret, length = carry
+        seen = record(s) if record is not None else ()
+        s = env.step(s, policy(s.obs, k))
+        ret, length = ret + s.reward * alive, length + alive
+        alive = alive * (1.0 - s.done.astype(jnp.float32))
+        return (s, alive, ret, length), seen
+
+    n = env.num_envs
+    init = (state, jnp.ones((n,)), jnp.zeros((n,)), jnp.zeros((n,)))
+    (_, _, ret, length), recorded = jax.lax.scan(body, init, jax.random.split(key, env.episode_length))
+    return ret, length, recorded
 
 
 def make_evaluator(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
-    """Returns jitted ``(agent_state, key) -> {'eval_return', 'eval_length'}``.
-
-    Runs every eval env for exactly one episode (``episode_length`` steps under scan) and
-    averages the first episode's return over envs; steps after an env's episode ended are
-    masked out, so early terminations are scored correctly.
-    """
+    """Returns jitted ``(agent_state, key) -> {'eval_return', 'eval_length'}``: the mean over envs
+    of one deterministic episode each (`episode_rollout`)."""
 
     def evaluate(agent_state, key):
         k_reset, k_act = jax.random.split(key)
-        state = env.reset(k_reset)
-
-        def body(carry, k):
-            s, alive, ret, length = carry
-            s = env.step(s, act(agent_state, s.obs, k))
-            ret = ret + s.reward * alive
-            length = length + alive
-            alive = alive * (1.0 - s.done.astype(jnp.float32))
-            return (s, alive, ret, length), ()
-
-        n = env.num_envs
-        init = (state, jnp.ones((n,)), jnp.zeros((n,)), jnp.zeros((n,)))
-        (_, _, ret, length), _ = jax.lax.scan(body, init, jax.random.split(k_act, env.episode_length))
+        ret, length, _ = episode_rollout(env, lambda obs, k: act(agent_state, obs, k),
+                                         env.reset(k_reset), k_act)
         return {"eval_return": ret.mean(), "eval_length": length.mean()}
 
     return jax.jit(evaluate)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ import numpy as np
 from flax import struct
 
 from jaxrl.algos import ppo
+from jaxrl.train.evaluate import episode_rollout
 from jaxrl.train.guards import check_actions, check_finite
 
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "lr", "clip_fraction", "grad_norm", "std")
@@ -147,19 +149,10 @@ def make_evaluate(eval_env, cfg: ppo.PPOConfig) -> Callable:
     """Jitted ``(agent, key) -> mean return`` of one full deterministic episode per eval env."""
 
     def evaluate(agent: ppo.PPOState, key: jax.Array):
-        state = eval_env.reset(key)
+        def policy(obs, _):
+            return ppo.act(agent, obs, key, cfg, deterministic=True)[0]
 
-        def step(c, _):
-            state, ret, alive = c
-            action, _ = ppo.act(agent, state.obs, key, cfg, deterministic=True)
-            state = eval_env.step(state, action)
-            ret = ret + alive * state.reward
-            alive = alive * (1.0 - state.done.astype(jnp.float32))
-            return (state, ret, alive), None
-
-        n = eval_env.num_envs
-        init = (state, jnp.zeros((n,), jnp.float32), jnp.ones((n,), jnp.float32))
-        (_, ret, _), _ = jax.lax.scan(step, init, None, length=eval_env.episode_length)
+        ret, _, _ = episode_rollout(eval_env, policy, eval_env.reset(key), key)
         return ret.mean()
 
     return jax.jit(evaluate)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 import envs
 from envs.wrappers import VecEnv
@@ -155,9 +154,9 @@ def _claim_run_dir(out: Path, overwrite: bool) -> None:
     """Refuse a folder that already holds a run unless ``overwrite``; then remove that run's files."""
     import shutil
 
-    existing = [n for n in RUN_FILES if (out / n).exists()]
-    if not existing or not ((out / "config.json").exists() or (out / "checkpoints").exists()):
+    if not ((out / "config.json").exists() or (out / "checkpoints").exists()):
         return
+    existing = [n for n in RUN_FILES if (out / n).exists()]
     if not overwrite:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(existing)}). Continue it with `jaxrl resume {out}`, "
@@ -166,6 +165,25 @@ def _claim_run_dir(out: Path, overwrite: bool) -> None:
     for name in existing:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def read_record(run_dir: str | Path) -> dict:
+    """The run's config.json (algo, env, steps, seed, env_kwargs, resets, config)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
+    return json.loads(path.read_text())
+
+
+def rebuild(record: dict, with_eval: bool = True) -> tuple[Any, Any, VecEnv, Any]:
+    """(algo module, config, train env, loop) of a run, exactly as `train` built them."""
+    mod = algo_module(record["algo"])
+    config = config_from_dict(mod.Config, record["config"])
+    train_env, eval_env, _ = _make_envs(record["env"], config.num_envs, record["seed"],
+                                        record["env_kwargs"], record.get("resets"))
+    loop = mod.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
+                         record["seed"], num_evals=record["num_evals"])
+    return mod, config, train_env, loop
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = None,
@@ -177,16 +195,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
     from jaxrl.io import metrics as metrics_io
 
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
-    record = json.loads(cfg_file.read_text())
-    mod = algo_module(record["algo"])
-    config = config_from_dict(mod.Config, record["config"])
-    train_env, eval_env, _ = _make_envs(record["env"], config.num_envs, record["seed"],
-                                        record["env_kwargs"], record.get("resets"))
-    loop = mod.make_loop(config, train_env, eval_env, record["steps"], record["seed"],
-                         num_evals=record["num_evals"])
+    record = read_record(run_dir)
+    mod, config, train_env, loop = rebuild(record)
     session = _Session(loop, mod, config, record, train_env, run_dir, progress,
                        kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
                        kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True,
@@ -274,8 +284,8 @@ class _Session:
             return None
         if self.save_buffer:
             sizes = jax.tree_util.tree_flatten_with_path(carry)[0]
-            optional = sum(np.asarray(leaf).nbytes if not hasattr(leaf, "nbytes") else leaf.nbytes
-                           for path, leaf in sizes if jax.tree_util.keystr(path).startswith(prefixes))
+            optional = sum(leaf.nbytes for path, leaf in sizes  # (metadata: no device copy)
+                           if jax.tree_util.keystr(path).startswith(prefixes))
             free = shutil.disk_usage(self.out).free
             if optional < 0.5 * free:
                 return None
