@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# mjx.Data fields that define the state mj_step advances from.
+# mjx.Data array fields that define the state mj_step advances from (plus ``time``).
 _STATE_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart",
-                 "qfrc_applied", "xfrc_applied", "eq_active", "history", "userdata", "time")
+                 "qfrc_applied", "xfrc_applied", "eq_active", "history", "userdata")
 
 
 class CPhysics:
@@ -52,14 +52,13 @@ class CPhysics:
         d = self.data
         mujoco.mj_resetData(self.model, d)
         d.time = float(data.time)
-        for name in _STATE_FIELDS[:-1]:
+        for name in _STATE_FIELDS:
             if hasattr(data, name) and hasattr(d, name) and np.size(getattr(d, name)):
                 target = getattr(d, name)
                 target[...] = np.asarray(getattr(data, name)).reshape(target.shape).astype(target.dtype)
-        before = int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)
         for _ in range(int(n_substeps)):
             mujoco.mj_step(self.model, d)
-        self.warnings += int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number) - before
+        self.warnings += int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)  # (reset zeroed it)
         self.calls += 1
         out = mjx.put_data(self.model, d, impl="jax")
         return jax.tree.map(lambda t, x: np.asarray(x, dtype=t.dtype).reshape(t.shape), data, out)
