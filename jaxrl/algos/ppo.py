@@ -140,8 +140,9 @@ class PPOConfig:
         need(bool(self.critic_obs_key), "critic_obs_key must be non-empty")
 
     @classmethod
-    def paper(cls, **overrides) -> "PPOConfig":
-        """OmniReset's settings (GPU scale)."""
+    def paper(cls, env_name: str | None = None, **overrides) -> "PPOConfig":
+        """OmniReset's settings (GPU scale); the same for every task (``env_name`` is accepted so
+        that every algorithm's presets share one signature)."""
         return cls(**overrides)
 
     @classmethod
@@ -162,6 +163,9 @@ class PPOConfig:
         )
         base.update(overrides)
         return cls(**base)
+
+    def replace(self, **kw) -> "PPOConfig":
+        return dataclasses.replace(self, **kw)
 
     @property
     def batch_size(self) -> int:
