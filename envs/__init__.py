@@ -19,7 +19,8 @@ from envs import _runtime  # noqa: E402
 _runtime.configure()
 
 from envs.menagerie import MenagerieMissingError  # noqa: E402
-from envs.registry import default_impl, list_envs, make, register, source_of  # noqa: E402
+from envs._runtime import set_verbose  # noqa: E402
+from envs.registry import default_impl, list_envs, make, register, source_of, warp_available  # noqa: E402
 from envs.specs import ArraySpec, EnvSpec  # noqa: E402
 from envs.wrappers import EnvState, EpisodeStats, VecEnv  # noqa: E402
 
@@ -34,5 +35,7 @@ __all__ = [
     "list_envs",
     "make",
     "register",
+    "set_verbose",
     "source_of",
+    "warp_available",
 ]

@@ -9,7 +9,8 @@ CartpoleBalance jax 285k vs warp 12k env-steps/s (64 envs); CheetahRun jax 97 vs
 envs) and 23 vs 150 (16 envs) -- MJX-JAX's convergence-driven solver is slow when random actions
 cause many contacts; T1JoystickFlatTerrain jax 52 vs warp 99 (64 envs).  So the CPU default is
 ``"warp"`` for the tasks in `CPU_WARP_TASKS` and ``"jax"`` for the rest; on GPU/TPU we keep
-Playground's own default.  Pass ``impl=`` to override.
+Playground's own default.  Pass ``impl=`` to override.  Where warp-lang is not installed (many
+offline GPU boxes), a warp default falls back to ``"jax"`` with a one-line notice.
 """
 
 from __future__ import annotations
@@ -108,15 +109,55 @@ def default_impl(name: str, backend: str | None = None) -> str | None:
     return "warp" if name.startswith(CPU_WARP_TASKS) else "jax"
 
 
+def warp_available() -> bool:
+    """Whether MJX-Warp can run here (warp-lang importable; GPU boxes often lack it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("warp") is not None
+
+
+def _choose_impl(name: str, asked: str | None, task_default: str | None) -> str | None:
+    """The MJX implementation to build ``name`` with: the caller's, else ours, else the task's;
+    a default of 'warp' falls back to 'jax' (one-line notice) when warp-lang is missing."""
+    if asked == "warp" and not warp_available():
+        raise ImportError(f"{name}: impl='warp' needs warp-lang (pip install warp-lang), which is not "
+                          "installed; use impl='jax' instead")
+    impl = asked or default_impl(name) or task_default
+    if impl == "warp" and not warp_available():
+        from envs import _runtime
+
+        _runtime.notice(f"{name}: warp-lang is not installed, using MJX impl='jax' instead of 'warp'")
+        return "jax"
+    return impl
+
+
+def _quiet_warp_model(env: Any) -> None:
+    """Switch off MJX-Warp's per-step overflow printf (solver / line-search iteration limits,
+    contact buffers): thousands of console lines per second on a humanoid.  The loops count
+    solver-limit hits instead (`EnvState.solver_limit_hits`).  `envs.set_verbose(True)` keeps them."""
+    from envs import _runtime
+
+    inner = getattr(env, "unwrapped", env)
+    model = getattr(inner, "_mjx_model", None)
+    impl_opt = getattr(getattr(model, "opt", None), "_impl", None)
+    if _runtime.verbose() or impl_opt is None or not hasattr(impl_opt, "warn_overflow"):
+        return
+    inner._mjx_model = model.replace(opt=model.opt.replace(_impl=impl_opt.replace(warn_overflow=0)))
+
+
 def _load_playground(name: str, impl: str | None, menagerie_path, overrides: dict) -> tuple[Any, int]:
     from mujoco_playground import registry
 
     how = menagerie.prepare(name, menagerie_path)
     cfg = registry.get_default_config(name)
     overrides = dict(overrides)
-    impl = impl or default_impl(name)
+    impl = _choose_impl(name, impl, cfg.get("impl"))
     if impl is not None and "impl" in cfg:
         overrides["impl"] = impl
+    if impl == "warp":
+        from envs import _runtime
+
+        _runtime.quiet_warp()
     unknown = [k for k in overrides if k not in cfg]
     if unknown:
         raise ValueError(f"{name}: unknown config override(s) {unknown}; valid keys: {sorted(cfg.keys())}")
@@ -128,6 +169,8 @@ def _load_playground(name: str, impl: str | None, menagerie_path, overrides: dic
         raise menagerie.MenagerieMissingError(menagerie.missing_message(name, f"loading failed: {e}")) from e
     if how == "standin":
         menagerie.check_standin_physics(name, env.mj_model, env.xml_path, env._model_assets)
+    if impl == "warp":
+        _quiet_warp_model(env)
     return env, int(cfg.get("episode_length", 1000))
 
 

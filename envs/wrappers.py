@@ -66,6 +66,9 @@ class EnvState:
     stats: EpisodeStats
     nonfinite_actions: jax.Array  # [] int32: actions with NaN/inf seen since reset
     key: jax.Array  # [] PRNG key for auto-resets
+    # [] int32: env steps whose constraint solver stopped at its iteration limit (MJX exposes
+    # solver_niter); the loops report it per chunk instead of the simulator's console prints.
+    solver_limit_hits: jax.Array
 
     @property
     def done(self) -> jax.Array:
@@ -90,6 +93,9 @@ def _select(mask: jax.Array, new: Any, old: Any) -> Any:
         return jnp.where(m, n, o)
 
     return jax.tree.map(pick, new, old)
+
+
+PHYSICS_MATMUL_PRECISION = "highest"
 
 
 class VecEnv:
@@ -176,12 +182,16 @@ class VecEnv:
             inner._mjx_model = saved
 
     def _vmapped(self, fn_name: str, *args):
-        if self._model_batch is None:
-            return jax.vmap(lambda *a: self._env_call(fn_name, None, *a))(*args)
-        return jax.vmap(
-            lambda m, *a: self._env_call(fn_name, m, *a),
-            in_axes=(self._model_axes,) + (0,) * len(args),
-        )(self._model_batch, *args)
+        # Physics is traced under 'highest' matmul precision, and only physics: MJX's solver is
+        # sensitive to the TF32 / bf16 matmuls a GPU uses by default (the NaNs reported for
+        # Playground humanoids), while learners keep the precision their config asks for.
+        with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            if self._model_batch is None:
+                return jax.vmap(lambda *a: self._env_call(fn_name, None, *a))(*args)
+            return jax.vmap(
+                lambda m, *a: self._env_call(fn_name, m, *a),
+                in_axes=(self._model_axes,) + (0,) * len(args),
+            )(self._model_batch, *args)
 
     # ---------------------------------------------------------------- reset
     def reset(self, key: jax.Array | None = None) -> EnvState:
@@ -218,6 +228,7 @@ class VecEnv:
             stats=stats,
             nonfinite_actions=jnp.zeros((), jnp.int32),
             key=key,
+            solver_limit_hits=jnp.zeros((), jnp.int32),
         )
 
     # ----------------------------------------------------------------- step
@@ -298,9 +309,19 @@ class VecEnv:
             stats=stats,
             nonfinite_actions=state.nonfinite_actions + (~finite).sum(dtype=jnp.int32),
             key=key,
+            solver_limit_hits=state.solver_limit_hits + self._solver_limit_hits(inner),
         )
 
     # ------------------------------------------------------------- helpers
+    def _solver_limit_hits(self, inner: Any) -> jax.Array:
+        """Envs of this step whose MJX solver used all its iterations (0 when not exposed)."""
+        niter = getattr(getattr(getattr(inner, "data", None), "_impl", None), "solver_niter", None)
+        model = getattr(getattr(self.env, "unwrapped", self.env), "mjx_model", None)
+        iterations = getattr(getattr(model, "opt", None), "iterations", None)
+        if niter is None or iterations is None:
+            return jnp.zeros((), jnp.int32)
+        return jnp.sum(niter >= iterations, dtype=jnp.int32)
+
     @functools.cached_property
     def random_action_fn(self) -> Callable[[jax.Array], jax.Array]:
         """key -> uniform random actions [N, A] within the action bounds."""

@@ -2,6 +2,7 @@
 
     jaxrl list-envs [--source playground]
     jaxrl train flashsac --env CartpoleBalance --steps 60000 --out runs/cp [--preset cpu|paper] [--config.batch-size 512 ...]
+    jaxrl train flashsac --env CartpoleSwingup --init-from runs/cp [--init-parts actor,critic] --out runs/swingup
     jaxrl train ppo --env CartpoleBalance --steps 200000 --out runs/ppo [--resets FILE --mix 0.25,0.25,0.25,0.25]
     jaxrl resume RUN_DIR
     jaxrl export RUN_DIR --format onnx|npz [--out FILE]
@@ -20,7 +21,7 @@ from typing import Annotated, Literal
 
 COMMANDS = {
     "list-envs": "list tasks with observation/action sizes and whether they need Menagerie",
-    "train": "train an algorithm: `jaxrl train flashsac|ppo --help`",
+    "train": "train an algorithm: `jaxrl train ALGO --help` (algorithms: jaxrl.train.registry)",
     "resume": "continue a run from its newest verified checkpoint",
     "export": "export a run's deterministic policy (ONNX or npz) plus a JSON card",
     "eval": "evaluate a run's deterministic policy; --video renders rollouts (MuJoCo renderer)",
@@ -84,36 +85,52 @@ class TrainArgs:
     seed: Annotated[int, _help("seed of envs, networks and exploration: same seed, same run")] = 0
     out: Annotated[str, _help("run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json")] = "runs/latest"
     overwrite: Annotated[bool, _help("delete a run already in --out first (else refuse: use `jaxrl resume`)")] = False
-    preset: Annotated[Literal["cpu", "paper"], _help("config preset the --config.* overrides apply to")] = "cpu"
+    preset: Annotated[str, _help("config preset the --config.* overrides apply to (choices: see usage)")] = "cpu"
     num_evals: Annotated[int, _help("evaluations (metrics rows, eval-return points) over the run")] = 10
     checkpoint_every_s: Annotated[float, _help("seconds between checkpoints (one at the end always)")] = 600.0
+    init_from: Annotated[str | None, _help("start from another run's agent (its newest verified checkpoint)")] = None
+    init_parts: Annotated[str | None, _help("with --init-from: comma-separated agent parts, e.g. actor,critic (default: all)")] = None
     progress: Annotated[bool, _help("live progress bar (env steps, steps/s, eval return, ETA)")] = True
+    verbose: Annotated[bool, _help("show the simulators' raw console messages (warp module loads, solver-limit prints)")] = False
     wandb: Annotated[bool, _help("also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")] = False
 
 
-def _preset(cls, preset: str, env: str):
-    return cls.paper(env) if preset == "paper" else cls.cpu()
+def _chosen_preset(rest: list[str]) -> tuple[str, str]:
+    """(--preset, --env) as given on the command line (defaults otherwise), read before tyro
+    parses so that --help shows the chosen preset's defaults."""
+    found = {"preset": TrainArgs.preset, "env": TrainArgs.env}
+    for i, arg in enumerate(rest):
+        for name in found:
+            if arg == f"--{name}" and i + 1 < len(rest):
+                found[name] = rest[i + 1]
+            elif arg.startswith(f"--{name}="):
+                found[name] = arg.split("=", 1)[1]
+    return found["preset"], found["env"]
 
 
 def train_cmd(argv: list[str]) -> None:
     import tyro
 
-    if not argv or argv[0] not in ("flashsac", "ppo"):
-        raise SystemExit("usage: jaxrl train {flashsac,ppo} [options]   (jaxrl train flashsac --help)")
-    algo, rest = argv[0], argv[1:]
-    from jaxrl.train import run
+    from jaxrl.train import registry
 
-    mod = run.algo_module(algo)
-    # First pass: the preset decides the config defaults shown and overridden in the second.
-    pre = tyro.cli(TrainArgs, args=[a for a in rest if not a.startswith("--config.")] if "--help" not in rest and "-h" not in rest else [],
-                   return_unknown_args=True)[0]
-    default_cfg = _preset(mod.Config, pre.preset, pre.env)
+    names = ", ".join(registry.ALGORITHMS)
+    if not argv or argv[0] not in registry.ALGORITHMS:
+        raise SystemExit(f"usage: jaxrl train {{{names.replace(', ', ',')}}} [options]   "
+                         f"(jaxrl train {next(iter(registry.ALGORITHMS))} --help)")
+    algo, rest = registry.get(argv[0]), argv[1:]
+    preset, env = _chosen_preset(rest)
+    if preset not in algo.presets:
+        raise SystemExit(f"jaxrl train {algo.name}: unknown --preset {preset!r}; "
+                         f"choices: {', '.join(algo.presets)}")
+    default_cfg = algo.preset(preset, env)
 
     # Built at run time so that the config defaults shown by --help are the chosen preset's.
     Args = dataclasses.make_dataclass(
         "Args",
         [
-            ("config", mod.Config, dataclasses.field(default=default_cfg)),
+            ("preset", Annotated[Literal[algo.presets], _help("config preset the --config.* overrides apply to")],
+             dataclasses.field(default=preset)),
+            ("config", algo.config, dataclasses.field(default=default_cfg)),
             ("resets", Annotated[str | None, _help("(ppo) OmniReset reset dataset file (`jaxrl resets build`)")],
              dataclasses.field(default=None)),
             ("mix", Annotated[str | None, _help("(ppo) reset-type probabilities, e.g. 0.25,0.25,0.25,0.25")],
@@ -122,18 +139,28 @@ def train_cmd(argv: list[str]) -> None:
         bases=(TrainArgs,),
         frozen=True,
     )
-    a = tyro.cli(Args, args=rest, prog=f"jaxrl train {algo}", description=mod.__doc__.split("\n")[0])
+    a = tyro.cli(Args, args=rest, prog=f"jaxrl train {algo.name}",
+                 description=f"{algo.summary}.  Presets: {', '.join(algo.presets)}.")
+    if a.verbose:
+        import envs
+
+        envs.set_verbose(True)
     resets = None
     if a.resets:
-        if algo != "ppo":
+        if algo.name != "ppo":
             raise SystemExit("--resets is for ppo (OmniReset)")
         probs = [float(p) for p in a.mix.split(",")] if a.mix else None
         resets = {"path": str(Path(a.resets).absolute()), "probs": probs}
     elif a.mix:
         raise SystemExit("--mix needs --resets FILE")
-    run.train(algo, a.env, a.config, steps=a.steps, seed=a.seed, out_dir=a.out, resets=resets,
+    if a.init_parts and not a.init_from:
+        raise SystemExit("--init-parts needs --init-from RUN_DIR")
+    from jaxrl.train import run
+
+    run.train(algo.name, a.env, a.config, steps=a.steps, seed=a.seed, out_dir=a.out, resets=resets,
               num_evals=a.num_evals, progress=a.progress, checkpoint_every_s=a.checkpoint_every_s,
-              overwrite=a.overwrite, wandb=a.wandb)
+              overwrite=a.overwrite, wandb=a.wandb, init_from=a.init_from,
+              init_parts=a.init_parts.split(",") if a.init_parts else None)
     print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
 
 
@@ -215,9 +242,13 @@ def main(argv: list[str] | None = None) -> None:
         train_cmd(rest)
     elif cmd == "resume":
         if not rest or rest[0].startswith("-"):
-            raise SystemExit("usage: jaxrl resume RUN_DIR")
+            raise SystemExit("usage: jaxrl resume RUN_DIR [--verbose]")
         from jaxrl.train import run
 
+        if "--verbose" in rest:
+            import envs
+
+            envs.set_verbose(True)
         run.resume(rest[0])
     elif cmd == "export":
         print(export_cmd(tyro.cli(ExportArgs, args=_with_run_dir(rest), prog="jaxrl export RUN_DIR")))

@@ -55,18 +55,43 @@ def device_memory_bytes(device=None) -> int | None:
         return None
 
 
-def init(example: Any, capacity: int, *, memory_fraction: float = 0.8) -> ReplayState:
-    """Allocate an empty buffer for rows shaped like ``example`` (a single transition, no batch axis)."""
-    if int(capacity) < 1:
-        raise ValueError(f"replay capacity must be >= 1 transition, got {capacity}")
-    need = nbytes(example, capacity)
+def peak_bytes(buffer_bytes: int, platform: str | None = None) -> int:
+    """Memory a run really needs for a buffer of ``buffer_bytes``.  The chunk donates its carry,
+    so the device holds one copy; on CPU the device IS host memory, and a checkpoint copies the
+    buffer to host arrays while saving: two copies at the peak."""
+    platform = platform or jax.default_backend()
+    return int(buffer_bytes) * (2 if platform == "cpu" else 1)
+
+
+def check_memory(example: Any, capacity: int, *, memory_fraction: float = 0.8,
+                 other_bytes: int = 0) -> tuple[int, int | None]:
+    """Raise `ReplayCapacityError` when the peak memory of a ``capacity``-row buffer (plus
+    ``other_bytes``) does not fit in ``memory_fraction`` of the device's free memory;
+    returns (peak bytes, free bytes or None when unknown)."""
+    row = nbytes(example, 1)
+    need = peak_bytes(row * int(capacity)) + int(other_bytes)
     have = device_memory_bytes()
     if have is not None and need > memory_fraction * have:
+        per_row = peak_bytes(row)
+        fit = max(0, int((memory_fraction * have - other_bytes) / max(per_row, 1)))
         raise ReplayCapacityError(
-            f"replay buffer of {capacity:,} transitions needs {need / 2**30:.2f} GiB but the device "
-            f"has {have / 2**30:.2f} GiB available ({memory_fraction:.0%} usable); lower buffer_size "
-            f"to at most {int(memory_fraction * have / (need / capacity)):,}"
-        )
+            f"replay buffer of {int(capacity):,} transitions ({row} bytes each) needs "
+            f"{need / 2**30:.2f} GiB at its peak but the device has {have / 2**30:.2f} GiB available "
+            f"({memory_fraction:.0%} usable); lower buffer_size to at most {fit:,} (or num_envs / "
+            "batch_size, or store observations in bfloat16)")
+    return need, have
+
+
+def init(example: Any, capacity: int, *, memory_fraction: float = 0.8,
+         check: bool = True) -> ReplayState:
+    """Allocate an empty buffer for rows shaped like ``example`` (a single transition, no batch
+    axis).  ``check`` first refuses a buffer whose peak would not fit (`check_memory`); loops
+    check once before compiling and build their carry with ``check=False`` (also when only
+    tracing shapes, e.g. to export a GPU run's policy on a laptop)."""
+    if int(capacity) < 1:
+        raise ValueError(f"replay capacity must be >= 1 transition, got {capacity}")
+    if check:
+        check_memory(example, capacity, memory_fraction=memory_fraction)
     data = jax.tree.map(
         lambda x: jnp.zeros((int(capacity),) + tuple(np.shape(x)), jnp.result_type(x)), example
     )

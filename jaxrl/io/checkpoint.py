@@ -484,6 +484,61 @@ class CheckpointManager:
         return jax.tree_util.tree_unflatten(treedef, restored), metadata, step
 
 
+    def restore_matching(self, target: Any, select: Callable[[str], bool], step: int | None = None
+                         ) -> tuple[Any, dict, int, list[str]]:
+        """Leaves of ``target`` whose `path_str` ``select`` accepts, read from a checkpoint of
+        ANOTHER run (found by path, not position: that run's carry may differ elsewhere, e.g. a
+        bigger replay buffer); the others keep ``target``'s values.  Returns (tree, metadata,
+        step, loaded paths).  A selected leaf the checkpoint lacks, or whose shape / dtype
+        differs, raises `CheckpointMismatchError` naming the field and both layouts."""
+        import orbax.checkpoint as ocp
+
+        step = self._good_step(step)
+        folder = self._step_dir(step)
+        with open(folder / "metadata.json") as f:
+            metadata = json.load(f)
+        with open(folder / "structure.json") as f:
+            stored = json.load(f)
+        skipped_file = folder / "skipped.json"
+        skipped = set(json.loads(skipped_file.read_text())) if skipped_file.exists() else set()
+        index = {e["path"]: i for i, e in enumerate(stored)}
+        with_path, treedef = jax.tree_util.tree_flatten_with_path(target)
+        pairs = []  # (target leaf position, stored leaf position)
+        for j, (p, leaf) in enumerate(with_path):
+            name = path_str(p)
+            if not select(name):
+                continue
+            shape, dtype = _leaf_spec(leaf)
+            expected = {"shape": shape, "dtype": dtype}
+            i = index.get(name)
+            if i is None:
+                raise CheckpointMismatchError(
+                    f"{self.directory} step {step}: {name}: the checkpoint has no such entry, this run "
+                    f"expects {_fmt(expected)} (different algorithm or network?)")
+            if stored[i]["shape"] != shape or stored[i]["dtype"] != dtype:
+                raise CheckpointMismatchError(
+                    f"{self.directory} step {step}: {name}: checkpoint has {_fmt(stored[i])}, this run "
+                    f"expects {_fmt(expected)} (different observation/action layout or network size?)")
+            if i in skipped:
+                raise CheckpointError(f"{self.directory} step {step}: {name} was not saved in that checkpoint")
+            pairs.append((j, i))
+        if not pairs:
+            raise CheckpointMismatchError(f"{self.directory} step {step}: nothing of this run's state was selected")
+        leaves = [leaf for _, leaf in with_path]
+        abstract = {f"leaf_{i:05d}": _abstract(leaves[j]) for j, i in pairs if np.size(leaves[j]) != 0}
+        try:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+                arrays = ckptr.restore(folder / "state", args=ocp.args.PyTreeRestore(
+                    abstract, restore_args=jax.tree.map(_restore_args, abstract), partial_restore=True))
+        except Exception as e:  # orbax raises bare Exceptions on damaged files
+            raise CheckpointError(f"orbax could not read checkpoint step {step}: {e!r}") from e
+        for j, i in pairs:
+            leaves[j] = (_from_stored(leaves[j], arrays[f"leaf_{i:05d}"]) if np.size(leaves[j]) != 0
+                         else _empty_like(leaves[j]))
+        loaded = [path_str(with_path[j][0]) for j, _ in pairs]
+        return jax.tree_util.tree_unflatten(treedef, leaves), metadata, step, loaded
+
+
 def _raise_on_metadata_diff(stored: Mapping, expected: Mapping, step: int | None) -> None:
     diff = metadata_diff(stored, expected)
     if diff:

@@ -18,23 +18,22 @@ import numpy as np
 
 from jaxrl.io import export
 from jaxrl.io.checkpoint import CheckpointManager
+from jaxrl.train import run
 
 
 def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any, Any, Any]:
-    """(record, algo module, config, agent state, train env) of the run's chosen checkpoint."""
-    from jaxrl.train import run
-
+    """(record, registry.Algorithm, config, agent state, train env) of the run's chosen checkpoint."""
     if which not in ("latest", "best"):
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     run_dir = Path(run_dir)
     record = run.read_record(run_dir)
-    mod, config, env, loop = run.rebuild(record, with_eval=False)
+    algo, config, env, loop = run.rebuild(record, with_eval=False)
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
     step = ckpt.best_step() if which == "best" else None
     # Shapes only, and only the agent read from disk: no replay buffer built or loaded.
     template = jax.eval_shape(loop.init_carry)
     carry, _, _ = ckpt.restore(template, step=step, only=lambda path: path.startswith(".agent"))
-    return record, mod, config, carry.agent, env
+    return record, algo, config, carry.agent, env
 
 
 def _inner_task(env: Any) -> Any:
@@ -75,8 +74,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     """Export the run's deterministic policy; returns the policy file's path."""
     if fmt not in ("onnx", "npz"):
         raise ValueError(f"format must be 'onnx' or 'npz', got {fmt!r}")
-    record, mod, config, agent, env = load_run(run_dir, which)
-    layers = mod.policy_layers(agent, config)
+    record, algo, config, agent, env = load_run(run_dir, which)
+    layers = algo.policy_layers(agent, config)
     card = export.make_card(
         obs_layout={"state": env.obs_spec["state"].size},
         control_dt=env.spec.dt,
@@ -107,8 +106,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if video is not None and not 1 <= grid <= episodes:
         raise ValueError(f"grid must be between 1 and episodes={episodes}, got {grid}")
-    record, mod, config, agent, _ = load_run(run_dir, which)
-    policy = export.to_jax(mod.policy_layers(agent, config))
+    record, algo, config, agent, _ = load_run(run_dir, which)
+    policy = export.to_jax(algo.policy_layers(agent, config))
     env = envs.make(record["env"], num_envs=episodes, seed=seed, **(record.get("env_kwargs") or {}))
     k = grid if video is not None else 0
 

@@ -169,12 +169,12 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     """
     import envs
     from jaxrl.io import lifecycle
-    from jaxrl.train import run
+    from jaxrl.io import runfolder
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     run_dir = Path(run_dir)
-    record = run.read_record(run_dir)
+    record = runfolder.read_record(run_dir)
     if policy_file is None:
         policy_file = run_dir / "policy.onnx"
         if not policy_file.exists():

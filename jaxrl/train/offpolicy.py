@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from envs.wrappers import VecEnv
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train import guards
 from jaxrl.train.evaluate import make_evaluator
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, donating_jit, notice
 
 
 class OffPolicyAgent(NamedTuple):
@@ -46,6 +44,7 @@ class OffPolicySettings:
     buffer_size: int  # replay capacity in transitions
     min_buffer: int  # warm-up transitions collected with uniform random actions
     num_evals: int = 10  # evaluations (and metrics rows) over the run
+    learner_precision: str | None = None  # matmul precision of the updates (None: JAX's default)
 
     def __post_init__(self):
         for f in ("total_steps", "batch_size", "updates_per_step", "buffer_size", "num_evals"):
@@ -53,6 +52,9 @@ class OffPolicySettings:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if self.min_buffer < 0:
             raise ValueError(f"min_buffer must be >= 0, got {self.min_buffer}")
+        if self.batch_size > self.buffer_size:
+            raise ValueError(f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}: "
+                             "raise buffer_size or lower batch_size")
 
 
 @struct.dataclass
@@ -64,8 +66,11 @@ class OffPolicyCarry:
     iteration: jax.Array  # [] int32, vector env steps taken (warm-up included)
 
 
-class OffPolicyLoop:
+class OffPolicyLoop(HostLoop):
     """Builds the jitted warm-up and training chunks for one (env, agent, settings)."""
+
+    # Carry subtrees a checkpoint may leave out (too big for the disk); `refill` rebuilds them.
+    optional_state = (".buffer",)
 
     def __init__(
         self,
@@ -75,41 +80,43 @@ class OffPolicyLoop:
         eval_env: VecEnv | None = None,
         seed: int = 0,
     ):
+        super().__init__()
         self.env, self.agent, self.s, self.seed = env, agent, settings, seed
         n = env.num_envs
         total = max(1, math.ceil(settings.total_steps / n))
         self.warmup_iters = min(total - 1, math.ceil(settings.min_buffer / n))
-        # The budget is rounded up to whole chunks so that one compiled chunk serves the run.
-        self.chunk_iters = max(1, math.ceil((total - self.warmup_iters) / settings.num_evals))
-        self.total_iters = self.warmup_iters + self.chunk_iters * settings.num_evals
-        self.num_updates = self.chunk_iters * settings.num_evals * settings.updates_per_step
-        if settings.batch_size > settings.buffer_size:
-            raise ValueError(
-                f"batch_size {settings.batch_size} exceeds buffer_size {settings.buffer_size}: "
-                "raise buffer_size or lower batch_size"
-            )
+        self.chunk_iters, train_iters = chunk_plan(total - self.warmup_iters, settings.num_evals)
+        self.total_iters = self.warmup_iters + train_iters
+        self.num_updates = train_iters * settings.updates_per_step
         self.evaluate = make_evaluator(eval_env, agent.act) if eval_env is not None else None
-        self._warmup = jax.jit(self._warmup_fn)
-        self._chunk = jax.jit(self._chunk_fn)
-        self.compile_s = 0.0
-        self._compiled: dict[str, Any] = {}
+        self._warmup = donating_jit(self._warmup_fn)
+        self._chunk = donating_jit(self._chunk_fn)
 
     # ------------------------------------------------------------------ carry
+    def _example(self, obs: dict) -> Transition:
+        """One transition without batch axis: the replay row layout."""
+        row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), obs)
+        return Transition(
+            obs=row, action=jax.ShapeDtypeStruct((self.env.action_size,), jnp.float32),
+            reward=jax.ShapeDtypeStruct((), jnp.float32), next_obs=row,
+            terminated=jax.ShapeDtypeStruct((), jnp.bool_), truncated=jax.ShapeDtypeStruct((), jnp.bool_))
+
+    def preflight(self) -> None:
+        """Before compiling: say how much memory the replay buffer takes at its peak and how much
+        the device has free, and refuse a buffer that cannot fit (naming the knobs)."""
+        obs = jax.eval_shape(self.env.reset, jax.random.PRNGKey(0)).obs
+        need, have = replay.check_memory(self._example(obs), self.s.buffer_size)
+        free = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
+        notice(f"replay buffer {self.s.buffer_size:,} transitions: {need / 2**30:.2f} GiB at peak; "
+               f"device free memory {free}")
+
     def init_carry(self) -> OffPolicyCarry:
         key = jax.random.PRNGKey(self.seed)
         k_agent, k_env, key = jax.random.split(key, 3)
         env_state = self.env.reset(k_env)
-        example = Transition(
-            obs=jax.tree.map(lambda x: x[0], env_state.obs),
-            action=jnp.zeros((self.env.action_size,), jnp.float32),
-            reward=jnp.zeros((), jnp.float32),
-            next_obs=jax.tree.map(lambda x: x[0], env_state.obs),
-            terminated=jnp.zeros((), bool),
-            truncated=jnp.zeros((), bool),
-        )
         return OffPolicyCarry(
             agent=self.agent.init(k_agent),
-            buffer=replay.init(example, self.s.buffer_size),
+            buffer=replay.init(self._example(env_state.obs), self.s.buffer_size, check=False),
             env_state=env_state,
             key=key,
             iteration=jnp.zeros((), jnp.int32),
@@ -158,28 +165,24 @@ class OffPolicyLoop:
         return carry.replace(agent=agent), metrics
 
     def _chunk_fn(self, carry: OffPolicyCarry):
-        stats0 = carry.env_state.stats
-        carry, metrics = jax.lax.scan(self._iteration, carry, None, length=self.chunk_iters)
-        stats1 = carry.env_state.stats
-        done = stats1.completed - stats0.completed
+        before = carry.env_state
+        # The learner's precision for acting and updating; the env step inside keeps 'highest'.
+        with jax.default_matmul_precision(self.s.learner_precision):
+            carry, metrics = jax.lax.scan(self._iteration, carry, None, length=self.chunk_iters)
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-        metrics["train_return"] = jnp.where(
-            done > 0, (stats1.return_sum - stats0.return_sum) / jnp.maximum(done, 1), jnp.nan
-        )
-        metrics["train_episodes"] = done
-        return carry, metrics
+        return carry, {**metrics, **chunk_counters(before, carry.env_state)}
+
+    def lower_chunk(self, carry):
+        return self._chunk.lower(carry)
 
     # -------------------------------------------------------------- resuming
-    # Carry subtrees a checkpoint may leave out (too big for the disk); `refill` rebuilds them.
-    optional_state = (".buffer",)
-
     def refill(self, carry: OffPolicyCarry) -> OffPolicyCarry:
         """After a restore without the replay buffer: collect ``min_buffer`` fresh transitions with
         uniform random actions (as the warm-up did) so updates never sample an empty buffer.  The
         budget counter is left where it was; the run is then no longer bit-identical to an
         uninterrupted one."""
         iteration = carry.iteration
-        carry = self._timed_call("_warmup", carry)
+        carry = self._call("warmup", self._warmup, carry)
         return carry.replace(iteration=iteration)
 
     # ------------------------------------------------------------------ host
@@ -189,38 +192,8 @@ class OffPolicyLoop:
     def finished(self, carry: OffPolicyCarry) -> bool:
         return int(carry.iteration) >= self.total_iters
 
-    def run_chunk(self, carry: OffPolicyCarry) -> tuple[OffPolicyCarry, dict]:
-        """Warm-up (first call) or one training chunk, then evaluation; returns a metrics row."""
-        t0 = time.perf_counter()
-        start_steps = self.env_steps(carry)
+    def _advance(self, carry: OffPolicyCarry) -> tuple[OffPolicyCarry, dict]:
+        """Warm-up (first call) or one training chunk."""
         if int(carry.iteration) < self.warmup_iters:
-            carry = self._timed_call("_warmup", carry)
-            metrics: dict[str, Any] = {}
-        else:
-            carry, metrics = self._timed_call("_chunk", carry)
-        jax.block_until_ready(carry.iteration)
-        steps = self.env_steps(carry)
-        metrics = {k: np.asarray(v).item() for k, v in metrics.items()}
-        # train_return is NaN when no episode ended during the chunk: that is not a failure.
-        # Actions first: a NaN action is the root cause of the NaN losses that follow it.
-        guards.check_actions(carry.env_state.nonfinite_actions, steps)
-        guards.check_finite({k: v for k, v in metrics.items() if k != "train_return"}, steps)
-        elapsed = time.perf_counter() - t0
-        row = {"env_steps": steps, "chunk_s": elapsed, "sps": (steps - start_steps) / max(elapsed, 1e-9)}
-        row.update(metrics)
-        if self.evaluate is not None:
-            key, k = jax.random.split(carry.key)
-            carry = carry.replace(key=key)
-            ev = self.evaluate(carry.agent, k)
-            row["eval_return"] = float(ev["eval_return"])
-            row["eval_length"] = float(ev["eval_length"])
-            guards.check_finite({"eval_return": row["eval_return"]}, steps)
-        return carry, row
-
-    def _timed_call(self, name: str, carry):
-        """Call a jitted chunk, compiling it ahead of time on first use to time compilation."""
-        if name not in self._compiled:
-            t0 = time.perf_counter()
-            self._compiled[name] = getattr(self, name).lower(carry).compile()
-            self.compile_s += time.perf_counter() - t0
-        return self._compiled[name](carry)
+            return self._call("warmup", self._warmup, carry), {}
+        return self._call("chunk", self._chunk, carry)

@@ -1,70 +1,49 @@
 """A training run: any algorithm's loop plus metrics files, checkpoints, progress and resume.
 
-A loop (`OffPolicyLoop`, the on-policy loop) exposes ``init_carry()``, ``run_chunk(carry) ->
-(carry, row)``, ``finished(carry)``, ``env_steps(carry)`` and ``compile_s``; this module owns
-everything on the host side of it:
+A loop is a `jaxrl.train.loop.HostLoop` (``init_carry``, ``run_chunk``, ``finished``,
+``env_steps``, ``compile_s``; optional ``optional_state`` / ``refill`` / ``preflight``); the
+algorithm comes from the registry (`jaxrl.train.registry`).  This module owns everything on the
+host side of it:
 
-    RUN_DIR/config.json      algo, env, steps, seed, the full algorithm config
+    RUN_DIR/config.json      the record: algo, env, steps, seed, config, init_from (`runfolder`)
     RUN_DIR/metrics.jsonl    one row per evaluation (env_steps, wall_s, eval_return, losses, sps)
     RUN_DIR/tensorboard/     TensorBoard events
     RUN_DIR/checkpoints/     the whole carry (agent, replay buffer, env state, RNG, counters)
     RUN_DIR/summary.json     algo, env, env_steps, wall_s, compile_s, final_eval_return
 
 ``resume(run_dir)`` rebuilds the loop from config.json, restores the newest verified checkpoint
-and continues; because the carry is everything, the resumed run equals an uninterrupted one.
-A loop may name carry subtrees a checkpoint can leave out (``optional_state``, the replay buffer:
-left out with ``save_buffer=False`` or when it would not fit on the disk) and rebuild them after a
-restore (``refill``); such a resume is then no longer exact, and says so.
+and continues; because the carry is everything, the resumed run equals an uninterrupted one.  A
+run killed before its first checkpoint (compilation: the first minutes of a GPU run) starts
+again from step 0, so a cluster's requeue script can call ``jaxrl resume`` blindly.  A loop may
+name carry subtrees a checkpoint can leave out (``optional_state``, the replay buffer) and
+rebuild them after a restore (``refill``); such a resume is then no longer exact, and says so.
+
+``init_from=RUN_DIR`` starts a fresh run from chosen agent subtrees (parameters, normaliser
+statistics, optimiser states) of another run's checkpoint: how finetuning starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
 import envs
 from envs.wrappers import VecEnv
+from jaxrl.io import runfolder
+from jaxrl.io.checkpoint import CheckpointManager
+from jaxrl.train import registry
+from jaxrl.train.loop import notice
 
-ALGOS = ("flashsac", "ppo")
 NUM_EVAL_ENVS = 16
 
 
-def algo_module(name: str):
-    """The entry module of an algorithm: make_loop, policy_layers, Config."""
-    if name == "flashsac":
-        from jaxrl import flashsac as m
-    elif name == "ppo":
-        from jaxrl import ppo as m
-    else:
-        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(ALGOS)}")
-    return m
-
-
-def config_to_dict(cfg: Any) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-def config_from_dict(cls: type, d: dict) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ValueError(f"config has fields {unknown} that {cls.__name__} does not know")
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return cls(**kw)
-
-
-def config_hash(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, resets: dict | None = None):
+def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, resets: dict | None = None):
     """(train env, eval env, task name).  Evaluation always runs on the task's NOMINAL resets, so
     an OmniReset run (``resets={'path': FILE, 'probs': [...]}``) is scored from the start state."""
     if isinstance(env, VecEnv):
@@ -87,13 +66,33 @@ def _make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, re
     return train_env, eval_env, env
 
 
-def _metadata(record: dict, env: VecEnv) -> dict:
-    return {
-        **record,
-        "config_hash": config_hash(record),
-        "obs_layout": {k: list(v.shape) for k, v in env.obs_spec.items()},
-        "action_size": env.action_size,
-    }
+def metadata(record: dict, env: VecEnv) -> dict:
+    """What a checkpoint must match to be restored into this run."""
+    ident = runfolder.identity(record)
+    return {**ident, "config_hash": runfolder.config_hash(ident),
+            "obs_layout": {k: list(v.shape) for k, v in env.obs_spec.items()},
+            "action_size": env.action_size}
+
+
+def rebuild(record: dict, with_eval: bool = True) -> tuple[registry.Algorithm, Any, VecEnv, Any]:
+    """(algorithm, config, train env, loop) of a run, exactly as `train` built them."""
+    algo = registry.get(record["algo"])
+    config = runfolder.config_from_dict(algo.config, record["config"])
+    train_env, eval_env, _ = make_envs(record["env"], config.num_envs, record["seed"],
+                                       record["env_kwargs"], record.get("resets"))
+    loop = algo.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
+                          record["seed"], record["num_evals"])
+    return algo, config, train_env, loop
+
+
+def _preflight(loop) -> None:
+    """Before allocating or compiling: the loop's memory check and report (replay buffers)."""
+    if hasattr(loop, "preflight"):
+        loop.preflight()
+
+
+def read_record(run_dir: str | Path) -> dict:
+    return runfolder.read_record(run_dir)
 
 
 def train(
@@ -111,6 +110,8 @@ def train(
     save_buffer: bool = True,
     env_kwargs: dict | None = None,
     resets: dict | None = None,
+    init_from: str | Path | None = None,
+    init_parts: Sequence[str] | None = None,
     progress_fn=None,
     tensorboard: bool = True,
     wandb: bool = False,
@@ -121,97 +122,105 @@ def train(
     ``out_dir`` must not already hold a run: its checkpoints would mix with this run's (resume and
     export pick the newest step of either).  Continue it with `resume`, or pass ``overwrite=True``
     to delete that run's files (only the files a run writes) first.
+
+    ``init_from`` (a run folder) loads the agent subtrees named by ``init_parts`` (agent fields or
+    their prefixes, e.g. ``actor`` = actor_params, actor_stats, actor_opt; default: the whole
+    agent) from that run's newest verified checkpoint before the first chunk.
     """
-    mod = algo_module(algo)
-    if not isinstance(config, mod.Config):
-        raise TypeError(f"{algo} needs a {mod.Config.__name__}, got {type(config).__name__}")
+    spec = registry.get(algo)
+    if not isinstance(config, spec.config):
+        raise TypeError(f"{algo} needs a {spec.config.__name__}, got {type(config).__name__}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if init_from is not None and not runfolder.is_run(init_from):
+        raise FileNotFoundError(f"--init-from {init_from}: not a jaxrl run folder (no config.json)")
     if out_dir is not None:
-        _claim_run_dir(Path(out_dir), overwrite)
+        runfolder.claim(Path(out_dir), overwrite)
     env_kwargs = dict(env_kwargs or {})
-    train_env, eval_env, env_name = _make_envs(env, config.num_envs, seed, env_kwargs, resets)
+    train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets)
     record = {
         "algo": algo, "env": env_name, "steps": int(steps), "seed": int(seed),
         "num_evals": int(num_evals), "env_kwargs": env_kwargs, "resets": resets,
-        "config": config_to_dict(config),
+        "config": runfolder.config_to_dict(config),
     }
-    loop = mod.make_loop(config, train_env, eval_env, steps, seed, num_evals=num_evals)
-    session = _Session(loop, mod, config, record, train_env, out_dir, progress, checkpoint_every_s,
+    loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals)
+    _preflight(loop)
+    carry = loop.init_carry()
+    if init_from is not None:
+        carry, record["init_from"] = load_parts(carry, init_from, init_parts)
+    session = _Session(loop, record, train_env, out_dir, progress, checkpoint_every_s,
                        keep_last, save_buffer, progress_fn, tensorboard, wandb)
     if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "config.json").write_text(json.dumps(record, indent=1))
-    return session.run(loop.init_carry(), rows=[])
+        runfolder.write_record(out_dir, record)
+    return session.run(carry, rows=[])
 
 
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints", "eval.json",
-             "sim2sim.json", "rollout.mp4", "policy.onnx", "policy.onnx.card.json", "policy.npz",
-             "policy.npz.card.json", "learning_curve.png", "wandb")
+def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None) -> tuple[Any, dict]:
+    """``carry`` with the agent subtrees ``parts`` read from ``run_dir``'s newest verified
+    checkpoint (layout checked leaf by leaf); returns it and the provenance for config.json.
 
+    A part is an agent field (``actor_params``), a field prefix (``actor`` = every ``actor_*``
+    field) or a dotted path inside one (``params.actor``); None loads the whole agent."""
+    from jaxrl.io.checkpoint import path_str
 
-def _claim_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a folder that already holds a run unless ``overwrite``; then remove that run's files."""
-    import shutil
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(carry.agent)[0]]
+    fields = sorted({p.split(".")[0] for p in paths})
+    parts = list(parts) if parts else fields
 
-    if not ((out / "config.json").exists() or (out / "checkpoints").exists()):
-        return
-    existing = [n for n in RUN_FILES if (out / n).exists()]
-    if not overwrite:
-        raise FileExistsError(
-            f"{out} already holds a run ({', '.join(existing)}). Continue it with `jaxrl resume {out}`, "
-            "train into a new folder, or pass overwrite=True (CLI: --overwrite) to delete that run first."
-        )
-    for name in existing:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    def covers(part: str, path: str) -> bool:
+        field = path.split(".")[0]
+        return path == part or path.startswith(part + ".") or field.startswith(part + "_")
 
+    for part in parts:
+        if not any(covers(part, p) for p in paths):
+            raise ValueError(f"init parts: {part!r} is not a part of this agent; parts: {', '.join(fields)}")
 
-def read_record(run_dir: str | Path) -> dict:
-    """The run's config.json (algo, env, steps, seed, env_kwargs, resets, config)."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
-    return json.loads(path.read_text())
+    def select(path: str) -> bool:
+        return path.startswith("agent.") and any(covers(part, path[len("agent."):]) for part in parts)
 
-
-def rebuild(record: dict, with_eval: bool = True) -> tuple[Any, Any, VecEnv, Any]:
-    """(algo module, config, train env, loop) of a run, exactly as `train` built them."""
-    mod = algo_module(record["algo"])
-    config = config_from_dict(mod.Config, record["config"])
-    train_env, eval_env, _ = _make_envs(record["env"], config.num_envs, record["seed"],
-                                        record["env_kwargs"], record.get("resets"))
-    loop = mod.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
-                         record["seed"], num_evals=record["num_evals"])
-    return mod, config, train_env, loop
+    ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
+    carry, meta, step, loaded = ckpt.restore_matching(carry, select)
+    return carry, {"run": str(Path(run_dir).absolute()), "step": int(step), "parts": parts,
+                   "algo": meta.get("algo"), "env": meta.get("env"),
+                   "config_hash": meta.get("config_hash"), "leaves": len(loaded)}
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = None,
            **kwargs) -> tuple[Any, list[dict]]:
     """Continue the run in ``run_dir`` from its newest verified checkpoint.
 
-    ``wandb=None`` logs to Weights & Biases again when the run did (it continues the same W&B run).
+    A run folder without any committed checkpoint (killed while compiling) starts again from
+    step 0, with a notice: requeue scripts can call resume blindly.  ``wandb=None`` logs to
+    Weights & Biases again when the run did (it continues the same W&B run).
     """
     from jaxrl.io import metrics as metrics_io
 
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
-    mod, config, train_env, loop = rebuild(record)
-    session = _Session(loop, mod, config, record, train_env, run_dir, progress,
+    record = runfolder.read_record(run_dir)
+    _, _, train_env, loop = rebuild(record)
+    session = _Session(loop, record, train_env, run_dir, progress,
                        kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
                        kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True,
                        (run_dir / "wandb" / "jaxrl_run_id").exists() if wandb is None else wandb)
-    carry, _, step = session.ckpt.restore(loop.init_carry(), expected_metadata=session.metadata)
-    if session.ckpt.last_restore_skipped:
-        import warnings
-
-        warnings.warn(
-            f"checkpoint step {step} of {run_dir} was saved without {', '.join(loop.optional_state)} "
-            "(save_buffer=False or not enough disk space); refilling it with fresh warm-up "
-            "transitions: the resumed run will not equal an uninterrupted one exactly",
-            RuntimeWarning, stacklevel=2)
-        carry = loop.refill(carry)
     log = run_dir / "metrics.jsonl"
+    _preflight(loop)
+    carry = loop.init_carry()
+    if not session.ckpt.steps():
+        notice(f"{run_dir} has no committed checkpoint yet (stopped before the first one): "
+               "starting it again from step 0")
+        if record.get("init_from"):
+            src = record["init_from"]
+            carry, _ = load_parts(carry, src["run"], src["parts"])
+        step = 0
+    else:
+        carry, _, step = session.ckpt.restore(carry, expected_metadata=session.metadata)
+        if session.ckpt.last_restore_skipped:
+            warnings.warn(
+                f"checkpoint step {step} of {run_dir} was saved without {', '.join(loop.optional_state)} "
+                "(save_buffer=False or not enough disk space); refilling it with fresh warm-up "
+                "transitions: the resumed run will not equal an uninterrupted one exactly",
+                RuntimeWarning, stacklevel=2)
+            carry = loop.refill(carry)
     rows = [r for r in metrics_io.read_jsonl(log) if r["env_steps"] <= step] if log.exists() else []
     # Rows logged after the checkpoint will be produced again: drop them.
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -219,18 +228,19 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
 
 
 class _Session:
-    def __init__(self, loop, mod, config, record, env, out_dir, progress, checkpoint_every_s,
+    """Drives a loop to the end of its budget: metrics, checkpoints, progress bar, summary."""
+
+    def __init__(self, loop, record, env, out_dir, progress, checkpoint_every_s,
                  keep_last, save_buffer, progress_fn, tensorboard, wandb):
-        self.loop, self.mod, self.config, self.record = loop, mod, config, record
+        self.loop, self.record = loop, record
         self.out = Path(out_dir) if out_dir is not None else None
-        self.metadata = _metadata(record, env)
+        self.metadata = metadata(record, env)
         self.save_buffer = save_buffer
         self._warned_disk = False
         self.progress_fn = progress_fn
         self.show_progress = progress
         self.ckpt = self.logger = None
         if self.out is not None:
-            from jaxrl.io.checkpoint import CheckpointManager
             from jaxrl.io.metrics import MetricsLogger
 
             self.ckpt = CheckpointManager(self.out, keep_last=keep_last,
@@ -277,7 +287,6 @@ class _Session:
         """Which carry paths to leave out of this checkpoint: none (exact resume) unless
         ``save_buffer=False`` or the optional state (replay buffer) would not fit on the disk."""
         import shutil
-        import warnings
 
         prefixes = tuple(getattr(self.loop, "optional_state", ()))
         if not prefixes:

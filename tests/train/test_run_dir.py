@@ -4,7 +4,7 @@ would mix with the new run's, and resume/export would pick the newest step of ei
 import pytest
 
 from jaxrl import flashsac
-from jaxrl.train import run
+from jaxrl.io import runfolder
 
 
 def _fake_run(path):
@@ -24,11 +24,11 @@ def test_training_into_an_existing_run_is_refused_with_the_ways_out(tmp_path):
 
 def test_overwrite_removes_only_the_previous_runs_files(tmp_path):
     _fake_run(tmp_path)
-    run._claim_run_dir(tmp_path, overwrite=True)
+    runfolder.claim(tmp_path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_a_folder_without_a_run_is_used_as_is(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    run._claim_run_dir(tmp_path, overwrite=False)  # no error
-    run._claim_run_dir(tmp_path / "new", overwrite=False)
+    runfolder.claim(tmp_path, overwrite=False)  # no error
+    runfolder.claim(tmp_path / "new", overwrite=False)

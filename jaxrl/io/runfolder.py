@@ -1,0 +1,98 @@
+"""A run folder on disk: its record (config.json), its identity (one config hash) and its files.
+
+Pure file handling with no training imports, so that the training side (`jaxrl.train.run`) and
+the deployment side (`jaxrl.io.export`, `lifecycle`, `sim2sim`) both import it downward.
+
+    RUN_DIR/config.json   the record: algo, env, steps, seed, num_evals, env_kwargs, resets,
+                          init_from (what was loaded from another run), config (the algorithm's)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Files and folders a run writes; `claim` deletes only these when overwriting a run.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints", "eval.json",
+             "sim2sim.json", "rollout.mp4", "policy.onnx", "policy.onnx.card.json", "policy.npz",
+             "policy.npz.card.json", "learning_curve.png", "wandb")
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+def config_hash(config: Any) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces, tuples as lists) of a run record or
+    config dataclass: THE identity of a run, shared by checkpoint metadata and the export card."""
+    text = json.dumps(_jsonable(config) if dataclasses.is_dataclass(config) else config,
+                      sort_keys=True, separators=(",", ":"), default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def identity(record: dict) -> dict:
+    """The part of a record that defines the training run (what `config_hash` hashes): not
+    ``init_from``, whose source step and path say where a run started, not what it is."""
+    return {k: v for k, v in record.items() if k != "init_from"}
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_dict(cls: type, d: dict) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"config has fields {unknown} that {cls.__name__} does not know")
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def is_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / "config.json").is_file()
+
+
+def read_record(run_dir: str | Path) -> dict:
+    """The run's config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
+    return json.loads(path.read_text())
+
+
+def write_record(run_dir: str | Path, record: dict) -> None:
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out / "config.json")
+
+
+def claim(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that already holds a run unless ``overwrite``; then remove that run's files."""
+    out = Path(out)
+    if not ((out / "config.json").exists() or (out / "checkpoints").exists()):
+        return
+    existing = [n for n in RUN_FILES if (out / n).exists()]
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(existing)}). Continue it with `jaxrl resume {out}`, "
+            "train into a new folder, or pass overwrite=True (CLI: --overwrite) to delete that run first."
+        )
+    for name in existing:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -1,0 +1,250 @@
+"""The training core: one host loop for every algorithm, the registry and its presets, evaluation
+that never perturbs training, starting from another run, donated carries, physics-only 'highest'
+matmul precision, memory refusal before compiling, and an acyclic import graph."""
+
+import ast
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from jaxrl.data import replay
+from jaxrl.io.checkpoint import CheckpointMismatchError
+from jaxrl.train import registry, run
+from jaxrl.train.offpolicy import OffPolicyLoop, OffPolicySettings
+
+ENV = {"episode_length": 50}
+TINY = {
+    "flashsac": registry.get("flashsac").config.cpu().replace(
+        num_envs=4, batch_size=16, buffer_size=512, min_buffer=16, updates_per_step=1,
+        actor_width=8, critic_width=8, num_blocks=1),
+    "ppo": registry.get("ppo").config.cpu(num_envs=4, unroll_length=8, num_minibatches=2,
+                                          num_epochs=1, hidden=(8,)),
+}
+# Budgets whose training part splits evenly into 2 or 4 chunks (flashsac: 4 warm-up iterations).
+STEPS = {"flashsac": 4 * (4 + 8), "ppo": 32 * 8}
+
+
+def _train(algo, num_evals, out_dir=None, **kw):
+    return run.train(algo, "CartpoleBalance", kw.pop("config", TINY[algo]), steps=STEPS[algo],
+                     num_evals=num_evals, progress=False, env_kwargs=ENV, out_dir=out_dir, **kw)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("core")
+    out = {}
+    for algo in TINY:
+        for n in (2, 4):
+            out[algo, n] = (root / f"{algo}{n}",) + _train(algo, n, out_dir=root / f"{algo}{n}")
+    return out
+
+
+@pytest.mark.parametrize("algo", list(TINY))
+def test_number_of_evaluations_does_not_change_training(runs, algo):
+    """Evaluation keys come from their own stream: 2 or 4 evaluations, the same parameters."""
+    _, carry2, rows2 = runs[algo, 2]
+    _, carry4, rows4 = runs[algo, 4]
+    assert len(rows2) == 2 + (algo == "flashsac") and len(rows4) == 4 + (algo == "flashsac")
+    assert rows2[-1]["env_steps"] == rows4[-1]["env_steps"] == STEPS[algo]
+    for a, b in zip(jax.tree.leaves(carry2.agent), jax.tree.leaves(carry4.agent)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_rows_report_solver_limit_hits_and_both_loops_share_the_row_keys(runs):
+    keys = None
+    for algo in TINY:
+        row = runs[algo, 2][2][-1]
+        shared = {"env_steps", "chunk_s", "sps", "eval_return", "eval_length", "solver_limit_hits",
+                  "train_episodes", "wall_s", "compile_s"}
+        assert shared <= set(row), shared - set(row)
+        assert row["solver_limit_hits"] >= 0
+        keys = shared if keys is None else keys
+
+
+# --------------------------------------------------------------------------- registry, presets
+@pytest.mark.parametrize("algo,preset,task", [
+    ("flashsac", "cpu", "CartpoleBalance"),
+    ("flashsac", "paper", "T1JoystickFlatTerrain"),
+    ("ppo", "cpu", "CartpoleBalance"),
+    ("ppo", "paper", "PushToSlot"),
+])
+def test_every_preset_traces_its_training_chunk_on_abstract_shapes(algo, preset, task):
+    """GPU-sized presets are checked on CPU: the chunk is lowered on `jax.eval_shape` shapes,
+    nothing of the 10M-transition buffer or 16k envs is allocated."""
+    spec = registry.get(algo)
+    assert set(spec.presets) >= {"cpu", "paper"}
+    cfg = spec.preset(preset, task)
+    assert cfg.replace() == cfg  # the uniform config API
+    env = envs.make(task, num_envs=cfg.num_envs)
+    steps = getattr(cfg, "min_buffer", 0) + 4 * cfg.num_envs * getattr(cfg, "unroll_length", 1)
+    loop = spec.make_loop(cfg, env, None, steps, 0, 1)
+    carry = jax.eval_shape(loop.init_carry)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(carry))
+    text = loop.lower_chunk(carry).as_text()
+    assert "dot_general" in text and f"tensor<{cfg.num_envs}x" in text
+
+
+@pytest.mark.parametrize("algo", list(TINY))
+def test_paper_preset_runs_a_real_chunk_with_small_overrides(algo):
+    spec = registry.get(algo)
+    small = {k: v for k, v in TINY[algo].__dict__.items()
+             if k in ("num_envs", "batch_size", "buffer_size", "min_buffer", "updates_per_step",
+                      "actor_width", "critic_width", "num_blocks", "unroll_length",
+                      "num_minibatches", "num_epochs", "hidden")}
+    cfg = spec.preset("paper", "CartpoleBalance").replace(**small)
+    _, rows = _train(algo, 2, config=cfg)
+    assert np.isfinite(rows[-1]["eval_return"])
+
+
+def test_unknown_preset_and_algorithm_are_refused():
+    with pytest.raises(ValueError, match="presets: cpu, paper"):
+        registry.get("ppo").preset("lift", "CartpoleBalance")
+    with pytest.raises(ValueError, match="available: flashsac, ppo"):
+        registry.get("dqn")
+
+
+# --------------------------------------------------------------------------- init_from
+def test_init_from_loads_only_the_chosen_parts_and_records_them(runs, tmp_path):
+    src, src_carry, _ = runs["flashsac", 4]
+    out = tmp_path / "child"
+    # The child's first chunk already trains; compare what was loaded before any update.
+    loop = registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
+                                              None, STEPS["flashsac"], 7, 2)
+    fresh = loop.init_carry()
+    loaded, info = run.load_parts(fresh, src, ["actor"])
+    for a, b in zip(jax.tree.leaves(loaded.agent.actor_params), jax.tree.leaves(src_carry.agent.actor_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(loaded.agent.critic_params), jax.tree.leaves(fresh.agent.critic_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # not asked for: fresh
+    assert info["step"] == STEPS["flashsac"] and info["parts"] == ["actor"]
+
+    _train("flashsac", 2, out_dir=out, init_from=src, init_parts=["actor", "critic"], seed=7)
+    record = run.read_record(out)
+    assert record["init_from"]["run"] == str(Path(src).absolute())
+    assert record["init_from"]["step"] == STEPS["flashsac"]
+    assert record["init_from"]["parts"] == ["actor", "critic"]
+
+
+def test_init_from_a_run_with_another_layout_names_the_field_and_both_shapes(runs):
+    src = runs["flashsac", 2][0]
+    wide = TINY["flashsac"].replace(actor_width=16)
+    loop = registry.get("flashsac").make_loop(wide, envs.make("CartpoleBalance", 4, **ENV), None, 64, 0, 1)
+    with pytest.raises(CheckpointMismatchError, match=r"agent\.actor_params.*checkpoint has float32 \(.*8.*\), "
+                                                       r"this run expects float32 \(.*16"):
+        run.load_parts(loop.init_carry(), src, ["actor"])
+    with pytest.raises(ValueError, match="not a part of this agent; parts: .*actor_params"):
+        run.load_parts(loop.init_carry(), src, ["policy"])
+    with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
+        _train("flashsac", 2, init_from=Path(src) / "nope")
+
+
+# --------------------------------------------------------------------------- donation, precision
+@pytest.fixture(scope="module")
+def tiny_loop():
+    return registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
+                                              None, STEPS["flashsac"], 0, 2)
+
+
+def test_chunk_donates_its_carry_and_equals_the_copying_path(tiny_loop):
+    loop = tiny_loop
+    carry, _ = loop.run_chunk(loop.init_carry())  # warm-up; flat task: state IS privileged_state
+    reference, _ = jax.jit(loop._chunk_fn)(jax.tree.map(jnp.copy, carry))  # no donation
+    buffer_in = jax.tree.leaves(carry.buffer)
+    out, _ = loop.run_chunk(carry)
+    assert all(x.is_deleted() for x in buffer_in)  # updated in place, not copied
+    for a, b in zip(jax.tree.leaves(out.buffer), jax.tree.leaves(reference.buffer)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _dot_precisions(text: str) -> list[str]:
+    return re.findall(r"stablehlo\.dot_general.*?precision = \[(\w+), \w+\]", text)
+
+
+def test_highest_precision_is_scoped_to_the_physics_step(tiny_loop):
+    loop = tiny_loop
+    env = loop.env
+    state = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+    physics = _dot_precisions(jax.jit(env.step).lower(state, jnp.zeros((4, env.action_size))).as_text())
+    assert physics and set(physics) == {"HIGHEST"}
+    carry = jax.eval_shape(loop.init_carry)
+    chunk = _dot_precisions(loop.lower_chunk(carry).as_text())
+    assert "HIGHEST" in chunk and "DEFAULT" in chunk  # learner dots keep JAX's default
+    learner = _dot_precisions(jax.jit(loop.agent.update).lower(
+        carry.agent, jax.tree.map(lambda x: jax.ShapeDtypeStruct((16,) + x.shape[1:], x.dtype), carry.buffer.data),
+        jax.random.PRNGKey(0)).as_text())
+    assert learner and "HIGHEST" not in learner
+
+    s = loop.s
+    asked = OffPolicyLoop(env, loop.agent, OffPolicySettings(
+        s.total_steps, s.batch_size, s.updates_per_step, s.buffer_size, s.min_buffer, s.num_evals,
+        learner_precision="highest"), None, 0)
+    assert set(_dot_precisions(asked.lower_chunk(carry).as_text())) == {"HIGHEST"}
+
+
+def test_buffer_that_cannot_fit_is_refused_before_compiling():
+    cfg = TINY["flashsac"].replace(buffer_size=10**11)
+    with pytest.raises(replay.ReplayCapacityError, match="lower buffer_size to at most"):
+        run.train("flashsac", "CartpoleBalance", cfg, steps=64, progress=False, env_kwargs=ENV)
+    assert replay.peak_bytes(100, "cpu") == 200 and replay.peak_bytes(100, "gpu") == 100
+
+
+# --------------------------------------------------------------------------- console, warp, imports
+def test_missing_warp_falls_back_to_jax_with_a_notice(monkeypatch, capsys):
+    from envs import registry as env_registry
+
+    monkeypatch.setattr(env_registry, "warp_available", lambda: False)
+    assert env_registry._choose_impl("CheetahRun", None, "warp") == "jax"
+    assert "warp-lang is not installed" in capsys.readouterr().err
+    with pytest.raises(ImportError, match="pip install warp-lang"):
+        env_registry._choose_impl("CheetahRun", "warp", "warp")
+
+
+def test_warp_overflow_prints_are_off_unless_verbose():
+    env = envs.make("CheetahRun", num_envs=1, impl="warp")
+    assert env.env.unwrapped.mjx_model.opt._impl.warn_overflow == 0
+    envs.set_verbose(True)
+    try:
+        loud = envs.make("CheetahRun", num_envs=1, impl="warp")
+        assert loud.env.unwrapped.mjx_model.opt._impl.warn_overflow != 0
+    finally:
+        envs.set_verbose(False)
+
+
+def _imports(path: Path, package_root: Path) -> set[str]:
+    """Every jaxrl/envs module a file imports, at top level or inside functions."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.split(".")[0] in ("jaxrl", "envs")}
+
+
+def test_train_and_io_modules_import_each_other_without_cycles():
+    root = Path(__file__).resolve().parents[2]
+    files = {".".join(p.relative_to(root).with_suffix("").parts): p
+             for pkg in ("jaxrl/train", "jaxrl/io") for p in (root / pkg).glob("*.py")
+             if p.name != "__init__.py"}
+    graph = {m: {d for d in _imports(p, root) if d in files and d != m} for m, p in files.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack + [m, d]))
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
