@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
-# Python: 3.11 (this machine's default and CI's).  JAX is pinned < 0.10 for Brax's trainers (see
-# pyproject.toml), and JAX 0.9 supports 3.11, so we do not need the pyenv 3.12.  Override with
+# Python: 3.11 (this machine's default and CI's) - 3.13; pip picks the newest JAX each supports (0.9 on 3.11,
+# 0.12 on 3.12+: both are tested).  Override with
 # `make PYTHON=python3.12 ...` if you want it.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m jaxrl.demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q --nbmake --nbmake-timeout=600 tests notebooks
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 --nbmake --nbmake-timeout=600 tests notebooks
 
 clean:
 	rm -rf $(VENV) runs

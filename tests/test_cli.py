@@ -26,6 +26,10 @@ def test_unknown_command_and_algorithm_are_refused():
         cli.main(["train", "dqn"])
     with pytest.raises(SystemExit, match="--mix needs --resets"):
         cli.main(["train", "ppo", "--mix", "0.5,0.5", "--steps", "10"])
+    with pytest.raises(SystemExit, match="unknown --preset 'lift'; choices: cpu, paper"):
+        cli.main(["train", "ppo", "--preset", "lift"])
+    with pytest.raises(SystemExit, match="--init-parts needs --init-from"):
+        cli.main(["train", "ppo", "--init-parts", "actor", "--steps", "10"])
 
 
 def test_train_help_shows_config_defaults_from_the_preset(capsys):
@@ -35,6 +39,22 @@ def test_train_help_shows_config_defaults_from_the_preset(capsys):
     assert "--config.batch-size" in out and "--config.gamma" in out
     # the shared options carry their help text too, not only a default
     assert "env-step budget" in out and "delete a run already in --out" in out
+    assert "--init-from" in out and "--verbose" in out
+
+
+@pytest.mark.parametrize("algo", ["flashsac", "ppo"])
+def test_paper_preset_help_shows_the_paper_defaults(capsys, algo):
+    """`jaxrl train ppo --preset paper --help` used to die with a TypeError."""
+    from jaxrl.train import registry
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", algo, "--preset", "paper", "--env", "T1JoystickFlatTerrain", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    paper = registry.get(algo).preset("paper", "T1JoystickFlatTerrain")
+    num_envs = out[out.index("--config.num-envs"):]
+    assert f"(default: {paper.num_envs})" in num_envs[:200] and paper.num_envs != 16
+    assert "(default: paper)" in out
 
 
 @pytest.mark.parametrize("cmd", ["eval", "sim2sim"])

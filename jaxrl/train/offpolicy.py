@@ -181,9 +181,9 @@ class OffPolicyLoop(HostLoop):
         uniform random actions (as the warm-up did) so updates never sample an empty buffer.  The
         budget counter is left where it was; the run is then no longer bit-identical to an
         uninterrupted one."""
-        iteration = carry.iteration
+        iteration = int(carry.iteration)  # host copy: the warm-up donates the carry
         carry = self._call("warmup", self._warmup, carry)
-        return carry.replace(iteration=iteration)
+        return carry.replace(iteration=jnp.asarray(iteration, jnp.int32))
 
     # ------------------------------------------------------------------ host
     def env_steps(self, carry: OffPolicyCarry) -> int:

@@ -10,6 +10,9 @@ import pytest
 
 from jaxrl.io import lifecycle, sim2sim, video
 
+# Shares the session's one solved run: keep these tests on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("solved_cartpole")
+
 
 @pytest.fixture(scope="module")
 def run_dir(solved_cartpole_run):

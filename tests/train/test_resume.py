@@ -164,3 +164,39 @@ def test_resume_without_a_saved_replay_buffer_refills_it_and_finishes(tmp_path):
     # Empty after the restore, then 256 refill transitions plus every step taken after it:
     assert int(carry.buffer.size) == 256 + rows[-1]["env_steps"] - step
     assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == rows[-1]["env_steps"]
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path):
+    """A cluster's requeue calls `jaxrl resume` again and again: a run SIGKILLed while compiling
+    (config.json written, no committed checkpoint) starts from step 0 with a notice; a folder
+    that is not a run stays an error."""
+    run = tmp_path / "requeued"
+    p = _cli("train", "flashsac", *TINY, "--out", str(run))
+    deadline = time.time() + 600
+    while not (run / "config.json").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "the run ended before it could be killed: " + p.communicate()[0][-2000:]
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert _steps(run) == [] and (run / "config.json").exists()
+
+    p = _cli("resume", str(run))
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out
+    assert "no committed checkpoint yet" in out and "starting it again from step 0" in out
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["env_steps"] >= 2400 and json.loads((run / "summary.json").read_text())["env_steps"] >= 2400
+    p = _cli("resume", str(tmp_path / "not-a-run"))
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "not a jaxrl run folder" in out
+
+
+def test_export_card_carries_the_checkpoints_config_hash(runs, tmp_path):
+    """One identity per run: the card's config_sha256 is the hash the checkpoints were written with."""
+    from jaxrl.io.checkpoint import CheckpointManager
+
+    full, _, _ = runs
+    path = lifecycle.export_run(full, fmt="npz", out=tmp_path / "p.npz")
+    card = json.loads(Path(f"{path}.card.json").read_text())
+    assert card["config_sha256"] == CheckpointManager(full).metadata()["config_hash"]
+    assert len(card["config_sha256"]) == 64
