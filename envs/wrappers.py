@@ -22,7 +22,8 @@ finishes at the same step) pay for resets once per episode, not every step.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

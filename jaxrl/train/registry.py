@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from envs.wrappers import VecEnv
 from jaxrl.algos import flashsac as flashsac_algo
