@@ -146,12 +146,44 @@ def _quiet_warp_model(env: Any) -> None:
     inner._mjx_model = model.replace(opt=model.opt.replace(_impl=impl_opt.replace(warn_overflow=0)))
 
 
+def expand_overrides(name: str, overrides: dict, default: Any) -> dict:
+    """Dotted Playground config keys (``push_config.enable=False``, as presets and config.json
+    carry them) as whole top-level sub-configs (the task's default with those values replaced)."""
+    out = {k: v for k, v in overrides.items() if "." not in k}
+    for key, value in overrides.items():
+        if "." not in key:
+            continue
+        top, *path = key.split(".")
+        if top not in default:
+            raise ValueError(f"{name}: config override {key!r}: no config key {top!r}; "
+                             f"valid keys: {sorted(default.keys())}")
+        node = out.setdefault(top, default[top].to_dict())
+        for part in path[:-1]:
+            node = node[part]
+        if path[-1] not in node:
+            raise ValueError(f"{name}: config override {key!r}: {top} has no key {path[-1]!r}; "
+                             f"valid keys: {sorted(node)}")
+        node[path[-1]] = value
+    return out
+
+
+def playground_randomizer(name: str) -> RandomizationFn:
+    """Playground's own domain randomiser of ``name`` (clear error when the task has none)."""
+    from mujoco_playground import registry
+
+    fn = registry.get_domain_randomizer(name) if name in _playground_names() else None
+    if fn is None:
+        raise ValueError(f"{name}: domain_randomization=True, but MuJoCo Playground has no domain "
+                         "randomiser for this task")
+    return fn
+
+
 def _load_playground(name: str, impl: str | None, menagerie_path, overrides: dict) -> tuple[Any, int]:
     from mujoco_playground import registry
 
     how = menagerie.prepare(name, menagerie_path)
     cfg = registry.get_default_config(name)
-    overrides = dict(overrides)
+    overrides = expand_overrides(name, overrides, cfg)
     impl = _choose_impl(name, impl, cfg.get("impl"))
     if impl is not None and "impl" in cfg:
         overrides["impl"] = impl
@@ -192,6 +224,7 @@ def make(
     impl: str | None = None,
     menagerie_path: str | os.PathLike | None = None,
     randomization_fn: RandomizationFn | None = None,
+    domain_randomization: bool = False,
     **overrides: Any,
 ) -> VecEnv:
     """Make a batched environment.
@@ -207,8 +240,12 @@ def make(
         else an offline stand-in where that keeps physics unchanged).
       randomization_fn: ``(mjx_model, keys[N]) -> (model_batch, in_axes)``, e.g. Playground's
         ``registry.get_domain_randomizer(name)``.
-      **overrides: task config overrides (Playground config keys; Brax constructor kwargs).
+      domain_randomization: use Playground's own randomiser of the task (`playground_randomizer`).
+      **overrides: task config overrides (Playground config keys, dotted keys such as
+        ``push_config.enable`` for one entry of a sub-config; Brax constructor kwargs).
     """
+    if domain_randomization and randomization_fn is None:
+        randomization_fn = playground_randomizer(name)
     src = source_of(name)
     if impl is not None and impl not in ("jax", "warp"):
         raise ValueError(f"impl must be 'jax' or 'warp', got {impl!r}")

@@ -46,6 +46,9 @@ class OffPolicySettings:
     min_buffer: int  # warm-up transitions collected with uniform random actions
     num_evals: int = 10  # evaluations (and metrics rows) over the run
     learner_precision: str | None = None  # matmul precision of the updates (None: JAX's default)
+    # True: ONE uniform sample of batch_size x updates_per_step rows per iteration, reshaped to
+    # [updates, batch] and scanned (Brax / LIFT SAC); False: a fresh sample per update (FlashSAC).
+    sample_once: bool = False
 
     def __post_init__(self):
         for f in ("total_steps", "batch_size", "updates_per_step", "buffer_size", "num_evals"):
@@ -154,16 +157,33 @@ class OffPolicyLoop(HostLoop):
         action, agent = self.agent.explore(carry.agent, carry.env_state.obs, k_act)
         carry = self._env_step(carry.replace(key=key), action, agent)
 
-        def one_update(agent, k):
-            k_s, k_u = jax.random.split(k)
-            batch = replay.sample(carry.buffer, k_s, self.s.batch_size)
-            return self.agent.update(agent, batch, k_u)
+        if self.s.sample_once:
+            agent, metrics = self._updates_from_one_sample(carry, k_upd)
+        else:
+            def one_update(agent, k):
+                k_s, k_u = jax.random.split(k)
+                batch = replay.sample(carry.buffer, k_s, self.s.batch_size)
+                return self.agent.update(agent, batch, k_u)
 
-        agent, metrics = jax.lax.scan(
-            one_update, carry.agent, jax.random.split(k_upd, self.s.updates_per_step)
-        )
+            agent, metrics = jax.lax.scan(
+                one_update, carry.agent, jax.random.split(k_upd, self.s.updates_per_step)
+            )
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
         return carry.replace(agent=agent), metrics
+
+    def _updates_from_one_sample(self, carry: OffPolicyCarry, key: jax.Array):
+        """``sample_once``: one uniform draw of U x B rows (with replacement), reshaped to
+        [U, B, ...], then U updates scanned over its slices."""
+        u, b = self.s.updates_per_step, self.s.batch_size
+        k_s, k_u = jax.random.split(key)
+        rows = replay.sample(carry.buffer, k_s, u * b)
+        batches = jax.tree.map(lambda x: x.reshape((u, b) + x.shape[1:]), rows)
+
+        def one_update(agent, xs):
+            batch, k = xs
+            return self.agent.update(agent, batch, k)
+
+        return jax.lax.scan(one_update, carry.agent, (batches, jax.random.split(k_u, u)))
 
     def _chunk_fn(self, carry: OffPolicyCarry):
         before = carry.env_state

@@ -18,6 +18,7 @@ from typing import Any
 from envs.wrappers import VecEnv
 from jaxrl.algos import flashsac as flashsac_algo
 from jaxrl.algos import ppo as ppo_algo
+from jaxrl.algos import sac as sac_algo
 from jaxrl.train.loop import HostLoop
 from jaxrl.train.offpolicy import OffPolicyAgent, OffPolicyLoop, OffPolicySettings
 from jaxrl.train.onpolicy import OnPolicyLoop
@@ -76,6 +77,37 @@ def flashsac_loop(cfg: flashsac_algo.FlashSACConfig, env: VecEnv, eval_env: VecE
     return OffPolicyLoop(env, flashsac_agent(cfg, env), settings, eval_env, seed)
 
 
+def sac_agent(cfg: sac_algo.SACConfig, env: VecEnv) -> OffPolicyAgent:
+    """The large-batch SAC's five functions with the config (and env spec) bound."""
+
+    def act(state, obs, key):
+        return sac_algo.act(state, obs, key, cfg, deterministic=True)[0]
+
+    return OffPolicyAgent(
+        init=lambda key: sac_algo.init(key, env.spec, cfg),
+        explore=functools.partial(sac_algo.explore, cfg=cfg),
+        act=act,
+        observe=functools.partial(sac_algo.observe, cfg=cfg),
+        update=functools.partial(sac_algo.update, cfg=cfg),
+    )
+
+
+def sac_loop(cfg: sac_algo.SACConfig, env: VecEnv, eval_env: VecEnv | None, steps: int, seed: int,
+             num_evals: int = 10) -> OffPolicyLoop:
+    """The off-policy loop with one uniform sample per iteration scanned over the updates
+    (``sample_once``), the learner at ``cfg.matmul_precision``.  The config's ``env_overrides``
+    are applied where the envs are made (`jaxrl.train.run.train`), not here."""
+    if env.num_envs != cfg.num_envs:
+        raise ValueError(f"env has {env.num_envs} envs but config.num_envs={cfg.num_envs}")
+    sac_algo.check_obs_keys(env.spec, cfg)
+    settings = OffPolicySettings(
+        total_steps=steps, batch_size=cfg.batch_size, updates_per_step=cfg.updates_per_step,
+        buffer_size=cfg.buffer_size, min_buffer=cfg.min_buffer, num_evals=num_evals,
+        learner_precision=cfg.matmul_precision, sample_once=True,
+    )
+    return OffPolicyLoop(env, sac_agent(cfg, env), settings, eval_env, seed)
+
+
 def ppo_loop(cfg: ppo_algo.PPOConfig, env: VecEnv, eval_env: VecEnv | None, steps: int, seed: int,
              num_evals: int = 10) -> OnPolicyLoop:
     return OnPolicyLoop(cfg, env, eval_env, steps, seed, num_evals)
@@ -89,6 +121,9 @@ ALGORITHMS: dict[str, Algorithm] = {
                   ("cpu", "paper"), "FlashSAC: norm-bounded SAC, distributional critic, few updates on big data"),
         Algorithm("ppo", ppo_algo.PPOConfig, ppo_loop, ppo_algo.policy_layers, ("cpu", "paper"),
                   "PPO with OmniReset's recipe (state-dependent std, adaptive KL)"),
+        Algorithm("sac", sac_algo.SACConfig, sac_loop, sac_algo.policy_layers,
+                  ("cpu", "paper", "lift", "lift-deploy", "lift-smoke"),
+                  "Large-batch, high-UTD SAC (LIFT's pretraining recipe: bf16 MLPs, asymmetric obs)"),
     )
 }
 

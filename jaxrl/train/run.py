@@ -46,7 +46,8 @@ NUM_EVAL_ENVS = 16
 
 def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, resets: dict | None = None):
     """(train env, eval env, task name).  Evaluation always runs on the task's NOMINAL resets, so
-    an OmniReset run (``resets={'path': FILE, 'probs': [...]}``) is scored from the start state."""
+    an OmniReset run (``resets={'path': FILE, 'probs': [...]}``) is scored from the start state.
+    ``env_kwargs`` go to `envs.make` (dotted Playground keys, ``domain_randomization=True``)."""
     if isinstance(env, VecEnv):
         name = env.name.split("/")[0]  # "PushToSlot/omnireset" -> "PushToSlot"
         try:
@@ -138,6 +139,10 @@ def train(
     if out_dir is not None:
         runfolder.claim(Path(out_dir), overwrite)
     env_kwargs = dict(env_kwargs or {})
+    if isinstance(env, str) and getattr(config, "env_overrides", ()):
+        # The config's env changes (e.g. LIFT: pushes off) go into the record's env_kwargs, so
+        # resume / eval / export rebuild the same env; explicit env_kwargs win.
+        env_kwargs = {**dict(config.env_overrides), **env_kwargs}
     train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets)
     record = {
         "algo": algo, "env": env_name, "steps": int(steps), "seed": int(seed),

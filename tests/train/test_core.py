@@ -72,6 +72,8 @@ def test_rows_report_solver_limit_hits_and_both_loops_share_the_row_keys(runs):
     ("flashsac", "paper", "T1JoystickFlatTerrain"),
     ("ppo", "cpu", "CartpoleBalance"),
     ("ppo", "paper", "PushToSlot"),
+    ("sac", "lift", "T1JoystickFlatTerrain"),
+    ("sac", "cpu", "CartpoleBalance"),
 ])
 def test_every_preset_traces_its_training_chunk_on_abstract_shapes(algo, preset, task):
     """GPU-sized presets are checked on CPU: the chunk is lowered on `jax.eval_shape` shapes,

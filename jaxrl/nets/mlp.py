@@ -1,0 +1,57 @@
+"""Plain MLPs: a swish trunk with a chosen compute dtype, and a twin-Q ensemble on [obs, action].
+
+Mixed precision as in the large-batch SAC (ALGORITHMS.md §2): parameters are float32; the hidden
+layers compute in ``compute_dtype`` (bfloat16 halves the matmul cost on GPUs and TPUs); the output
+layer computes in float32 on the float32-cast last hidden activation, so Q-values and policy
+statistics keep full precision.  Initialisation: lecun-uniform kernels, zero biases; no LayerNorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+LECUN_UNIFORM = nn.initializers.lecun_uniform()
+
+
+class MLP(nn.Module):
+    """x [B, D] -> [B, out]: Dense+swish per ``hidden`` width (in ``compute_dtype``), then Dense.
+
+    Parameter names: ``hidden_0`` ... ``hidden_{n-1}`` and ``out`` (each ``kernel`` [in, out] and
+    ``bias`` [out]); `jaxrl.algos.sac.policy_layers` reads them for export.
+    """
+
+    hidden: Sequence[int]
+    out: int
+    compute_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for i, width in enumerate(self.hidden):
+            x = nn.Dense(width, dtype=self.compute_dtype, param_dtype=jnp.float32,
+                         kernel_init=LECUN_UNIFORM, name=f"hidden_{i}")(x)
+            x = nn.swish(x)
+        return nn.Dense(self.out, dtype=jnp.float32, param_dtype=jnp.float32,
+                        kernel_init=LECUN_UNIFORM, name="out")(x.astype(jnp.float32))
+
+
+class TwinQ(nn.Module):
+    """``num_critics`` independent Q MLPs on [obs, action]: (obs [B, D], action [B, A]) -> [E, B].
+
+    Every parameter leaf has a leading ensemble axis of size ``num_critics`` (``members``)."""
+
+    hidden: Sequence[int]
+    compute_dtype: Any = jnp.float32
+    num_critics: int = 2
+
+    @nn.compact
+    def __call__(self, obs, action):
+        x = jnp.concatenate([obs, action], axis=-1)
+        ensemble = nn.vmap(MLP, variable_axes={"params": 0}, split_rngs={"params": True},
+                           in_axes=None, out_axes=0, axis_size=self.num_critics)
+        q = ensemble(hidden=tuple(self.hidden), out=1, compute_dtype=self.compute_dtype,
+                     name="members")(x)  # [E, B, 1]
+        return q[..., 0]
