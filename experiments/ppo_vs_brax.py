@@ -4,11 +4,13 @@ Brax runs with Playground's tuned config (`envs.upstream.brax_ppo_kwargs`), chan
 sets the budget and the evaluation: num_timesteps, num_envs (equal for both), num_evals,
 num_resets_per_eval (0: else Brax's minimum budget is num_evals × 10 × ~1M steps),
 num_eval_envs (equal for both) and deterministic_eval=True (ours evaluates deterministically).
-Ours runs `PPOConfig.cpu(num_envs=...)`.  Both curves are deterministic-policy returns of one
-full episode per eval env.  On CPU only the wall-clock *ratio* and the returns at equal env
+Ours runs `PPOConfig.cpu(num_envs=...)` through the public API (`jaxrl.ppo.train`, which
+evaluates on `jaxrl.train.run.NUM_EVAL_ENVS` = 16 envs after each of ``--our-evals`` chunks; it
+has no evaluation at step 0).  Both curves are deterministic-policy returns of one full episode
+per eval env.  On CPU only the wall-clock *ratio* and the returns at equal env
 steps mean anything (DESIGN.md, "Measuring").
 
-    python experiments/ppo_vs_brax.py --env CartpoleBalance --budget 2000000 --num-envs 256  # Brax: 2 × 983,040 steps
+    python experiments/ppo_vs_brax.py --env CartpoleBalance --budget 1966080 --num-envs 256  # Brax: 2 × 983,040 steps
 
 Writes experiments/results/ppo_vs_brax_<env>.json and .png.
 """
@@ -24,21 +26,18 @@ import time
 import jax
 import numpy as np
 
-import envs
 from envs import upstream
-from jaxrl.algos import ppo
-from jaxrl.train import onpolicy
+from jaxrl import ppo
+from jaxrl.train import run as run_mod
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def run_ours(env_name: str, budget: int, num_envs: int, num_evals: int, eval_envs: int, seed: int):
+def run_ours(env_name: str, budget: int, num_envs: int, num_evals: int, seed: int):
     cfg = ppo.PPOConfig.cpu(num_envs=num_envs)
-    env = envs.make(env_name, num_envs=num_envs, seed=seed)
-    eval_env = envs.make(env_name, num_envs=eval_envs, seed=seed + 1)
     t = time.perf_counter()
-    _, rows = onpolicy.train(
-        env, cfg, total_steps=budget, seed=seed, eval_env=eval_env, num_evals=num_evals,
+    _, rows = ppo.train(
+        env_name, cfg, steps=budget, seed=seed, num_evals=num_evals, progress=False,
         progress_fn=lambda r: print(f"[ours] {r['env_steps']:>9d} steps  return {r['eval_return']:7.1f}", flush=True),
     )
     wall = time.perf_counter() - t
@@ -46,7 +45,8 @@ def run_ours(env_name: str, budget: int, num_envs: int, num_evals: int, eval_env
         "steps": [r["env_steps"] for r in rows],
         "returns": [r["eval_return"] for r in rows],
         "wall_s": wall,
-        "compile_s": rows[0]["compile_s"],
+        "compile_s": rows[-1]["compile_s"],
+        "eval_envs": run_mod.NUM_EVAL_ENVS,
         "config": {k: v for k, v in vars(cfg).items()},
     }
 
@@ -59,6 +59,9 @@ def brax_effective_budget(env_name: str, budget: int, num_evals: int) -> int:
 
 
 def run_brax(env_name: str, budget: int, num_envs: int, num_evals: int, eval_envs: int, seed: int):
+    import brax_compat  # experiments/, beside this script
+
+    brax_compat.patch()  # jax.device_put_replicated, gone in JAX >= 0.10
     from brax.training.agents.ppo import train as brax_ppo
     from mujoco_playground import registry, wrapper
 
@@ -114,17 +117,19 @@ def plot(ours: dict, brax: dict, env_name: str, path: pathlib.Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="CartpoleBalance")
-    p.add_argument("--budget", type=int, default=2_000_000)
+    p.add_argument("--budget", type=int, default=1_966_080,
+                   help="env steps, rounded up to Brax's granularity (CartpoleBalance: 2 x 983,040)")
     p.add_argument("--num-envs", type=int, default=256)
     p.add_argument("--num-evals", type=int, default=2, help="Brax evals after the initial one")
     p.add_argument("--our-evals", type=int, default=8)
-    p.add_argument("--eval-envs", type=int, default=16)
+    p.add_argument("--eval-envs", type=int, default=run_mod.NUM_EVAL_ENVS,
+                   help="Brax's eval envs (ours: always jaxrl.train.run.NUM_EVAL_ENVS)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
 
     budget = brax_effective_budget(a.env, a.budget, a.num_evals)
     print(f"equal budget for both: {budget} env steps (Brax's granularity)", flush=True)
-    ours = run_ours(a.env, budget, a.num_envs, a.our_evals, a.eval_envs, a.seed)
+    ours = run_ours(a.env, budget, a.num_envs, a.our_evals, a.seed)
     brax = run_brax(a.env, budget, a.num_envs, a.num_evals, a.eval_envs, a.seed)
     common = sorted(set(brax["steps"]) | set(ours["steps"]))
     result = {

@@ -11,6 +11,9 @@ one of two modes (declared per task in ``ActionMap``):
   ``a = +1`` closed.
 
 A simulator state to restore is a `SimState` (qpos, qvel, ctrl); OmniReset's datasets store them.
+Restoring one for an episode (`ManipulationTask.restore`) writes qpos/qvel and sets EVERY
+position actuator's target, gripper included, to its joint's restored position (OmniReset's
+rule); the stored ctrl only serves the validation that produced the state.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class ManipulationTask:
     action_groups: tuple[ActionGroup, ...] = ()
     reward_config: RewardConfig = RewardConfig()
     robot_joints: tuple[str, ...] = ()  # joints whose velocity is penalised
-    hold_actuators: tuple[str, ...] = ()  # actuators whose target = joint position on restore
+    hold_actuators: tuple[str, ...] = ()  # actuators made compliant while settling / pushing apart
 
     def __init__(self, reward_config: RewardConfig | None = None, **reward_overrides: Any):
         if reward_config is not None:
@@ -208,8 +211,18 @@ class ManipulationTask:
         ctrl = jnp.where(self._relative, rel, ab)
         return jnp.clip(ctrl, self._ctrl_lo, self._ctrl_hi)
 
+    def restore_ctrl(self, qpos: jax.Array) -> jax.Array:
+        """[nu] targets of EVERY position actuator, gripper included, at its joint's position in
+        ``qpos`` (clipped to the ctrl range): the restore rule of OmniReset."""
+        return jnp.clip(qpos[self._act_qpos], self._ctrl_lo, self._ctrl_hi)
+
+    def restore(self, sim: SimState) -> SimState:
+        """``sim`` as an episode starts from it: qpos/qvel as stored, targets from `restore_ctrl`."""
+        return sim._replace(ctrl=self.restore_ctrl(jnp.asarray(sim.qpos, jnp.float32)))
+
     def hold_ctrl(self, qpos: jax.Array, ctrl: jax.Array) -> jax.Array:
-        """Targets of the ``hold_actuators`` set to their joints' positions (restore rule)."""
+        """Targets of the ``hold_actuators`` set to their joints' positions, the others kept (the
+        compliance used while validating / generating states; a grasp keeps its squeeze)."""
         if len(self._hold_act) == 0:
             return ctrl
         held = jnp.clip(

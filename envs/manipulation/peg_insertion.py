@@ -76,7 +76,7 @@ class PegInsertion(ManipulationTask):
         "arm_z",
         "arm_yaw",
         "arm_pitch",
-    )  # gripper keeps its command
+    )  # while validating, the gripper keeps its command (a grasp keeps squeezing)
 
     def __init__(self, **kw):
         super().__init__(**kw)

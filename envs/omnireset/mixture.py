@@ -1,8 +1,8 @@
 """`ResetMixture`: start every episode from a state drawn from a mixture of reset datasets.
 
 On each ``reset(key)``: draw a type ``k ~ Categorical(probs)``, an index uniform among that type's
-states, restore qpos/qvel, set the held position-actuator targets to the restored joint positions
-(the stored ctrl; the gripper keeps its stored command), run ``mjx.forward``, and record
+states, restore qpos/qvel, set EVERY position-actuator target (gripper included) to its joint's
+restored position (`ManipulationTask.restore`), run ``mjx.forward``, and record
 ``state.info['reset_type'] = k`` (int32; the task's own nominal reset reports -1).
 
 Per-type success without host round-trips: every state carries, for each type ``k``,
@@ -10,11 +10,13 @@ Per-type success without host round-trips: every state carries, for each type ``
 ``metrics['success_type_k']`` (= ``metrics['success'] * metrics['type_k']``).  Summing these over
 envs at the last step of the episodes (e.g. inside a jitted evaluation scan of
 ``episode_length - 1`` steps, or from the pre-step state when ``episode_step == length - 1``)
-gives the per-type success rate; `success_by_type` does exactly that for a policy.
+gives the per-type success rate; `success_by_type` does exactly that for a policy (and, on a
+plain env of the task, from the nominal start).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -127,8 +129,7 @@ class ResetMixture:
     def reset(self, key: jax.Array):
         key, sub = jax.random.split(key)
         k, i, sim = self.sample(sub)
-        sim = sim._replace(ctrl=self.task.hold_ctrl(sim.qpos, sim.ctrl))
-        state = self.task.reset_to(sim, k, key)
+        state = self.task.reset_to(self.task.restore(sim), k, key)
         state.info["reset_index"] = i.astype(jnp.int32)
         return state.replace(metrics=self._type_metrics(state))
 
@@ -173,34 +174,64 @@ def make_mixture_env(
     return VecEnv(env, num_envs, length, name=f"{task_name}/omnireset", seed=seed)
 
 
+NOMINAL = "nominal"  # the key `success_by_type` reports for an env that starts from the nominal state
+
+
 def success_by_type(
     vec_env,
-    policy: Callable[[dict[str, jax.Array], jax.Array], jax.Array],
+    policy: Callable[..., jax.Array],
     key: jax.Array,
-    steps: int,
+    steps: int | None = None,
+    params: Any = None,
 ) -> dict[str, float]:
-    """Run ``steps`` (< the env's episode length, so no auto-reset) from a fresh reset with
-    ``policy(obs, key) -> actions`` and return the success rate at the last step per reset type
-    (nan for types not drawn).  One jitted scan, one host transfer at the end."""
-    if steps >= vec_env.episode_length:
-        raise ValueError(f"steps ({steps}) must be < episode_length ({vec_env.episode_length})")
-    mixture = vec_env.env
-    names = mixture.type_names
+    """Success rate per reset type of ``policy`` over one fresh reset of every env of ``vec_env``.
 
-    @jax.jit
-    def run(key):
+    Runs ``steps`` (default ``episode_length - 1``: the whole episode, no auto-reset) and counts
+    an env a success iff ``metrics['success'] == 1`` at the LAST step.  ``vec_env`` is a mixture
+    env (`make_mixture_env`; types of probability 0 are left out, so ``probs=[1, 0, 0]`` evaluates
+    reset type 0 alone, e.g. OmniReset's "anywhere") or a plain env of the task, which starts from
+    the nominal state and reports ``{'nominal': rate}``.  A type with positive probability that no
+    env drew reports nan.
+
+    ``policy(obs, key) -> actions``; with ``params``, ``policy(params, obs, key)`` and ``params``
+    enter as a jit argument, so that evaluating many agents compiles once per (env, policy, steps).
+    One jitted scan, one host transfer at the end.
+    """
+    steps = vec_env.episode_length - 1 if steps is None else int(steps)
+    if not 1 <= steps < vec_env.episode_length:
+        raise ValueError(f"steps ({steps}) must be in [1, episode_length) = [1, {vec_env.episode_length})")
+    mixture = vec_env.env
+    if isinstance(mixture, ResetMixture):
+        shown = [j for j, p in enumerate(mixture.probs) if p > 0]
+        names = [mixture.type_names[j] for j in shown]
+    else:
+        shown, names = [], [NOMINAL]
+    if params is None:
+        run = _success_run(vec_env, lambda _, obs, k: policy(obs, k), steps, tuple(shown))
+    else:
+        run = _success_run(vec_env, policy, steps, tuple(shown))
+    succ, count = jax.device_get(run(params, key))
+    return {n: float(s / c) if c > 0 else float("nan") for n, s, c in zip(names, succ, count)}
+
+
+@functools.lru_cache(maxsize=32)
+def _success_run(vec_env, policy, steps: int, types: tuple[int, ...]):
+    """Jitted (params, key) -> (successes [K], envs [K]) per type in ``types`` (all envs if empty)."""
+
+    def run(params, key):
         k0, k1 = jax.random.split(key)
         s = vec_env.reset(k0)
 
         def body(s, k):
-            return vec_env.step(s, policy(s.obs, k)), None
+            return vec_env.step(s, policy(params, s.obs, k)), None
 
         s, _ = jax.lax.scan(body, s, jax.random.split(k1, steps))
         m = s.inner.metrics
+        if not types:
+            return m["success"].sum()[None], jnp.full((1,), m["success"].shape[0], jnp.float32)
         return (
-            jnp.stack([m[f"success_type_{j}"].sum() for j in range(len(names))]),
-            jnp.stack([m[f"type_{j}"].sum() for j in range(len(names))]),
+            jnp.stack([m[f"success_type_{j}"].sum() for j in types]),
+            jnp.stack([m[f"type_{j}"].sum() for j in types]),
         )
 
-    succ, count = jax.device_get(run(key))
-    return {n: float(s / c) if c > 0 else float("nan") for n, s, c in zip(names, succ, count)}
+    return jax.jit(run)

@@ -4,6 +4,7 @@ Pure functions over pytrees:
 
     cfg = PPOConfig.cpu()
     state = ppo.init(key, env.spec, cfg)
+    state = ppo.observe(state, env_state.obs, cfg)                   # normaliser, every env step
     actions, extras = ppo.act(state, env_state.obs, key, cfg)       # stochastic, for rollouts
     advantages, returns = ppo.gae(rewards, values, next_values, terminated, truncated, γ, λ)
     state, metrics = ppo.update(state, rollout, key, cfg)            # epochs × minibatches
@@ -15,9 +16,15 @@ is state dependent (generalised state-dependent exploration):
 
     σ_a(s) = sqrt( Σ_j φ_j(s)² · exp(2·log_std[j, a]) + 1e-6 )
 
-with φ(s) the last hidden layer of the actor and ``log_std`` a ``[hidden[-1], A]`` parameter.
-φ enters σ through ``stop_gradient`` (gSDE's default): the entropy bonus and the std gradient
-shape ``log_std`` only, the trunk learns from the mean.
+with φ(s) the last hidden layer of the actor and ``log_std`` a ``[hidden[-1], A]`` parameter,
+every entry initialised to ``init_log_std`` (OmniReset: log 1.0 = 0).  As in OmniReset's rsl_rl
+fork, gradients flow through φ into the trunk: the entropy bonus and the std part of the
+log-probability shape the trunk as well as ``log_std``.
+
+Observations are normalised as in rsl_rl's EmpiricalNormalization: ``(x − mean) / (std + 1e-2)``,
+no clipping, with running statistics that absorb every env step of the rollout (`observe`, which
+the loop calls before `act`); `update` leaves them alone.  Advantages are standardised once over
+the whole rollout, before it is cut into minibatches.
 
 Time limits: the loop stores ``V(final_obs)`` for every step; on a truncated step GAE uses it as the
 next value and cuts the trace there, on a terminated step the next value is 0.
@@ -83,18 +90,20 @@ class PPOConfig:
     activation: str = "elu"
     """Hidden activation: elu | relu | swish | tanh."""
     init_log_std: float = 0.0
-    """log of the initial exploration std when φ(s) has unit RMS: log_std[j, a] starts at
-    init_log_std − ½·log(hidden[-1]), so Σ_j φ_j² exp(2 log_std) ≈ exp(2·init_log_std)."""
+    """Initial value of every log_std[j, a] entry (OmniReset: log 1.0 = 0), so that at init
+    σ_a(s) = sqrt(Σ_j φ_j(s)² + 1e-6) · exp(init_log_std)."""
     normalize_obs: bool = True
-    """Running mean/std normalisation of actor and critic observations."""
-    obs_clip: float = 5.0
-    """Normalised observations are clipped to ±obs_clip."""
+    """Running mean/std normalisation of actor and critic observations (updated by `observe`)."""
+    obs_norm_eps: float = 1e-2
+    """Normalised observation = (x − mean) / (std + obs_norm_eps), unclipped (rsl_rl's form)."""
     normalize_advantages: bool = True
-    """Standardise advantages over each minibatch."""
+    """Standardise advantages once over the whole rollout (not per minibatch)."""
     actor_obs_key: str = "state"
     """Observation the actor (and the exported policy) reads."""
     critic_obs_key: str = "privileged_state"
     """Observation the value net reads (asymmetric actor-critic)."""
+    matmul_precision: str | None = None
+    """Learner matmul precision (None: JAX's default, TF32 on recent GPUs); physics is 'highest'."""
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
@@ -135,9 +144,11 @@ class PPOConfig:
             self.activation in ACTIVATIONS,
             f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}",
         )
-        need(self.obs_clip > 0, f"obs_clip must be > 0, got {self.obs_clip}")
+        need(self.obs_norm_eps > 0, f"obs_norm_eps must be > 0, got {self.obs_norm_eps}")
         need(bool(self.actor_obs_key), "actor_obs_key must be non-empty")
         need(bool(self.critic_obs_key), "critic_obs_key must be non-empty")
+        need(self.matmul_precision in (None, "default", "high", "highest", "bfloat16", "tensorfloat32", "float32"),
+             f"matmul_precision must be None, 'default', 'high' or 'highest', got {self.matmul_precision!r}")
 
     @classmethod
     def paper(cls, env_name: str | None = None, **overrides) -> "PPOConfig":
@@ -190,11 +201,10 @@ class Actor(nn.Module):
             self.action_size, kernel_init=nn.initializers.variance_scaling(0.01, "fan_in", "normal"),
             name="mean",
         )(phi)
-        start = self.init_log_std - 0.5 * math.log(self.hidden[-1])
         log_std = self.param(
-            "log_std", nn.initializers.constant(start), (self.hidden[-1], self.action_size)
+            "log_std", nn.initializers.constant(self.init_log_std), (self.hidden[-1], self.action_size)
         )
-        return mean, state_dependent_std(jax.lax.stop_gradient(phi), log_std)
+        return mean, state_dependent_std(phi, log_std)
 
 
 class Critic(nn.Module):
@@ -288,7 +298,17 @@ def _norm(state: PPOState, obs: dict, key: str, cfg: PPOConfig) -> jax.Array:
     x = jnp.asarray(obs[key], jnp.float32)
     if not cfg.normalize_obs:
         return x
-    return normalizer.normalize(state.obs_stats[key], x, clip=cfg.obs_clip)
+    return normalizer.normalize(state.obs_stats[key], x, clip=None, eps=cfg.obs_norm_eps)
+
+
+def observe(state: PPOState, obs: dict, cfg: PPOConfig) -> PPOState:
+    """Merge one env step's batched observations (``obs[k]`` [N, ...]) into the running
+    statistics of the actor's and the critic's inputs; the loop calls it before every `act`
+    (rsl_rl updates its normalisers at every env step).  Identity if ``normalize_obs`` is off."""
+    if not cfg.normalize_obs:
+        return state
+    stats = state.obs_stats
+    return state.replace(obs_stats={k: normalizer.update(s, obs[k]) for k, s in stats.items()})
 
 
 def policy(params: dict, state: PPOState, obs: dict, cfg: PPOConfig) -> tuple[jax.Array, jax.Array]:
@@ -385,14 +405,12 @@ def adapt_lr(lr: jax.Array, kl: jax.Array, cfg: PPOConfig) -> jax.Array:
 def loss_fn(params: dict, state: PPOState, mb: dict, cfg: PPOConfig) -> tuple[jax.Array, dict]:
     """Clipped surrogate + value_coef·clipped value loss − entropy_coef·entropy on a minibatch.
 
-    ``mb`` holds flat [B, ...] arrays: obs, raw_action, log_prob, mean, std, value, advantage,
-    return.
+    ``mb`` holds flat [B, ...] arrays: obs, raw_action, log_prob, mean, std, value, advantage
+    (standardised), return.
     """
     mean, std = policy(params, state, mb["obs"], cfg)
     log_prob = gaussian_log_prob(mb["raw_action"], mean, std)
-    adv = mb["advantage"]
-    if cfg.normalize_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    adv = mb["advantage"]  # already standardised over the whole rollout (`rollout_batch`)
     ratio = jnp.exp(log_prob - mb["log_prob"])
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
     policy_loss = -surrogate.mean()
@@ -415,11 +433,22 @@ def loss_fn(params: dict, state: PPOState, mb: dict, cfg: PPOConfig) -> tuple[ja
     return loss, metrics
 
 
-def _flat_batch(rollout: Rollout, cfg: PPOConfig) -> dict:
+def standardize_advantages(adv: jax.Array) -> jax.Array:
+    """(A − mean) / (std + 1e-8) over ALL of ``adv`` (rsl_rl: torch's unbiased std)."""
+    n = adv.size
+    std = jnp.sqrt(jnp.sum(jnp.square(adv - adv.mean())) / max(n - 1, 1))
+    return (adv - adv.mean()) / (std + 1e-8)
+
+
+def rollout_batch(rollout: Rollout, cfg: PPOConfig) -> dict:
+    """GAE on the [T, N] rollout, advantages standardised once over all T·N steps (returns keep
+    the raw advantages), then every array flattened to [T·N, ...]."""
     adv, ret = gae(
         rollout.reward, rollout.value, rollout.next_value, rollout.terminated, rollout.truncated,
         cfg.gamma, cfg.gae_lambda,
     )
+    if cfg.normalize_advantages:
+        adv = standardize_advantages(adv)
     batch = {
         "obs": rollout.obs,
         "raw_action": rollout.raw_action,
@@ -430,19 +459,20 @@ def _flat_batch(rollout: Rollout, cfg: PPOConfig) -> dict:
         "advantage": adv,
         "return": ret,
     }
-    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
+    return jax.tree.map(lambda x: jnp.asarray(x).reshape((-1,) + x.shape[2:]), batch)
 
 
 def update(
     state: PPOState, rollout: Rollout, key: jax.Array, cfg: PPOConfig
 ) -> tuple[PPOState, dict]:
-    """num_epochs × num_minibatches clipped-PPO steps on one rollout, then the normaliser update.
+    """num_epochs × num_minibatches clipped-PPO steps on one rollout.
 
     Per minibatch: forward, analytic KL(π_old ‖ π) → adaptive lr, clipped Adam step with that lr
-    (rsl_rl's order).  The observation normalisers absorb the rollout only afterwards, so the
-    first minibatch sees ratio 1 exactly.  Metrics are means over all minibatches (lr: final).
+    (rsl_rl's order).  The observation statistics are not touched here: `observe` updated them at
+    every env step of the rollout, so the update sees the statistics after the last step (as in
+    rsl_rl).  Metrics are means over all minibatches (lr: final).
     """
-    batch = _flat_batch(rollout, cfg)
+    batch = rollout_batch(rollout, cfg)
     n = cfg.batch_size
     opt = _optimizer(cfg)
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -470,13 +500,9 @@ def update(
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["lr"] = lr
 
-    obs_stats = state.obs_stats
-    if cfg.normalize_obs:
-        obs_stats = {k: normalizer.update(s, rollout.obs[k]) for k, s in obs_stats.items()}
     steps = cfg.num_epochs * cfg.num_minibatches
     new_state = state.replace(
-        params=params, opt_state=opt_state, obs_stats=obs_stats, lr=lr,
-        updates=state.updates + steps,
+        params=params, opt_state=opt_state, lr=lr, updates=state.updates + steps
     )
     return new_state, metrics
 
@@ -487,9 +513,8 @@ def policy_layers(state: PPOState, cfg: PPOConfig) -> list[dict]:
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     ops: list[dict] = []
     if cfg.normalize_obs:
-        scale, shift = normalizer.affine(state.obs_stats[cfg.actor_obs_key])
+        scale, shift = normalizer.affine(state.obs_stats[cfg.actor_obs_key], eps=cfg.obs_norm_eps)
         ops.append({"op": "affine", "scale": f32(scale), "shift": f32(shift)})
-        ops.append({"op": "clip", "low": -float(cfg.obs_clip), "high": float(cfg.obs_clip)})
     p = state.params["actor"]["params"]
     for i in range(len(cfg.hidden)):
         layer = p[f"hidden_{i}"]

@@ -13,6 +13,7 @@ only the ratio ``n_b / n`` enters the mean update, so its rounding error is harm
     stats = normalizer.init((obs_dim,))
     stats = normalizer.update(stats, obs)          # obs [..., obs_dim]
     z = normalizer.normalize(stats, obs, clip=5.0)
+    z = normalizer.normalize(stats, obs, clip=None, eps=1e-2)   # rsl_rl's (x − μ) / (σ + 0.01)
 """
 
 from __future__ import annotations
@@ -87,16 +88,52 @@ def update(stats: RunningStats, x: jax.Array, mask: jax.Array | None = None) -> 
     return RunningStats(count=n, mean=mean, m2=m2)
 
 
-def normalize(stats: RunningStats, x: jax.Array, clip: float | None = 5.0) -> jax.Array:
-    """(x − mean) / std, clipped to ``[−clip, clip]`` (no clip for ``None``)."""
+def divisor(stats: RunningStats, eps: float | None = None) -> jax.Array:
+    """What ``normalize`` divides by: ``std`` (variance floored at EPS) for ``eps=None``, else
+    ``sqrt(var) + eps`` (rsl_rl's EmpiricalNormalization form, eps 1e-2 there)."""
+    if eps is None:
+        return stats.std
+    return jnp.sqrt(jnp.maximum(stats.var, 0.0)) + eps
+
+
+def normalize(
+    stats: RunningStats, x: jax.Array, clip: float | None = 5.0, eps: float | None = None
+) -> jax.Array:
+    """(x − mean) / std (``eps=None``) or (x − mean) / (std + eps), then clipped to
+    ``[−clip, clip]`` (no clip for ``None``)."""
     _check(stats, jnp.asarray(x))
-    z = (x - stats.mean) / stats.std
+    z = (x - stats.mean) / divisor(stats, eps)
     if clip is not None:
         z = jnp.clip(z, -clip, clip)
     return z
 
 
-def affine(stats: RunningStats) -> tuple[jax.Array, jax.Array]:
-    """(scale, shift) with ``normalize(x, clip=None) == x * scale + shift`` (for export)."""
-    scale = 1.0 / stats.std
+def affine(stats: RunningStats, eps: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """(scale, shift) with ``normalize(x, clip=None, eps=eps) == x * scale + shift`` (for export)."""
+    scale = 1.0 / divisor(stats, eps)
+    return scale, -stats.mean * scale
+
+
+# --------------------------------------------------------------------------- clipped-std form
+# Brax / acme-style normalisation (the large-batch SAC, ALGORITHMS.md §2): the standard deviation
+# is clipped to [std_min, std_max] instead of flooring the variance, and values are not clipped.
+STD_MIN, STD_MAX = 1e-6, 1e6
+
+
+def clipped_std(stats: RunningStats, std_min: float = STD_MIN, std_max: float = STD_MAX) -> jax.Array:
+    """sqrt(var) clipped to ``[std_min, std_max]`` (1 before any sample)."""
+    return jnp.clip(jnp.sqrt(jnp.maximum(stats.var, 0.0)), std_min, std_max)
+
+
+def standardize(stats: RunningStats, x: jax.Array, std_min: float = STD_MIN,
+                std_max: float = STD_MAX) -> jax.Array:
+    """(x − mean) / clip(std, std_min, std_max), no value clip."""
+    _check(stats, jnp.asarray(x))
+    return (x - stats.mean) / clipped_std(stats, std_min, std_max)
+
+
+def standardize_affine(stats: RunningStats, std_min: float = STD_MIN,
+                       std_max: float = STD_MAX) -> tuple[jax.Array, jax.Array]:
+    """(scale, shift) with ``standardize(x) == x * scale + shift`` (for export)."""
+    scale = 1.0 / clipped_std(stats, std_min, std_max)
     return scale, -stats.mean * scale

@@ -107,7 +107,7 @@ class OnPolicyLoop(HostLoop):
     def _chunk_fn(self, carry: OnPolicyCarry):
         before = carry.env_state
         # The learner's precision for acting and updating; the env step inside keeps 'highest'.
-        with jax.default_matmul_precision(getattr(self.cfg, "matmul_precision", None)):
+        with jax.default_matmul_precision(self.cfg.matmul_precision):
             carry, metrics = jax.lax.scan(self._iteration, carry, None, length=self.chunk_iters)
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["lr"] = carry.agent.lr

@@ -1,4 +1,5 @@
-"""PPO pieces in isolation: GAE, adaptive-KL schedule, σ(s), export ops, config validation."""
+"""PPO pieces in isolation: GAE, advantage and observation normalisation, adaptive-KL schedule,
+σ(s) and its gradient path, export ops, config validation."""
 
 import dataclasses
 
@@ -76,6 +77,87 @@ def test_gae_truncation_bootstraps_final_value_and_termination_does_not():
     np.testing.assert_allclose(adv, [[0.0, 5.0]])
 
 
+def test_advantages_are_standardised_once_over_the_whole_rollout(cfg):
+    """rollout_batch: GAE, then (A − mean) / (std + 1e-8) over all T·N steps (torch's unbiased
+    std, as rsl_rl), returns from the raw advantages; checked against numpy."""
+    rng = np.random.default_rng(5)
+    T, N = cfg.unroll_length, cfg.num_envs
+    r = rng.normal(1.0, 2.0, (T, N)).astype(np.float32)
+    r[:, 0] += 5.0  # one env far better than the others: per-env or per-minibatch stats would differ
+    v, nv = (rng.normal(size=(T, N)).astype(np.float32) for _ in range(2))
+    term = np.zeros((T, N), bool)
+    trunc = np.zeros((T, N), bool)
+    term[2, 1], trunc[4, 2] = True, True
+    zeros = np.zeros((T, N, A), np.float32)
+    obs = {"state": np.zeros((T, N, D), np.float32), "privileged_state": np.zeros((T, N, P), np.float32)}
+    rollout = ppo.Rollout(obs, zeros, np.zeros((T, N), np.float32), zeros, zeros + 1.0, v, nv, r, term, trunc)
+    batch = ppo.rollout_batch(rollout, cfg)
+    ref_adv, ref_ret = _gae_reference(r, v, nv, term, trunc, cfg.gamma, cfg.gae_lambda)
+    want = (ref_adv - ref_adv.mean()) / (ref_adv.std(ddof=1) + 1e-8)
+    np.testing.assert_allclose(batch["advantage"], want.reshape(-1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batch["return"], ref_ret.reshape(-1), rtol=1e-4, atol=1e-4)
+    assert batch["advantage"].shape == (T * N,) and batch["obs"]["state"].shape == (T * N, D)
+
+
+def test_loss_uses_minibatch_advantages_as_given_not_restandardised(cfg):
+    """At ratio 1 (π = π_old) the clipped surrogate is −mean(A) of the minibatch: a minibatch whose
+    advantages average 3 must give policy_loss −3 (per-minibatch standardisation would give 0)."""
+    state = ppo.init(jax.random.PRNGKey(6), _spec(), cfg)
+    B = 8
+    rng = np.random.default_rng(6)
+    obs = {"state": rng.normal(size=(B, D)).astype(np.float32),
+           "privileged_state": rng.normal(size=(B, P)).astype(np.float32)}
+    _, ex = ppo.act(state, obs, jax.random.PRNGKey(7), cfg)
+    adv = jnp.asarray(3.0 + rng.normal(size=B), jnp.float32)
+    mb = {"obs": obs, "raw_action": ex["raw_action"], "log_prob": ex["log_prob"], "mean": ex["mean"],
+          "std": ex["std"], "value": ex["value"], "advantage": adv, "return": ex["value"]}
+    _, m = ppo.loss_fn(state.params, state, mb, cfg)
+    np.testing.assert_allclose(float(m["policy_loss"]), -float(adv.mean()), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- normaliser
+def test_observation_normaliser_is_rsl_rl_form_without_clipping(cfg, trained_stats_state):
+    """The actor sees (x − mean) / (std + 1e-2), unclipped, even 40σ away; the export's affine op
+    is the same map."""
+    st = trained_stats_state.obs_stats["state"]
+    x = np.random.default_rng(7).normal(2.0, 3.0, (16, D)).astype(np.float32)
+    x[0] = 2.0 + 120.0  # ≈ 40σ: a clip at ±5 would show
+    want = (x - np.asarray(st.mean, np.float64)) / (np.sqrt(np.asarray(st.var, np.float64)) + 1e-2)
+    got = ppo._norm(trained_stats_state, {"state": x}, "state", cfg)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(got)).max() > 30.0
+    affine = ppo.policy_layers(trained_stats_state, cfg)[0]
+    assert affine["op"] == "affine"
+    np.testing.assert_allclose(x * affine["scale"] + affine["shift"], want, rtol=1e-5, atol=1e-4)
+
+
+def test_observe_updates_statistics_each_step_and_update_leaves_them(cfg):
+    """observe(state, one step's obs [N, ...]) merges that step into both normalisers; after T
+    steps they hold numpy's mean / variance of all T·N observations; update() does not touch them."""
+    state = ppo.init(jax.random.PRNGKey(8), _spec(), cfg)
+    T, N = cfg.unroll_length, cfg.num_envs
+    rng = np.random.default_rng(8)
+    obs = {"state": rng.normal(-1.0, 4.0, (T, N, D)).astype(np.float32),
+           "privileged_state": rng.normal(3.0, 0.5, (T, N, P)).astype(np.float32)}
+    observe = jax.jit(lambda s, o: ppo.observe(s, o, cfg))
+    for t in range(T):
+        state = observe(state, {k: v[t] for k, v in obs.items()})
+    for k, x in obs.items():
+        s = state.obs_stats[k]
+        flat = x.reshape(T * N, -1).astype(np.float64)
+        assert float(s.count) == T * N
+        np.testing.assert_allclose(s.mean, flat.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s.var, flat.var(0), rtol=1e-4)
+    _, ex = ppo.act(state, obs, jax.random.PRNGKey(9), cfg)
+    rollout = ppo.Rollout(obs, ex["raw_action"], ex["log_prob"], ex["mean"], ex["std"], ex["value"],
+                          ex["value"], jnp.ones((T, N)), jnp.zeros((T, N), bool), jnp.zeros((T, N), bool))
+    new, _ = ppo.update(state, rollout, jax.random.PRNGKey(10), cfg)
+    for a, b in zip(jax.tree.leaves(new.obs_stats), jax.tree.leaves(state.obs_stats)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    off = cfg.replace(normalize_obs=False)
+    assert ppo.observe(state, {k: v[0] for k, v in obs.items()}, off) is state
+
+
 # ----------------------------------------------------------------------------- adaptive KL
 def test_adaptive_kl_lowers_lr_when_kl_high_and_raises_when_low(cfg):
     lr = jnp.asarray(1e-3)
@@ -110,7 +192,7 @@ def test_state_dependent_std_matches_direct_formula(cfg, trained_stats_state):
     _, std = ppo.policy(state.params, state, obs, cfg)
 
     st = state.obs_stats["state"]
-    x = np.clip((obs["state"] - np.asarray(st.mean)) / np.asarray(st.std), -cfg.obs_clip, cfg.obs_clip)
+    x = (obs["state"] - np.asarray(st.mean)) / (np.sqrt(np.asarray(st.var)) + 1e-2)
     phi = _elu(_elu(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"]) @ p["hidden_1"]["kernel"] + p["hidden_1"]["bias"])
     want = np.zeros((6, A))
     for b in range(6):
@@ -119,10 +201,43 @@ def test_state_dependent_std_matches_direct_formula(cfg, trained_stats_state):
     np.testing.assert_allclose(std, want, rtol=1e-4)
 
 
-def test_initial_std_is_about_exp_init_log_std_for_unit_features():
-    phi = jnp.ones((1, 64))
-    log_std = jnp.full((64, 2), 0.3 - 0.5 * np.log(64))
-    np.testing.assert_allclose(ppo.state_dependent_std(phi, log_std), np.exp(0.3), rtol=1e-5)
+def _phi(p, x):
+    """The actor's last hidden layer for normalised input x (the cfg fixture's (16, 8) ELU trunk)."""
+    h = _elu(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"])
+    return _elu(h @ p["hidden_1"]["kernel"] + p["hidden_1"]["bias"])
+
+
+def test_initial_log_std_is_zero_so_sigma_is_the_norm_of_the_real_features(cfg):
+    """ppo.init: every log_std entry is log 1 = 0 (exploration weights of std 1), hence at init
+    σ_a(s) = sqrt(Σ_j φ_j(s)² + 1e-6) with φ the real trunk's features, the same for every a."""
+    state = ppo.init(jax.random.PRNGKey(11), _spec(), cfg)
+    p = jax.tree.map(np.asarray, state.params["actor"]["params"])
+    assert p["log_std"].shape == (cfg.hidden[-1], A)
+    np.testing.assert_array_equal(p["log_std"], 0.0)
+    np.testing.assert_array_equal(np.exp(p["log_std"]), 1.0)
+    x = np.random.default_rng(12).normal(size=(6, D)).astype(np.float32)
+    _, std = ppo.policy(state.params, state, {"state": x}, cfg)
+    phi = _phi(p, x / (1.0 + 1e-2))  # fresh normaliser: mean 0, std 1
+    want = np.sqrt((phi**2).sum(-1) + 1e-6)
+    np.testing.assert_allclose(std, np.repeat(want[:, None], A, 1), rtol=1e-4)
+    assert np.all(want > 0.1)  # real, non-trivial features
+
+
+def test_trunk_receives_gradient_from_the_std_path(cfg):
+    """No stop-gradient on φ: a loss of σ(s) alone has a non-zero gradient on every trunk layer
+    (and on log_std), none on the mean head."""
+    state = ppo.init(jax.random.PRNGKey(13), _spec(), cfg)
+    obs = {"state": jnp.asarray(np.random.default_rng(14).normal(size=(32, D)), jnp.float32)}
+
+    def std_only(actor_params):
+        _, std = ppo.policy({**state.params, "actor": actor_params}, state, obs, cfg)
+        return jnp.sum(jnp.log(std))  # the entropy bonus's dependence on the parameters
+
+    g = jax.grad(std_only)(state.params["actor"])["params"]
+    for name in ("hidden_0", "hidden_1"):
+        assert float(jnp.abs(g[name]["kernel"]).max()) > 1e-6, name
+    assert float(jnp.abs(g["log_std"]).max()) > 1e-6
+    assert float(jnp.abs(g["mean"]["kernel"]).max()) == 0.0
 
 
 # ----------------------------------------------------------------------------- export
@@ -140,12 +255,13 @@ def test_policy_layers_reproduce_deterministic_act(cfg, trained_stats_state):
     params["actor"]["params"]["mean"]["kernel"] = params["actor"]["params"]["mean"]["kernel"] * 300.0
     state = state.replace(params=params)
     rng = np.random.default_rng(3)
-    x = rng.normal(2.0, 6.0, (32, D)).astype(np.float32)  # some beyond the ±5σ obs clip
+    x = rng.normal(2.0, 30.0, (32, D)).astype(np.float32)  # far out: no obs clip may appear
     obs = {"state": x, "privileged_state": np.zeros((32, P), np.float32)}
     want, extras = ppo.act(state, obs, jax.random.PRNGKey(0), cfg, deterministic=True)
     ops = ppo.policy_layers(state, cfg)
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for op in ops for v in op.values() if hasattr(v, "dtype"))
     got = _interpret(ops, x)
+    assert [op["op"] for op in ops].count("clip") == 1  # only the action clip, none on observations
     assert extras == {}
     assert np.abs(want).max() == pytest.approx(1.0)  # the clip matters in this check
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -170,7 +286,7 @@ def test_act_stochastic_extras_and_update_runs(cfg):
     )
     new, metrics = jax.jit(lambda s, r, k: ppo.update(s, r, k, cfg))(state, rollout, jax.random.PRNGKey(3))
     assert int(new.updates) == cfg.num_epochs * cfg.num_minibatches
-    assert float(new.obs_stats["state"].count) == T * N
+    assert float(new.obs_stats["state"].count) == 0  # statistics are `observe`'s job, not update's
     assert cfg.lr_min <= float(metrics["lr"]) <= cfg.lr_max
     for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "lr"):
         assert np.isfinite(float(metrics[k])), k
@@ -189,6 +305,7 @@ def test_act_stochastic_extras_and_update_runs(cfg):
         (dict(learning_rate=1.0), "lr_max"),
         (dict(hidden=()), "hidden"),
         (dict(activation="gelu"), "activation"),
+        (dict(obs_norm_eps=0.0), "obs_norm_eps"),
     ],
 )
 def test_invalid_config_raises_clear_value_error(overrides, message):
@@ -202,6 +319,8 @@ def test_presets_are_valid_and_paper_matches_section_3():
     assert (p.value_coef, p.entropy_coef, p.gamma, p.gae_lambda) == (1.0, 0.006, 0.99, 0.95)
     assert (p.max_grad_norm, p.learning_rate, p.desired_kl) == (1.0, 1e-4, 0.01)
     assert p.hidden == (512, 256, 128, 64) and p.activation == "elu" and p.normalize_obs
+    assert (p.init_log_std, p.obs_norm_eps, p.normalize_advantages) == (0.0, 1e-2, True)
+    assert ppo.PPOConfig.cpu().init_log_std == 0.0
     assert ppo.PPOConfig.cpu().num_envs < p.num_envs
 
 

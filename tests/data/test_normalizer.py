@@ -81,3 +81,20 @@ def test_shape_mismatch_raises():
         normalizer.update(s, jnp.zeros((4, 2)))
     with pytest.raises(ValueError):
         normalizer.normalize(s, jnp.zeros((4,)))
+
+
+def test_eps_form_is_rsl_rl_empirical_normalization_and_affine_matches():
+    """eps=1e-2: (x − mean) / (sqrt(var) + 1e-2), unclipped with clip=None, against numpy; the
+    export affine with the same eps is the same map; the default form is unchanged."""
+    rng = np.random.default_rng(4)
+    data = rng.normal(1.0, [0.001, 0.5, 7.0], size=(300, 3)).astype(np.float32)  # tiny std: eps matters
+    s = normalizer.update(normalizer.init(3), data)
+    mean, var = _two_pass(data)
+    x = rng.normal(1.0, 50.0, size=(20, 3)).astype(np.float32)
+    want = (x - mean) / (np.sqrt(var) + 1e-2)
+    got = normalizer.normalize(s, x, clip=None, eps=1e-2)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    assert np.abs(np.asarray(got)).max() > 100.0  # nothing clipped
+    scale, shift = normalizer.affine(s, eps=1e-2)
+    np.testing.assert_allclose(x * scale + shift, want, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(normalizer.normalize(s, x, clip=None), (x - mean) / np.sqrt(var), rtol=1e-3)

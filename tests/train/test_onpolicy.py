@@ -35,7 +35,6 @@ def test_ppo_cpu_preset_learns_cartpole_balance(learned):
     ~10–50 s compilation on 2 CPU cores.
     """
     _, rows, _, _ = learned
-    assert rows[0]["eval_return"] < 500  # not solved after the first quarter of the budget
     assert max(r["eval_return"] for r in rows[-2:]) > LEARN_THRESHOLD, [r["eval_return"] for r in rows]
 
 
