@@ -14,19 +14,26 @@ def atoms(num_atoms: int, v_min: float, v_max: float) -> jax.Array:
 def project(target_atoms: jax.Array, probs: jax.Array, v_min: float, v_max: float) -> jax.Array:
     """Project a distribution on shifted atoms back onto the fixed grid (C51, Bellemare 2017).
 
-    target_atoms [B, K]: the shifted support T z_j (clipped here to [v_min, v_max]);
-    probs [B, K]: their probabilities.  Each mass p_j is split between the two grid atoms
-    around T z_j in proportion to closeness; total mass is preserved.  Returns [B, K] on the
-    grid `atoms(K, v_min, v_max)`.  Vectorised: a [B, K, K] weight tensor, no loops.
+    target_atoms [..., K]: the shifted support T z_j (clipped here to [v_min, v_max]);
+    probs [..., K]: their probabilities.  Each mass p_j is split between the two grid atoms
+    around T z_j in proportion to closeness; total mass is preserved.  Returns [..., K] on the
+    grid `atoms(K, v_min, v_max)`.  O(B·K): one scatter-add onto the lower and upper
+    neighbours (a dense [B, K, K] weight tensor costs K times more; see the tests' reference).
     """
     k = probs.shape[-1]
-    delta = (v_max - v_min) / (k - 1)
-    tz = jnp.clip(target_atoms, v_min, v_max)
-    grid = atoms(k, v_min, v_max)  # [K]
-    # Triangular kernel: weight of source j on grid atom i = max(0, 1 - |Tz_j - z_i| / delta).
-    # It is exactly the lower/upper split and puts all mass on z_i when Tz_j == z_i.
-    w = jnp.clip(1.0 - jnp.abs(tz[..., None, :] - grid[:, None]) / delta, 0.0, 1.0)  # [B, K_i, K_j]
-    return jnp.einsum("...ij,...j->...i", w, probs)
+    lead = probs.shape[:-1]
+    scale = (k - 1) / (v_max - v_min)  # grid steps per unit value (a Python float: exact here)
+    pos = jnp.clip((target_atoms - v_min) * scale, 0.0, k - 1.0)  # fractional grid index
+    # lower in 0..K-2 so upper = lower + 1 always exists; T z_j == v_max gives frac 1 on K-1.
+    lower = jnp.clip(jnp.floor(pos), 0.0, k - 2.0)
+    frac = pos - lower
+    p = probs.reshape(-1, k)
+    lower = lower.reshape(-1, k).astype(jnp.int32)
+    frac = frac.reshape(-1, k)
+    rows = jnp.arange(p.shape[0])[:, None]
+    out = jnp.zeros_like(p).at[rows, lower].add(p * (1.0 - frac))
+    out = out.at[rows, lower + 1].add(p * frac)
+    return out.reshape(*lead, k)
 
 
 def expectation(probs: jax.Array, support: jax.Array) -> jax.Array:

@@ -3,8 +3,11 @@
 Recipe (ALGORITHMS.md §1): norm-bounded BN/residual trunks re-projected after every optimiser
 step; a two-member categorical (C51) critic ensemble with cross-batch value prediction; per-sample
 min-ensemble target; reward scaling by running discounted-return statistics; temperature tuned to
-a Gaussian-width target entropy; actor and temperature updated every 2nd critic step; held
-(Zeta-distributed) exploration noise.
+a Gaussian-width target entropy; held (Zeta-distributed) exploration noise.
+
+One update, in the official order: on update steps 0, 2, 4, ... the actor step, then the
+temperature step; then the critic step, whose target already uses the new actor and α; then
+the Polyak target.
 
 Pure functions over a `FlashSACState` pytree; the config is static (a frozen, hashable
 dataclass passed to every function), so ``jax.jit(functools.partial(update, cfg=cfg))`` works.
@@ -28,7 +31,7 @@ from flax import struct
 from envs.specs import EnvSpec
 from jaxrl.algos import distributional
 from jaxrl.data.transition import Transition
-from jaxrl.nets.bounded import project
+from jaxrl.nets.bounded import BIAS, UNIT_KERNEL, project
 from jaxrl.nets.heads import TanhGaussianActor, critic_ensemble, sample_tanh_gaussian
 
 ENSEMBLE_SIZE = 2
@@ -51,9 +54,12 @@ class FlashSACConfig:
     gamma: float = 0.99  # discount; 0.97 for Playground humanoid joystick tasks (`paper`)
     tau: float = 0.01  # Polyak rate of the target critic: slow target for stable bootstraps
     # --- optimiser (Adam, no weight decay, no clipping: the norm bounds replace them)
+    # Every optimiser decays its lr on a cosine over `total_updates` of ITS OWN steps.  The
+    # actor and temperature take a step only every `actor_update_every` updates, so (as in the
+    # official code) they end halfway down the cosine, near (lr_init + lr_final) / 2.
     lr_init: float = 3e-4  # cosine schedule start
-    lr_final: float = 1.5e-4  # cosine schedule end: halving the lr late stabilises the finish
-    total_updates: int = 100_000  # length of the cosine schedule in critic steps; trainer sets it
+    lr_final: float = 1.5e-4  # cosine end (critic): halving the lr late stabilises the finish
+    total_updates: int = 100_000  # cosine length in updates; the trainer sets it from the budget
     # --- networks
     actor_width: int = 128  # actor trunk width: the policy needs less capacity than the critic
     critic_width: int = 256  # critic trunk width
@@ -62,8 +68,8 @@ class FlashSACConfig:
     bn_momentum: float = 0.99  # flax convention: running = m * running + (1 - m) * batch
     bn_eps: float = 1e-5  # BatchNorm variance epsilon
     rms_eps: float = 1e-6  # RMSNorm epsilon
-    log_std_min: float = -5.0  # lower bound of the policy log-std
-    log_std_max: float = 0.0  # upper bound: std <= 1 before tanh keeps actions off saturation
+    log_std_min: float = -10.0  # lower bound of the policy log-std (official: near-deterministic)
+    log_std_max: float = 2.0  # upper bound (official); the temperature keeps std near 0.15
     # --- distributional critic
     num_atoms: int = 101  # C51 atoms: fine value resolution on the scaled-reward range
     v_min: float = -5.0  # support lower end (rewards are scaled so |G| fits)
@@ -73,17 +79,23 @@ class FlashSACConfig:
     init_log_alpha: float = math.log(0.01)  # small initial entropy bonus
     target_entropy_sigma: float = 0.15  # target entropy = that of N(0, sigma^2) per action dim
     # --- schedule of the actor
-    actor_update_every: int = 2  # actor + alpha updated every 2nd critic step (delayed policy)
+    actor_update_every: int = 2  # actor + alpha step on updates 0, 2, 4, ...: a delayed policy
     # --- exploration
     noise_repeat_max: int = 16  # max steps one Gaussian noise vector is held
     noise_repeat_exponent: float = 2.0  # p(k) ∝ k^-exponent (truncated Zeta): mostly short holds
     # --- observations
     critic_obs_key: str = "privileged_state"  # asymmetric actor-critic: critic sees privileged
     actor_obs_key: str = "state"  # what the deployed policy sees
+    # learner matmul precision (None: JAX's default, TF32 on recent GPUs); physics stays 'highest'
+    matmul_precision: str | None = None
 
     def __post_init__(self):
         def bad(field: str, value: Any, fix: str):
             raise ValueError(f"FlashSACConfig.{field}={value!r} is invalid: {fix}")
+
+        if self.matmul_precision not in (None, "default", "high", "highest", "bfloat16",
+                                         "tensorfloat32", "float32"):
+            bad("matmul_precision", self.matmul_precision, "use None, 'default', 'high' or 'highest'")
 
         for f in (
             "num_envs",
@@ -156,8 +168,9 @@ class FlashSACConfig:
     def cpu(cls) -> FlashSACConfig:
         """Small settings for a 2-core CPU.
 
-        Measured: CartpoleBalance deterministic eval return 950 after 24k env steps (about
-        2.5 min on 2 shared cores).  Fewer envs, a small batch and 8 updates per vector step
+        Measured (seed 0, 40k env steps, experiments/flashsac_vs_brax.py): deterministic eval
+        return 990 on CartpoleBalance, 745 on CartpoleSwingup, 413 on CheetahRun, in 4-8 min
+        each on 2 busy shared cores.  Fewer envs, a small batch and 8 updates per vector step
         (UTD 0.5 instead of 2/1024) trade the GPU's data volume for sample efficiency; the
         faster target (tau 0.02) propagates values within the few thousand updates made.
         """
@@ -228,8 +241,8 @@ class FlashSACState:
 # ============================================================================ modules
 def _trunk_kwargs(cfg: FlashSACConfig, train: bool) -> dict:
     """Trunk settings shared by actor and critic (widths differ, set by the caller)."""
-    return dict(num_blocks=cfg.num_blocks, train=train, expansion=cfg.expansion,
-                bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps, rms_eps=cfg.rms_eps)
+    return {"num_blocks": cfg.num_blocks, "train": train, "expansion": cfg.expansion,
+            "bn_momentum": cfg.bn_momentum, "bn_eps": cfg.bn_eps, "rms_eps": cfg.rms_eps}
 
 
 def _actor(cfg: FlashSACConfig, action_size: int, train: bool) -> nn.Module:
@@ -238,30 +251,31 @@ def _actor(cfg: FlashSACConfig, action_size: int, train: bool) -> nn.Module:
                              **_trunk_kwargs(cfg, train))
 
 
-def _critic(cfg: FlashSACConfig, train: bool) -> nn.Module:
+def _critic(cfg: FlashSACConfig, train: bool, half: int | None = None) -> nn.Module:
+    """The critic ensemble; ``half`` (0: current, 1: next) for cross-batch prediction."""
     return critic_ensemble(ENSEMBLE_SIZE)(num_atoms=cfg.num_atoms, width=cfg.critic_width,
-                                          **_trunk_kwargs(cfg, train))
+                                          half=half, **_trunk_kwargs(cfg, train))
 
 
 def _action_size(state: FlashSACState) -> int:
-    return state.actor_params["mean"]["kernel"].shape[-1]
+    return state.actor_params["mean"][UNIT_KERNEL].shape[-1]
 
 
-def _optimizer(cfg: FlashSACConfig, steps: int) -> optax.GradientTransformation:
-    """Adam on a cosine lr lr_init -> lr_final over ``steps`` optimiser steps."""
-    schedule = optax.cosine_decay_schedule(
-        cfg.lr_init, max(int(steps), 1), alpha=cfg.lr_final / cfg.lr_init
+def lr_schedule(cfg: FlashSACConfig) -> optax.Schedule:
+    """Cosine lr_init -> lr_final over ``total_updates`` steps of the optimiser that uses it."""
+    return optax.cosine_decay_schedule(
+        cfg.lr_init, max(int(cfg.total_updates), 1), alpha=cfg.lr_final / cfg.lr_init
     )
-    return optax.adam(schedule)
 
 
-def _optimizers(cfg: FlashSACConfig):
-    actor_steps = cfg.total_updates // cfg.actor_update_every
-    return (
-        _optimizer(cfg, cfg.total_updates),
-        _optimizer(cfg, actor_steps),
-        _optimizer(cfg, actor_steps),
-    )  # critic, actor, alpha
+def optimizer(cfg: FlashSACConfig) -> optax.GradientTransformation:
+    """Adam on `lr_schedule`, the same for critic, actor and temperature.
+
+    The schedule advances with the optimiser's own step count, so the actor's and the
+    temperature's (stepped every `actor_update_every` updates) reach only the cosine's middle.
+    The current lr sits in the state (``opt.hyperparams["learning_rate"]``) for metrics.
+    """
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr_schedule(cfg))
 
 
 # ============================================================================ init / act
@@ -278,7 +292,7 @@ def init(key: jax.Array, spec: EnvSpec, cfg: FlashSACConfig) -> FlashSACState:
     )
     actor_params = project(actor_vars["params"])
     critic_params = project(critic_vars["params"])
-    critic_tx, actor_tx, alpha_tx = _optimizers(cfg)
+    tx = optimizer(cfg)
     log_alpha = jnp.asarray(cfg.init_log_alpha, jnp.float32)
     n = spec.num_envs
     return FlashSACState(
@@ -289,9 +303,9 @@ def init(key: jax.Array, spec: EnvSpec, cfg: FlashSACConfig) -> FlashSACState:
         target_params=critic_params,
         target_stats=critic_vars["batch_stats"],
         log_alpha=log_alpha,
-        actor_opt=actor_tx.init(actor_params),
-        critic_opt=critic_tx.init(critic_params),
-        alpha_opt=alpha_tx.init(log_alpha),
+        actor_opt=tx.init(actor_params),
+        critic_opt=tx.init(critic_params),
+        alpha_opt=tx.init(log_alpha),
         step=jnp.zeros((), jnp.int32),
         reward_stats=RewardScaleState(
             G=jnp.zeros((n,), jnp.float32),
@@ -423,145 +437,192 @@ def critic_target(
     return distributional.project(tz, p, cfg.v_min, cfg.v_max)
 
 
-def _critic_loss(critic_params, critic_stats, batch, next_action, target, cfg):
-    """Cross-entropy of both members to ``target`` [B, K]; the online critic runs in train mode
-    on [(s, a); (s', a')] so current and next pairs share BN statistics."""
-    obs = batch.obs[cfg.critic_obs_key]
+def _expected_q(logits: jax.Array, cfg: FlashSACConfig) -> jax.Array:
+    """E[Z] under softmax(logits) over the value atoms: [..., K] -> [...]."""
+    z = distributional.atoms(cfg.num_atoms, cfg.v_min, cfg.v_max)
+    return distributional.expectation(jax.nn.softmax(logits, -1), z)
+
+
+def actor_loss(actor_params, state: FlashSACState, batch: Transition, key, alpha, cfg):
+    """SAC actor loss mean(α log π(a|s) − min_i Q_i(s, a)) over the B current states.
+
+    The actor runs in train mode on [s; s'] only so that its BatchNorm statistics see both
+    halves (as the critic's do); loss and entropy use the s half alone, and the critic (eval
+    mode, not differentiated) runs on those B pairs.  Returns (loss, (new actor stats, log π)).
+    """
+    obs = batch.obs[cfg.actor_obs_key]
     b = obs.shape[0]
-    logits, upd = _critic(cfg, train=True).apply(
-        {"params": critic_params, "batch_stats": critic_stats},
+    (mean, log_std), upd = _actor(cfg, _action_size(state), train=True).apply(
+        {"params": actor_params, "batch_stats": state.actor_stats},
+        jnp.concatenate([obs, batch.next_obs[cfg.actor_obs_key]]),
+        mutable=["batch_stats"],
+    )
+    action, log_p = sample_tanh_gaussian(key, mean[:b], log_std[:b])  # [B, A], [B]
+    logits = _critic(cfg, train=False).apply(
+        {"params": state.critic_params, "batch_stats": state.critic_stats},
+        batch.obs[cfg.critic_obs_key],
+        action,
+    )
+    q = _expected_q(logits, cfg).min(0)  # [B]
+    return jnp.mean(alpha * log_p - q), (upd["batch_stats"], log_p)
+
+
+def temperature_loss(alpha: jax.Array, entropy: jax.Array, target: float) -> jax.Array:
+    """α (H − H̄): lowers α while the entropy exceeds its target, raises it below.
+
+    α itself multiplies (official code), so d/dα = H − H̄ and the optimised log α gets α (H − H̄).
+    """
+    return alpha * (entropy - target)
+
+
+def critic_loss(critic_params, state: FlashSACState, batch: Transition, next_action, target, cfg):
+    """Cross-entropy of both members to ``target`` [B, K]; the online critic runs in train mode
+    on [(s, a); (s', a')] so current and next pairs share BN statistics.
+    Returns (loss, (new critic stats, Q [E, B]))."""
+    obs = batch.obs[cfg.critic_obs_key]
+    logits, upd = _critic(cfg, train=True, half=0).apply(
+        {"params": critic_params, "batch_stats": state.critic_stats},
         jnp.concatenate([obs, batch.next_obs[cfg.critic_obs_key]]),
         jnp.concatenate([batch.action, next_action]),
         mutable=["batch_stats"],
-    )
-    logits = logits[:, :b]  # [E, B, K]: predictions for (s, a)
+    )  # [E, B, K]: predictions for (s, a)
     loss = distributional.cross_entropy(target[None], logits).mean(-1).sum()
-    z = distributional.atoms(cfg.num_atoms, cfg.v_min, cfg.v_max)
-    q = distributional.expectation(jax.nn.softmax(logits), z)  # [E, B]
-    return loss, (upd["batch_stats"], q)
+    return loss, (upd["batch_stats"], _expected_q(logits, cfg))
 
 
-def _actor_loss(actor_params, actor_stats, state, obs2, crit_obs2, key, alpha, cfg):
-    """SAC actor loss on [s; s'] (actor train mode, critic eval mode)."""
-    a = _action_size(state)
-    (mean, log_std), upd = _actor(cfg, a, train=True).apply(
-        {"params": actor_params, "batch_stats": actor_stats}, obs2, mutable=["batch_stats"]
-    )
-    action, log_p = sample_tanh_gaussian(key, mean, log_std)
-    logits = _critic(cfg, train=False).apply(
-        {"params": state.critic_params, "batch_stats": state.critic_stats}, crit_obs2, action
-    )
-    z = distributional.atoms(cfg.num_atoms, cfg.v_min, cfg.v_max)
-    q = distributional.expectation(jax.nn.softmax(logits), z).min(0)  # [2B]
-    loss = jnp.mean(alpha * log_p - q)
-    return loss, (upd["batch_stats"], log_p)
+def _lr(opt_state) -> jax.Array:
+    """The lr the optimiser used in its latest step (schedule at init before any)."""
+    return opt_state.hyperparams["learning_rate"]
 
 
 # ============================================================================ update
-def _zero_metrics():
-    f = jnp.zeros((), jnp.float32)
-    return {"actor_loss": f, "alpha_loss": f, "entropy": f, "actor_grad_norm": f}
+def actor_step(state: FlashSACState, batch: Transition, key, cfg: FlashSACConfig):
+    """One Adam step of the actor (then re-projection); returns (state, metrics).
 
-
-def _actor_step(state: FlashSACState, batch: Transition, key, cfg: FlashSACConfig):
-    """One actor + temperature step; returns (state, metrics)."""
-    _, actor_tx, alpha_tx = _optimizers(cfg)
-    obs2 = jnp.concatenate([batch.obs[cfg.actor_obs_key], batch.next_obs[cfg.actor_obs_key]])
-    crit2 = jnp.concatenate([batch.obs[cfg.critic_obs_key], batch.next_obs[cfg.critic_obs_key]])
+    The metrics carry the entropy −mean log π(a|s) over the B current states, which drives
+    the temperature step that follows.
+    """
     alpha = jnp.exp(state.log_alpha)
-    (loss, (stats, log_p)), grads = jax.value_and_grad(_actor_loss, has_aux=True)(
-        state.actor_params, state.actor_stats, state, obs2, crit2, key, alpha, cfg
+    (loss, (stats, log_p)), grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        state.actor_params, state, batch, key, alpha, cfg
     )
-    updates, actor_opt = actor_tx.update(grads, state.actor_opt, state.actor_params)
-    actor_params = project(optax.apply_updates(state.actor_params, updates))
-
-    entropy = -jnp.mean(jax.lax.stop_gradient(log_p))
-    h_bar = target_entropy(_action_size(state), cfg)
-
-    def alpha_loss_fn(log_alpha):
-        return log_alpha * (entropy - h_bar)  # lowers α while entropy > target
-
-    alpha_loss, g_alpha = jax.value_and_grad(alpha_loss_fn)(state.log_alpha)
-    a_upd, alpha_opt = alpha_tx.update(g_alpha, state.alpha_opt, state.log_alpha)
-    log_alpha = optax.apply_updates(state.log_alpha, a_upd)
+    updates, opt = optimizer(cfg).update(grads, state.actor_opt, state.actor_params)
     state = state.replace(
-        actor_params=actor_params,
+        actor_params=project(optax.apply_updates(state.actor_params, updates)),
         actor_stats=stats,
-        actor_opt=actor_opt,
-        log_alpha=log_alpha,
-        alpha_opt=alpha_opt,
+        actor_opt=opt,
     )
     metrics = {
         "actor_loss": loss,
-        "alpha_loss": alpha_loss,
-        "entropy": entropy,
+        "entropy": -jnp.mean(log_p),
         "actor_grad_norm": optax.tree.norm(grads),
+        "actor_lr": _lr(opt),
     }
     return state, metrics
+
+
+def temperature_step(state: FlashSACState, entropy: jax.Array, cfg: FlashSACConfig):
+    """One Adam step on log α of `temperature_loss`; returns (state, metrics)."""
+    h_bar = target_entropy(_action_size(state), cfg)
+    entropy = jax.lax.stop_gradient(entropy)
+    loss, grad = jax.value_and_grad(
+        lambda log_alpha: temperature_loss(jnp.exp(log_alpha), entropy, h_bar)
+    )(state.log_alpha)
+    updates, opt = optimizer(cfg).update(grad, state.alpha_opt, state.log_alpha)
+    state = state.replace(log_alpha=optax.apply_updates(state.log_alpha, updates), alpha_opt=opt)
+    return state, {"alpha_loss": loss}
+
+
+def critic_step(state: FlashSACState, batch: Transition, key, cfg: FlashSACConfig):
+    """One Adam step of the critic ensemble (then re-projection); returns (state, metrics).
+
+    Target: a' ~ π(s') from the CURRENT actor (eval mode) and the current α; the target critic
+    runs in train mode on [(s,a); (s',a')] and its s' half feeds `critic_target`.
+    ``batch.reward`` is raw; it is scaled here with the current statistics.
+    """
+    alpha = jnp.exp(state.log_alpha)
+    r = scale_reward(state, batch.reward.astype(jnp.float32), cfg)
+    mean, log_std = _policy(state, batch.next_obs, cfg)
+    next_action, log_p_next = sample_tanh_gaussian(key, mean, log_std)
+    target_logits, _ = _critic(cfg, train=True, half=1).apply(
+        {"params": state.target_params, "batch_stats": state.target_stats},
+        jnp.concatenate([batch.obs[cfg.critic_obs_key], batch.next_obs[cfg.critic_obs_key]]),
+        jnp.concatenate([batch.action, next_action]),
+        mutable=["batch_stats"],
+    )
+    target_logits = jax.lax.stop_gradient(target_logits)  # [E, B, K]: values at (s', a')
+    target = critic_target(target_logits, log_p_next, r, batch.terminated, alpha, cfg)
+    (loss, (stats, q)), grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        state.critic_params, state, batch, next_action, target, cfg
+    )
+    updates, opt = optimizer(cfg).update(grads, state.critic_opt, state.critic_params)
+    state = state.replace(
+        critic_params=project(optax.apply_updates(state.critic_params, updates)),
+        critic_stats=stats,
+        critic_opt=opt,
+    )
+    metrics = {
+        "critic_loss": loss,
+        "critic_grad_norm": optax.tree.norm(grads),
+        "critic_lr": _lr(opt),
+        "q_mean": q.mean(),
+        "target_q_log_prob_next": log_p_next.mean(),
+        "reward_scale": reward_scale(state, cfg),
+        "scaled_reward_mean": r.mean(),
+    }
+    return state, metrics
+
+
+def polyak_step(state: FlashSACState, cfg: FlashSACConfig) -> FlashSACState:
+    """target ← τ·online + (1 − τ)·target (params and BN stats; never re-projected)."""
+    polyak = functools.partial(optax.incremental_update, step_size=cfg.tau)
+    return state.replace(
+        target_params=polyak(state.critic_params, state.target_params),
+        target_stats=polyak(state.critic_stats, state.target_stats),
+    )
+
+
+def _actor_part(state: FlashSACState) -> dict:
+    """The fields the actor and temperature steps change."""
+    return {"actor_params": state.actor_params, "actor_stats": state.actor_stats,
+            "actor_opt": state.actor_opt, "log_alpha": state.log_alpha, "alpha_opt": state.alpha_opt}
+
+
+def _no_actor_metrics(state: FlashSACState) -> dict:
+    f = jnp.zeros((), jnp.float32)
+    return {"actor_loss": f, "entropy": f, "actor_grad_norm": f, "alpha_loss": f,
+            "actor_lr": _lr(state.actor_opt)}
 
 
 def update(
     state: FlashSACState, batch: Transition, key: jax.Array, cfg: FlashSACConfig
 ) -> tuple[FlashSACState, dict[str, jax.Array]]:
-    """One FlashSAC gradient step (jit-able).
+    """One FlashSAC gradient step (jit-able), in the official order:
 
-    1. critic step (cross-batch prediction, min-member C51 target), projection, Polyak target;
-    2. every ``actor_update_every``-th critic step: actor + temperature step, projection.
-    ``batch.reward`` is the raw reward; it is scaled here with the current statistics.
+    1. on update steps 0, 2, 4, ... (``actor_update_every``): actor step, then temperature step;
+    2. critic step, its target computed with the actor and α just updated;
+    3. Polyak target.
     """
-    critic_tx, _, _ = _optimizers(cfg)
-    k_next, k_actor = jax.random.split(key)
-    alpha = jnp.exp(state.log_alpha)
-    r = scale_reward(state, batch.reward.astype(jnp.float32), cfg)
-
-    # a' ~ π(s') with the actor in eval mode.
-    mean, log_std = _policy(state, batch.next_obs, cfg)
-    next_action, log_p_next = sample_tanh_gaussian(k_next, mean, log_std)
-    # Target critic on [(s,a); (s',a')] in train mode (shared BN statistics).
-    obs = batch.obs[cfg.critic_obs_key]
-    next_obs = batch.next_obs[cfg.critic_obs_key]
-    b = obs.shape[0]
-    target_logits, _ = _critic(cfg, train=True).apply(
-        {"params": state.target_params, "batch_stats": state.target_stats},
-        jnp.concatenate([obs, next_obs]),
-        jnp.concatenate([batch.action, next_action]),
-        mutable=["batch_stats"],
-    )
-    target_logits = jax.lax.stop_gradient(target_logits[:, b:])  # [E, B, K]
-
-    target = critic_target(target_logits, log_p_next, r, batch.terminated, alpha, cfg)
-    (c_loss, (c_stats, q)), c_grads = jax.value_and_grad(_critic_loss, has_aux=True)(
-        state.critic_params, state.critic_stats, batch, next_action, target, cfg
-    )
-    updates, critic_opt = critic_tx.update(c_grads, state.critic_opt, state.critic_params)
-    critic_params = project(optax.apply_updates(state.critic_params, updates))
-    polyak = functools.partial(optax.incremental_update, step_size=cfg.tau)
-    state = state.replace(
-        critic_params=critic_params,
-        critic_stats=c_stats,
-        critic_opt=critic_opt,
-        target_params=polyak(critic_params, state.target_params),
-        target_stats=polyak(c_stats, state.target_stats),
-        step=state.step + 1,
-    )
-
+    k_actor, k_critic = jax.random.split(key)
     do_actor = state.step % cfg.actor_update_every == 0
-    state, a_metrics = jax.lax.cond(
-        do_actor,
-        lambda s: _actor_step(s, batch, k_actor, cfg),
-        lambda s: (s, _zero_metrics()),
-        state,
+
+    def actor_and_temperature(s):
+        s, m = actor_step(s, batch, k_actor, cfg)
+        s, m_alpha = temperature_step(s, m["entropy"], cfg)
+        return _actor_part(s), {**m, **m_alpha}
+
+    # The branches return only the fields they change; the critic's buffers stay outside.
+    part, a_metrics = jax.lax.cond(
+        do_actor, actor_and_temperature, lambda s: (_actor_part(s), _no_actor_metrics(s)), state
     )
+    state = state.replace(**part)
+    state, c_metrics = critic_step(state, batch, k_critic, cfg)
+    state = polyak_step(state, cfg).replace(step=state.step + 1)
     metrics = {
-        "critic_loss": c_loss,
-        "critic_grad_norm": optax.tree.norm(c_grads),
-        "q_mean": q.mean(),
-        "target_q_log_prob_next": log_p_next.mean(),
-        "alpha": jnp.exp(state.log_alpha),
-        "reward_scale": reward_scale(state, cfg),
-        "scaled_reward_mean": r.mean(),
-        "actor_updated": do_actor.astype(jnp.float32),
+        **c_metrics,
         **a_metrics,
+        "alpha": jnp.exp(state.log_alpha),
+        "actor_updated": do_actor.astype(jnp.float32),
     }
     return state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
@@ -571,7 +632,8 @@ def policy_layers(state: FlashSACState, cfg: FlashSACConfig) -> list[dict]:
     """The deterministic policy tanh(mean(obs['state'])) as a list of export ops.
 
     Ops (applied in order to x = obs["state"] [B, D]): affine (folded eval-mode BatchNorm),
-    dense (unit kernels without bias), relu, push / add_pop (residual), rmsnorm, tanh.
+    dense (unit kernels; the mean head adds its free bias), relu, push / add_pop (residual),
+    rmsnorm, tanh.
     """
     p = jax.tree.map(lambda x: np.asarray(x, np.float32), state.actor_params)
     s = jax.tree.map(lambda x: np.asarray(x, np.float32), state.actor_stats)
@@ -603,7 +665,7 @@ def policy_layers(state: FlashSACState, cfg: FlashSACConfig) -> list[dict]:
         ]
     ops += [
         {"op": "rmsnorm", "scale": tp["out_rms"]["rms_scale"], "eps": float(cfg.rms_eps)},
-        {"op": "dense", "kernel": p["mean"]["kernel"], "bias": p["mean"]["bias"]},
+        {"op": "dense", "kernel": p["mean"][UNIT_KERNEL], "bias": p["mean"][BIAS]},
         {"op": "tanh"},
     ]
     return ops

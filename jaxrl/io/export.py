@@ -31,6 +31,8 @@ import numpy as np
 
 from jaxrl.io.numpy_policy import forward as numpy_forward  # noqa: F401  (re-exported)
 from jaxrl.io.numpy_policy import load_npz  # noqa: F401  (re-exported)
+# One identity per run: the card's config_sha256 is the hash its checkpoints carry.
+from jaxrl.io.runfolder import _jsonable, config_hash  # noqa: F401  (config_hash re-exported)
 
 CARD_FORMAT_VERSION = 1
 OPS = (
@@ -281,29 +283,6 @@ def to_onnx(layers: Sequence[Mapping], obs_dim: int, path: str | os.PathLike, op
 
 
 # --------------------------------------------------------------------------- policy card
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    return str(obj)
-
-
-def config_hash(config: Any) -> str:
-    """SHA-256 of the canonical JSON (sorted keys, no spaces) of a config dict or dataclass."""
-    text = json.dumps(
-        _jsonable(config) if dataclasses.is_dataclass(config) else config,
-        sort_keys=True,
-        separators=(",", ":"),
-        default=_jsonable,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _floats(values: Any, n: int, what: str) -> list[float]:

@@ -12,6 +12,8 @@ leaf name                       projection (``d`` = feature size, the last axis)
 ``rms_scale`` [d]               to L2 norm sqrt(d)
 ==============================  ==============================================================
 
+Anything else passes through, in particular the free ``bias`` of a head's `UnitDense`.
+
 Call `project` right after EVERY optimiser step (not on a Polyak-averaged target network).
 """
 
@@ -27,19 +29,29 @@ import jax.numpy as jnp
 UNIT_KERNEL = "unit_kernel"
 BN_SCALE, BN_BIAS = "bn_scale", "bn_bias"
 RMS_SCALE = "rms_scale"
+BIAS = "bias"  # a head's free bias: never projected
 KERNEL_EPS = 1e-8  # guards the column normalisation against an all-zero column
 
 
 class UnitDense(nn.Module):
-    """Bias-free dense layer whose kernel columns are kept at unit L2 norm by `project`."""
+    """Dense layer whose kernel columns are kept at unit L2 norm by `project`.
+
+    Trunk layers have no bias (a BatchNorm follows them).  Output heads set ``use_bias``: a
+    zero-init bias that `project` leaves FREE, so a head can shift its outputs (the action mean,
+    the log-std, the value logits) without un-bounding the kernel.
+    """
 
     features: int
+    use_bias: bool = False
     kernel_init: Callable = nn.initializers.orthogonal()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(UNIT_KERNEL, self.kernel_init, (x.shape[-1], self.features))
-        return x @ kernel  # [B, out]; the kernel is (in, out)
+        y = x @ kernel  # [B, out]; the kernel is (in, out)
+        if self.use_bias:
+            y = y + self.param(BIAS, nn.initializers.zeros, (self.features,))
+        return y
 
 
 class BoundedBatchNorm(nn.Module):
@@ -145,7 +157,7 @@ def _to_norm_sqrt_d(parts: list[jax.Array]) -> list[jax.Array]:
 def project(params: Any) -> Any:
     """Re-project every norm-bounded parameter of a flax params pytree (see module docstring).
 
-    Leaves not named there (plain dense heads, biases) pass through unchanged.  A BatchNorm with
+    Leaves not named there (head biases, plain dense layers) pass through unchanged.  A BatchNorm with
     only one of ``bn_scale`` / ``bn_bias`` is an error: the pair is bounded jointly.
     """
     if not isinstance(params, Mapping):

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrl.nets.bounded import BoundedTrunk
+from jaxrl.nets.bounded import BoundedTrunk, UnitDense
 
 LOG_2 = 0.6931471805599453
 
@@ -18,10 +18,11 @@ def _trunk(head: nn.Module) -> BoundedTrunk:
 
 
 class TanhGaussianActor(nn.Module):
-    """Trunk -> plain dense mean (init N(0, 1e-3)) and log-std (zero init).
+    """Trunk -> mean and log-std heads, each a unit-norm kernel (projected like the trunk) plus a
+    free zero-init bias, as in the official FlashSAC.
 
     log sigma = log_std_min + (log_std_max - log_std_min) / 2 * (1 + tanh(raw)), so in
-    [log_std_min, log_std_max] (= [-5, 0] by default, i.e. -5 + 2.5 (1 + tanh(raw))).
+    [log_std_min, log_std_max] (= [-10, 2] by default, i.e. -10 + 6 (1 + tanh(raw))).
     Returns (mean [B, A], log_std [B, A]) of the Gaussian BEFORE the tanh squashing.
     """
 
@@ -33,21 +34,22 @@ class TanhGaussianActor(nn.Module):
     bn_momentum: float = 0.99
     bn_eps: float = 1e-5
     rms_eps: float = 1e-6
-    log_std_min: float = -5.0
-    log_std_max: float = 0.0
+    log_std_min: float = -10.0
+    log_std_max: float = 2.0
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         z = _trunk(self)(obs)
-        mean = nn.Dense(self.action_size, kernel_init=nn.initializers.normal(1e-3), name="mean")(z)
-        raw = nn.Dense(self.action_size, kernel_init=nn.initializers.zeros, name="log_std")(z)
+        mean = UnitDense(self.action_size, use_bias=True, name="mean")(z)
+        raw = UnitDense(self.action_size, use_bias=True, name="log_std")(z)
         half_range = 0.5 * (self.log_std_max - self.log_std_min)
         log_std = self.log_std_min + half_range * (1.0 + jnp.tanh(raw))
         return mean, log_std
 
 
 class CategoricalCritic(nn.Module):
-    """Trunk on [obs, action] -> logits over ``num_atoms`` value atoms."""
+    """Trunk on [obs, action] -> logits over ``num_atoms`` value atoms (a unit-norm kernel plus a
+    free zero-init bias: the bounded kernel keeps the logits' scale in check, the bias does not)."""
 
     num_atoms: int
     width: int
@@ -57,11 +59,18 @@ class CategoricalCritic(nn.Module):
     bn_momentum: float = 0.99
     bn_eps: float = 1e-5
     rms_eps: float = 1e-6
+    # Cross-batch prediction feeds [current; next] rows but needs one half's values: with
+    # half = 0 or 1 the trunk (and its BatchNorm statistics) sees every row, the head only that
+    # half (same values, less work).  None: the head runs on every row.
+    half: int | None = None
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         z = _trunk(self)(jnp.concatenate([obs, action], -1))
-        return nn.Dense(self.num_atoms, name="logits")(z)  # [B, num_atoms]
+        if self.half is not None:
+            n = z.shape[0] // 2
+            z = z[self.half * n : (self.half + 1) * n]
+        return UnitDense(self.num_atoms, use_bias=True, name="logits")(z)  # [B, num_atoms]
 
 
 def critic_ensemble(size: int) -> type[nn.Module]:

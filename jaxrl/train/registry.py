@@ -70,7 +70,7 @@ def flashsac_loop(cfg: flashsac_algo.FlashSACConfig, env: VecEnv, eval_env: VecE
     settings = OffPolicySettings(
         total_steps=steps, batch_size=cfg.batch_size, updates_per_step=cfg.updates_per_step,
         buffer_size=cfg.buffer_size, min_buffer=cfg.min_buffer, num_evals=num_evals,
-        learner_precision=getattr(cfg, "matmul_precision", None),
+        learner_precision=cfg.matmul_precision,
     )
     probe = OffPolicyLoop(env, flashsac_agent(cfg, env), settings, None, seed)
     cfg = cfg.replace(total_updates=max(1, probe.num_updates))

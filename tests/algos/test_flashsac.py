@@ -1,11 +1,13 @@
 """FlashSAC: each test proves one claim of the recipe (ALGORITHMS.md §1) on tiny networks."""
 
 import functools
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from envs.specs import ArraySpec, EnvSpec
@@ -64,12 +66,19 @@ def update_fn():
 
 
 @pytest.fixture(scope="module")
-def states(update_fn):
+def history(update_fn):
+    """[(state, metrics of the update that produced it)] for the initial state and 4 updates."""
+    out = [(fs.init(jax.random.PRNGKey(0), SPEC, CFG), None)]
+    for i in range(4):
+        out.append(update_fn(out[-1][0], _batch(jax.random.PRNGKey(2 * i + 1)),
+                             jax.random.PRNGKey(2 * i + 2)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def states(history):
     """Initial state and the states after 1 and 2 updates."""
-    s0 = fs.init(jax.random.PRNGKey(0), SPEC, CFG)
-    s1, m1 = update_fn(s0, _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
-    s2, m2 = update_fn(s1, _batch(jax.random.PRNGKey(3)), jax.random.PRNGKey(4))
-    return s0, (s1, m1), (s2, m2)
+    return history[0][0], history[1], history[2]
 
 
 def _max_abs_diff(a, b):
@@ -105,6 +114,31 @@ def test_projection_keeps_norm_bounds_after_update(states):
     _check_bounded(s2.actor_params)
 
 
+def test_every_projected_kernel_heads_included_has_unit_columns_while_head_biases_stay_free(
+    history,
+):
+    s0, s4 = history[0][0], history[-1][0]  # 4 updates: 2 actor and 4 critic steps
+    for params, heads in ((s4.actor_params, ("mean", "log_std")), (s4.critic_params, ("logits",))):
+        kinds = bounded.bounded_leaves(params)
+        for head in heads:
+            assert kinds[head] == "unit", head
+            k = np.asarray(params[head]["unit_kernel"])  # (in, out), ensemble axis first
+            np.testing.assert_allclose(np.linalg.norm(k, axis=-2), 1.0, atol=1e-5, err_msg=head)
+            bias = np.asarray(params[head]["bias"])
+            norm = np.linalg.norm(bias, axis=-1)
+            assert (norm > 0).all(), head  # trained away from its zero init ...
+            d = bias.shape[-1]
+            for bound in (1.0, math.sqrt(d)):  # ... and not re-projected to any norm
+                assert (np.abs(norm - bound) > 1e-3).all(), (head, norm)
+            # projecting again leaves the bias alone but would fix a drifted kernel
+            again = bounded.project({"h": {"unit_kernel": 2.0 * k, "bias": bias}})["h"]
+            np.testing.assert_array_equal(again["bias"], bias)
+            np.testing.assert_allclose(np.linalg.norm(again["unit_kernel"], axis=-2), 1.0, atol=1e-5)
+        _check_bounded(params)
+    assert _max_abs_diff(s0.actor_params["mean"]["unit_kernel"],
+                         s4.actor_params["mean"]["unit_kernel"]) > 0
+
+
 def test_target_network_is_polyak_average_and_not_reprojected(states):
     s0, (s1, _), _ = states
     want = jax.tree.map(
@@ -116,14 +150,128 @@ def test_target_network_is_polyak_average_and_not_reprojected(states):
 
 
 # ----------------------------------------------------------------------- actor schedule
-def test_actor_and_alpha_update_only_every_second_critic_step(states):
-    s0, (s1, m1), (s2, m2) = states
-    assert _max_abs_diff(s0.critic_params, s1.critic_params) > 0
-    assert _max_abs_diff(s0.actor_params, s1.actor_params) == 0.0
-    assert float(s0.log_alpha) == float(s1.log_alpha)
-    assert float(m1["actor_updated"]) == 0.0 and float(m2["actor_updated"]) == 1.0
-    assert _max_abs_diff(s1.actor_params, s2.actor_params) > 0
-    assert float(s2.log_alpha) != float(s1.log_alpha)
+def test_actor_and_alpha_step_on_updates_0_2_4_only(history):
+    (s0, _), (s1, m1), (s2, m2), (s3, m3) = history[:4]
+    assert [float(m["actor_updated"]) for m in (m1, m2, m3)] == [1.0, 0.0, 1.0]
+    # update 0 already moves the actor and alpha (official: actor first), update 1 does not
+    assert _max_abs_diff(s0.actor_params, s1.actor_params) > 0
+    assert float(s1.log_alpha) != float(s0.log_alpha)
+    assert _max_abs_diff(s1.actor_params, s2.actor_params) == 0.0
+    assert float(s2.log_alpha) == float(s1.log_alpha)
+    assert _max_abs_diff(s2.actor_params, s3.actor_params) > 0
+    for a, b in itertools.pairwise(history):  # the critic moves on every update
+        assert _max_abs_diff(a[0].critic_params, b[0].critic_params) > 0
+
+
+def test_update_order_is_actor_then_alpha_then_critic_on_the_new_actor_then_polyak(states):
+    """update == the hand-composed sequence; composing the critic first gives another result, so
+    the comparison can tell the orders apart."""
+    s0 = states[0]
+    batch, key = _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2)  # = history update 0
+    want = states[1][0]
+    k_actor, k_critic = jax.random.split(key)  # update's own key split
+
+    @jax.jit
+    def official(s):
+        s, m = fs.actor_step(s, batch, k_actor, CFG)
+        s, _ = fs.temperature_step(s, m["entropy"], CFG)
+        s, _ = fs.critic_step(s, batch, k_critic, CFG)
+        return fs.polyak_step(s, CFG)
+
+    @jax.jit
+    def critic_first(s):
+        s, _ = fs.critic_step(s, batch, k_critic, CFG)
+        s, m = fs.actor_step(s, batch, k_actor, CFG)
+        s, _ = fs.temperature_step(s, m["entropy"], CFG)
+        return fs.polyak_step(s, CFG)
+
+    got = official(s0)
+    for field in ("actor_params", "actor_stats", "log_alpha", "critic_params", "critic_stats",
+                  "target_params", "critic_opt", "actor_opt", "alpha_opt"):
+        assert _max_abs_diff(getattr(got, field), getattr(want, field)) < 1e-6, field
+    other = critic_first(s0)
+    # the critic trained on a target from the OLD actor differs; the actor's gradient against
+    # the NEW critic differs too (Adam's first step is sign-like, so compare its moments)
+    assert _max_abs_diff(other.critic_params, want.critic_params) > 1e-6
+    mu = [optax.tree_utils.tree_get(st.actor_opt, "mu") for st in (other, want)]
+    assert _max_abs_diff(*mu) > 0
+
+
+def test_actor_gradient_ignores_next_state_values_but_its_batchnorm_sees_next_states(states):
+    s0 = states[0]
+    batch, key = _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(7)
+    grad = jax.jit(jax.grad(fs.actor_loss, has_aux=True), static_argnames="cfg")
+    alpha = jnp.exp(s0.log_alpha)
+
+    def run(b):
+        g, (stats, log_p) = grad(s0.actor_params, s0, b, key, alpha, cfg=CFG)
+        return g, stats, log_p
+
+    def with_obs(which, name, scale):
+        obs = dict(getattr(batch, which))
+        obs[name] = obs[name] * scale + 3.0
+        return batch._replace(**{which: obs})
+
+    g, stats, log_p = run(batch)
+    assert log_p.shape == (B,)  # loss and entropy over the B current states only
+    # Q of next states never enters: the critic's view of s' is irrelevant to the actor
+    g2, stats2, _ = run(with_obs("next_obs", "privileged_state", 10.0))
+    assert _max_abs_diff(g, g2) == 0.0 and _max_abs_diff(stats, stats2) == 0.0
+    # ... but the actor's train-mode BatchNorm does see s' (statistics and, through them, grads)
+    g3, stats3, _ = run(with_obs("next_obs", "state", 10.0))
+    assert _max_abs_diff(stats, stats3) > 1e-3 and _max_abs_diff(g, g3) > 0
+    # sanity: the critic's view of s does matter
+    g4, _, _ = run(with_obs("obs", "privileged_state", 10.0))
+    assert _max_abs_diff(g, g4) > 0
+
+
+def test_temperature_loss_gradient_is_entropy_gap_wrt_alpha(states):
+    h_bar = fs.target_entropy(A, CFG)
+    for alpha, entropy in ((0.01, 0.3), (0.5, -2.0), (2.0, h_bar)):
+        g = jax.grad(fs.temperature_loss)(jnp.float32(alpha), jnp.float32(entropy), h_bar)
+        assert float(g) == pytest.approx(entropy - h_bar, abs=1e-6)
+    # the optimised log alpha gets alpha * (H - H̄): read back from Adam's first moment
+    s0 = states[0]
+    entropy = jnp.float32(0.7)
+    s1, m = fs.temperature_step(s0, entropy, CFG)
+    mu = optax.tree_utils.tree_get(s1.alpha_opt, "mu")
+    alpha0 = math.exp(float(s0.log_alpha))
+    np.testing.assert_allclose(float(mu) / (1 - 0.9), alpha0 * (0.7 - h_bar), rtol=1e-5)
+    assert float(m["alpha_loss"]) == pytest.approx(alpha0 * (0.7 - h_bar), rel=1e-5)
+    assert float(s1.log_alpha) < float(s0.log_alpha)  # entropy above target: alpha shrinks
+
+
+# ----------------------------------------------------------------------- learning rates
+def _cosine(step, total=CFG.total_updates):
+    c = min(step, total) / total
+    return CFG.lr_final + (CFG.lr_init - CFG.lr_final) * 0.5 * (1 + math.cos(math.pi * c))
+
+
+def test_lr_schedule_is_cosine_from_3e_4_to_1_5e_4_over_total_updates():
+    sched = fs.lr_schedule(CFG)
+    for step in (0, 1, 37, 50, 99, 100, 150):
+        assert float(sched(step)) == pytest.approx(_cosine(step), rel=1e-5), step
+    assert _cosine(CFG.total_updates // 2) == pytest.approx(2.25e-4)
+
+
+def test_actor_and_alpha_schedules_advance_only_on_actor_steps(history, update_fn):
+    for n, (s, m) in enumerate(history[1:], start=1):  # metrics: lr used by update n - 1
+        assert float(m["critic_lr"]) == pytest.approx(_cosine(n - 1), rel=1e-6)
+        if m["actor_updated"]:
+            assert float(m["actor_lr"]) == pytest.approx(_cosine((n - 1) // 2), rel=1e-6)
+    s4 = history[-1][0]
+    assert int(s4.critic_opt.count) == 4
+    assert int(s4.actor_opt.count) == 2 and int(s4.alpha_opt.count) == 2
+    # run to the end of the budget: the critic ends at lr_final, actor and alpha mid-cosine
+    s = s4
+    for i in range(4, CFG.total_updates):
+        s, m = update_fn(s, _batch(jax.random.PRNGKey(100 + i)), jax.random.PRNGKey(i))
+    assert float(m["critic_lr"]) == pytest.approx(_cosine(CFG.total_updates - 1), rel=1e-6)
+    half = CFG.total_updates // 2
+    for opt in (s.actor_opt, s.alpha_opt):
+        assert int(opt.count) == half
+        assert float(opt.hyperparams["learning_rate"]) == pytest.approx(_cosine(half - 1), rel=1e-6)
+    assert float(s.actor_opt.hyperparams["learning_rate"]) == pytest.approx(2.25e-4, rel=0.02)
 
 
 def test_update_metrics_are_finite_float32_scalars(states):
@@ -137,6 +285,9 @@ def test_update_metrics_are_finite_float32_scalars(states):
         "reward_scale",
         "critic_grad_norm",
         "actor_grad_norm",
+        "alpha_loss",
+        "critic_lr",
+        "actor_lr",
     ):
         assert m[name].shape == () and m[name].dtype == jnp.float32, name
         assert np.isfinite(float(m[name])), name
@@ -160,16 +311,33 @@ def _slow_project(tz, probs, v_min, v_max):
     return out
 
 
-def test_c51_projection_matches_loop_reference_and_preserves_mass():
+def test_c51_projection_equals_slow_loop_reference_to_1e_6_and_preserves_mass():
     rng = np.random.default_rng(0)
-    k = 11
-    tz = rng.uniform(-7, 7, (6, k)).astype(np.float32)
-    tz[0] = np.linspace(-5, 5, k)  # exactly on the grid
-    probs = rng.dirichlet(np.ones(k), 6).astype(np.float32)
-    got = np.asarray(distributional.project(jnp.asarray(tz), jnp.asarray(probs), -5.0, 5.0))
-    np.testing.assert_allclose(got, _slow_project(tz, probs, -5.0, 5.0), atol=1e-5)
-    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(got[0], probs[0], atol=1e-6)
+    for k in (11, 101):  # the production grid: 101 atoms on [-5, 5]
+        tz = rng.uniform(-7, 7, (32, k)).astype(np.float32)
+        tz[0] = np.linspace(-5, 5, k)  # exactly on the grid
+        tz[1] = np.linspace(-9, -6, k)  # all below the support
+        probs = rng.dirichlet(np.ones(k), 32).astype(np.float32)
+        got = np.asarray(distributional.project(jnp.asarray(tz), jnp.asarray(probs), -5.0, 5.0))
+        np.testing.assert_allclose(got, _slow_project(tz, probs, -5.0, 5.0), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(got[0], probs[0], atol=1e-6)
+        # leading axes are kept (the ensemble's [E, B, K])
+        batched = distributional.project(jnp.asarray(tz[None]), jnp.asarray(probs[None]), -5.0, 5.0)
+        np.testing.assert_allclose(np.asarray(batched)[0], got, atol=1e-7)
+
+
+def test_c51_projection_in_float64_equals_reference_for_peaked_distributions():
+    """In float32 the residual error is the input atoms' rounding (~ulp(5)/Δz); in float64 the
+    scatter agrees with the reference far below 1e-6 even for near-one-hot distributions."""
+    rng = np.random.default_rng(1)
+    k = 101
+    tz = rng.uniform(-7, 7, (16, k))
+    probs = rng.dirichlet(np.full(k, 0.05), 16)
+    with jax.enable_x64(True):
+        got = np.asarray(distributional.project(jnp.asarray(tz), jnp.asarray(probs), -5.0, 5.0))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, _slow_project(tz, probs, -5.0, 5.0), atol=1e-9, rtol=0)
 
 
 def test_c51_projection_clips_atoms_outside_the_support_to_the_end_atoms():
@@ -300,21 +468,22 @@ def test_target_entropy_for_one_action_dim_is_about_minus_0_478():
     assert fs.target_entropy(3, CFG) == pytest.approx(3 * -0.478, abs=3e-3)
 
 
-def test_log_std_stays_within_minus_5_and_0():
+def test_log_std_is_minus_10_plus_6_times_1_plus_tanh_raw_within_minus_10_and_2():
     state = fs.init(jax.random.PRNGKey(0), SPEC, CFG)
-    raw = state.actor_params["log_std"]
-    big = jax.tree.map(lambda x: x + 100.0, raw)
-    small = jax.tree.map(lambda x: x - 100.0, raw)
+    head = state.actor_params["log_std"]
     obs = {"state": jax.random.normal(jax.random.PRNGKey(1), (N, D)) * 10}
-    for p in (raw, big, small):
-        st = state.replace(actor_params={**state.actor_params, "log_std": p})
-        _, extras = fs.act(st, obs, jax.random.PRNGKey(0), CFG)
-        ls = np.asarray(extras["log_std"])
-        assert ls.min() >= -5.0 and ls.max() <= 0.0
-    st = state.replace(actor_params={**state.actor_params, "log_std": big})
-    np.testing.assert_allclose(
-        fs.act(st, obs, jax.random.PRNGKey(0), CFG)[1]["log_std"], 0.0, atol=1e-6
-    )
+
+    def log_std(kernel_scale, bias):
+        h = {"unit_kernel": head["unit_kernel"] * kernel_scale, "bias": jnp.full((A,), bias)}
+        st = state.replace(actor_params={**state.actor_params, "log_std": h})
+        return np.asarray(fs.act(st, obs, jax.random.PRNGKey(0), CFG)[1]["log_std"])
+
+    for raw in (0.0, 0.5, -0.9):  # constant raw output: the kernel zeroed, raw = the bias
+        np.testing.assert_allclose(log_std(0.0, raw), -10 + 6 * (1 + math.tanh(raw)), atol=1e-5)
+    np.testing.assert_allclose(log_std(1.0, 100.0), 2.0, atol=1e-6)
+    np.testing.assert_allclose(log_std(1.0, -100.0), -10.0, atol=1e-6)
+    ls = log_std(1.0, 0.0)
+    assert ls.min() > -10.0 and ls.max() < 2.0 and ls.std() > 0  # depends on the observation
 
 
 # ----------------------------------------------------------------------- config

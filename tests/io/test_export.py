@@ -187,3 +187,48 @@ def test_export_writes_policy_and_a_complete_json_card(tmp_path, observations):
 
     with pytest.raises(ValueError, match="outputs 4 actions, the card names 3"):
         export_policy(layers, tmp_path / "x.onnx", card=card_for(3))
+
+
+def test_flashsac_policy_lowering_runs_the_same_in_onnxruntime_numpy_and_jax(tmp_path):
+    """The lowered FlashSAC actor (folded BatchNorms, unit kernels, RMSNorm, the mean head's
+    unit kernel plus its free bias, tanh) equals the agent's own deterministic action."""
+    import jax
+    import onnxruntime as ort
+
+    from envs.specs import ArraySpec, EnvSpec
+    from jaxrl.algos import flashsac as fs
+
+    d, a = 5, 3
+    cfg = fs.FlashSACConfig(num_envs=2, batch_size=4, buffer_size=100, min_buffer=4,
+                            actor_width=8, critic_width=8, num_blocks=2, expansion=2, num_atoms=5)
+    spec = EnvSpec(name="tiny", obs={"state": ArraySpec((d,)), "privileged_state": ArraySpec((d,))},
+                   action=ArraySpec((a,), low=-1.0, high=1.0), num_envs=2, episode_length=10,
+                   dt=0.01, has_privileged_state=True)
+    state = fs.init(jax.random.PRNGKey(0), spec, cfg)
+    rng = np.random.default_rng(0)
+
+    def randomise(x, positive):  # non-trivial running statistics
+        draw = rng.uniform(0.5, 2.0, x.shape) if positive else rng.normal(0, 0.5, x.shape)
+        return np.asarray(draw, np.float32)
+
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, x: randomise(x, positive=path[-1].key == "var"), state.actor_stats)
+    params = dict(state.actor_params)
+    params["mean"] = {**params["mean"], "bias": np.asarray(rng.normal(0, 0.5, a), np.float32)}
+    state = state.replace(actor_params=params, actor_stats=stats)
+
+    obs = rng.normal(0, 2, (64, d)).astype(np.float32)
+    want = np.asarray(fs.act(state, {"state": obs}, None, cfg, deterministic=True)[0])
+    layers = fs.policy_layers(state, cfg)
+    assert check_layers(layers, d) == a
+    to_onnx(layers, d, tmp_path / "flashsac.onnx")
+    session = ort.InferenceSession(str(tmp_path / "flashsac.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(["action"], {"obs": obs})
+    np.testing.assert_allclose(onnx_out, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(numpy_policy.forward(layers, obs), want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(to_jax(layers)(obs)), want, atol=1e-5, rtol=0)
+    # the free bias is in the graph: dropping it changes the actions
+    no_bias = [dict(layer) for layer in layers]
+    no_bias[-2]["bias"] = None
+    assert np.abs(numpy_policy.forward(no_bias, obs) - want).max() > 1e-3

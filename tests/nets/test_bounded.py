@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxrl.nets import bounded
-from jaxrl.nets.heads import critic_ensemble
+from jaxrl.nets.heads import TanhGaussianActor, critic_ensemble
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +63,46 @@ def test_project_handles_ensemble_leading_axis_per_member():
     critic = critic_ensemble(2)(num_atoms=5, width=8, num_blocks=1, train=False, expansion=2)
     variables = critic.init(jax.random.PRNGKey(0), jnp.ones((3, 4)), jnp.ones((3, 2)))
     params = bounded.project(_perturbed(variables["params"], jax.random.PRNGKey(2)))
-    _assert_bounded(params)
+    kinds = _assert_bounded(params)
     k = params["trunk"]["embed"]["unit_kernel"]
     assert k.shape == (2, 6, 8)  # per member, normalised over its own `in` axis
+    assert kinds["logits"] == "unit" and params["logits"]["unit_kernel"].shape == (2, 8, 5)
 
 
-def test_project_leaves_plain_dense_params_untouched():
-    params = {"head": {"kernel": jnp.full((3, 2), 5.0), "bias": jnp.full((2,), 7.0)}}
+def test_project_leaves_plain_dense_params_and_head_biases_untouched():
+    params = {
+        "head": {"kernel": jnp.full((3, 2), 5.0), "bias": jnp.full((2,), 7.0)},
+        "unit_head": {"unit_kernel": jnp.full((3, 2), 5.0), "bias": jnp.full((2,), 7.0)},
+    }
     out = bounded.project(params)
     np.testing.assert_array_equal(out["head"]["kernel"], params["head"]["kernel"])
     np.testing.assert_array_equal(out["head"]["bias"], params["head"]["bias"])
+    np.testing.assert_array_equal(out["unit_head"]["bias"], params["unit_head"]["bias"])
+    np.testing.assert_allclose(out["unit_head"]["unit_kernel"], 1 / np.sqrt(3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["actor", "critic"])
+def test_heads_are_orthogonal_unit_kernels_with_a_free_zero_init_bias(which):
+    """Actor mean / log-std and critic logits: orthogonal init (orthonormal columns, in >= out),
+    bias zero at init and left alone by `project`, the kernel re-projected."""
+    if which == "actor":
+        module = TanhGaussianActor(action_size=3, width=8, num_blocks=1, train=False, expansion=2)
+        params = module.init(jax.random.PRNGKey(0), jnp.ones((2, 5)))["params"]
+        heads = ("mean", "log_std")
+    else:
+        module = critic_ensemble(2)(num_atoms=7, width=8, num_blocks=1, train=False, expansion=2)
+        params = module.init(jax.random.PRNGKey(0), jnp.ones((2, 4)), jnp.ones((2, 1)))["params"]
+        heads = ("logits",)
+    perturbed = bounded.project(_perturbed(params, jax.random.PRNGKey(3)))
+    for head in heads:
+        k = np.asarray(params[head]["unit_kernel"]).reshape(-1, 8, params[head]["bias"].shape[-1])
+        for member in k:
+            np.testing.assert_allclose(member.T @ member, np.eye(member.shape[1]), atol=1e-5)
+        np.testing.assert_array_equal(params[head]["bias"], 0.0)
+        want_bias = _perturbed(params, jax.random.PRNGKey(3))[head]["bias"]
+        np.testing.assert_array_equal(perturbed[head]["bias"], want_bias)
+        norms = np.linalg.norm(np.asarray(perturbed[head]["unit_kernel"]), axis=-2)
+        np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
 def test_project_refuses_batchnorm_missing_its_bias():
