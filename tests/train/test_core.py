@@ -17,6 +17,9 @@ from jaxrl.io.checkpoint import CheckpointMismatchError
 from jaxrl.train import registry, run
 from jaxrl.train.offpolicy import OffPolicyLoop, OffPolicySettings
 
+# Module fixtures train runs: keep the whole file on one xdist worker (built once).
+pytestmark = pytest.mark.xdist_group("core")
+
 ENV = {"episode_length": 50}
 TINY = {
     "flashsac": registry.get("flashsac").config.cpu().replace(

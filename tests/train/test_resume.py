@@ -15,6 +15,9 @@ import pytest
 from jaxrl.io import lifecycle
 from jaxrl.io.checkpoint import CheckpointMismatchError
 
+# Module fixtures train runs: keep the whole file on one xdist worker (built once).
+pytestmark = pytest.mark.xdist_group("resume")
+
 TINY = [
     "--env", "CartpoleBalance", "--steps", "2400", "--num-evals", "6", "--checkpoint-every-s", "0",
     "--no-progress", "--config.num-envs", "8", "--config.batch-size", "32", "--config.buffer-size", "4000",
