@@ -19,7 +19,8 @@ is state dependent (generalised state-dependent exploration):
 with φ(s) the last hidden layer of the actor and ``log_std`` a ``[hidden[-1], A]`` parameter,
 every entry initialised to ``init_log_std`` (OmniReset: log 1.0 = 0).  As in OmniReset's rsl_rl
 fork, gradients flow through φ into the trunk: the entropy bonus and the std part of the
-log-probability shape the trunk as well as ``log_std``.
+log-probability shape the trunk as well as ``log_std``.  The actor and the value net are
+`jaxrl.nets.sde.Actor` and `jaxrl.nets.sde.Critic`.
 
 Observations are normalised as in rsl_rl's EmpiricalNormalization: ``(x − mean) / (std + 1e-2)``,
 no clipping, with running statistics that absorb every env step of the rollout (`observe`, which
@@ -36,7 +37,6 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,9 +44,9 @@ import optax
 from flax import struct
 
 from jaxrl.data import normalizer
+from jaxrl.nets import sde
+from jaxrl.nets.mlp import ACTIVATIONS
 
-ACTIVATIONS = {"elu": nn.elu, "relu": nn.relu, "swish": nn.swish, "tanh": jnp.tanh}
-SDE_EPS = 1e-6  # variance floor inside σ(s)
 LOG_2PI_E = math.log(2.0 * math.pi * math.e)
 
 
@@ -151,86 +151,36 @@ class PPOConfig:
              f"matmul_precision must be None, 'default', 'high' or 'highest', got {self.matmul_precision!r}")
 
     @classmethod
-    def paper(cls, env_name: str | None = None, **overrides) -> "PPOConfig":
+    def paper(cls, env_name: str | None = None, **overrides) -> PPOConfig:
         """OmniReset's settings (GPU scale); the same for every task (``env_name`` is accepted so
         that every algorithm's presets share one signature)."""
         return cls(**overrides)
 
     @classmethod
-    def cpu(cls, **overrides) -> "PPOConfig":
+    def cpu(cls, **overrides) -> PPOConfig:
         """Small nets and few envs that learn simple tasks (cartpole) in a minute on 2 CPU cores.
 
         A higher fixed-start lr (the KL schedule still adapts it) and a smaller batch give many
         more updates per env step than the GPU recipe.
         """
-        base = dict(
-            num_envs=64,
-            unroll_length=32,
-            num_minibatches=4,
-            num_epochs=4,
-            hidden=(64, 64),
-            learning_rate=1e-3,
-            entropy_coef=0.003,
-        )
+        base = {
+            "num_envs": 64,
+            "unroll_length": 32,
+            "num_minibatches": 4,
+            "num_epochs": 4,
+            "hidden": (64, 64),
+            "learning_rate": 1e-3,
+            "entropy_coef": 0.003,
+        }
         base.update(overrides)
         return cls(**base)
 
-    def replace(self, **kw) -> "PPOConfig":
+    def replace(self, **kw) -> PPOConfig:
         return dataclasses.replace(self, **kw)
 
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.unroll_length
-
-
-# ----------------------------------------------------------------------------- networks
-class Actor(nn.Module):
-    """MLP trunk → (mean [.., A], σ(s) [.., A]) with state-dependent exploration std."""
-
-    hidden: tuple[int, ...]
-    action_size: int
-    activation: str = "elu"
-    init_log_std: float = 0.0
-
-    @nn.compact
-    def __call__(self, x):
-        phi = x
-        for i, h in enumerate(self.hidden):
-            phi = ACTIVATIONS[self.activation](nn.Dense(h, name=f"hidden_{i}")(phi))
-        mean = nn.Dense(
-            self.action_size, kernel_init=nn.initializers.variance_scaling(0.01, "fan_in", "normal"),
-            name="mean",
-        )(phi)
-        log_std = self.param(
-            "log_std", nn.initializers.constant(self.init_log_std), (self.hidden[-1], self.action_size)
-        )
-        return mean, state_dependent_std(phi, log_std)
-
-
-class Critic(nn.Module):
-    """MLP → V(s) [..]."""
-
-    hidden: tuple[int, ...]
-    activation: str = "elu"
-
-    @nn.compact
-    def __call__(self, x):
-        for i, h in enumerate(self.hidden):
-            x = ACTIVATIONS[self.activation](nn.Dense(h, name=f"hidden_{i}")(x))
-        return nn.Dense(1, name="value")(x)[..., 0]
-
-
-def state_dependent_std(phi: jax.Array, log_std: jax.Array) -> jax.Array:
-    """σ(s) = sqrt(φ(s)² @ exp(2·log_std) + 1e-6); phi [.., H], log_std [H, A] -> [.., A]."""
-    return jnp.sqrt(jnp.square(phi) @ jnp.exp(2.0 * log_std) + SDE_EPS)
-
-
-def _actor(cfg: PPOConfig, action_size: int) -> Actor:
-    return Actor(cfg.hidden, action_size, cfg.activation, cfg.init_log_std)
-
-
-def _critic(cfg: PPOConfig) -> Critic:
-    return Critic(cfg.hidden, cfg.activation)
 
 
 # ----------------------------------------------------------------------------- state
@@ -276,8 +226,8 @@ def init(key: jax.Array, spec: Any, cfg: PPOConfig) -> PPOState:
     a_obs = jnp.zeros((1,) + tuple(spec.obs[cfg.actor_obs_key].shape), jnp.float32)
     c_obs = jnp.zeros((1,) + tuple(spec.obs[cfg.critic_obs_key].shape), jnp.float32)
     params = {
-        "actor": _actor(cfg, a_size).init(ka, a_obs),
-        "critic": _critic(cfg).init(kc, c_obs),
+        "actor": sde.actor(cfg, a_size).init(ka, a_obs),
+        "critic": sde.critic(cfg).init(kc, c_obs),
     }
     obs_stats = {
         k: normalizer.init(tuple(spec.obs[k].shape))
@@ -314,13 +264,13 @@ def observe(state: PPOState, obs: dict, cfg: PPOConfig) -> PPOState:
 def policy(params: dict, state: PPOState, obs: dict, cfg: PPOConfig) -> tuple[jax.Array, jax.Array]:
     """(mean, σ(s)) of the actor with ``params`` on ``obs``."""
     x = _norm(state, obs, cfg.actor_obs_key, cfg)
-    return _actor(cfg, state.action_size).apply(params["actor"], x)
+    return sde.actor(cfg, state.action_size).apply(params["actor"], x)
 
 
 def value(params: dict, state: PPOState, obs: dict, cfg: PPOConfig) -> jax.Array:
     """V(obs[critic_obs_key]) with ``params``."""
     x = _norm(state, obs, cfg.critic_obs_key, cfg)
-    return _critic(cfg).apply(params["critic"], x)
+    return sde.critic(cfg).apply(params["critic"], x)
 
 
 def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -510,7 +460,7 @@ def update(
 # ----------------------------------------------------------------------------- export
 def policy_layers(state: PPOState, cfg: PPOConfig) -> list[dict]:
     """The deterministic policy obs[actor_obs_key] [B, D] -> clip(mean) [B, A] as export ops."""
-    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    f32 = lambda x: np.asarray(x, np.float32)
     ops: list[dict] = []
     if cfg.normalize_obs:
         scale, shift = normalizer.affine(state.obs_stats[cfg.actor_obs_key], eps=cfg.obs_norm_eps)

@@ -64,21 +64,28 @@ def peak_bytes(buffer_bytes: int, platform: str | None = None) -> int:
 
 
 def check_memory(example: Any, capacity: int, *, memory_fraction: float = 0.8,
-                 other_bytes: int = 0) -> tuple[int, int | None]:
+                 other_bytes: int = 0, free_bytes: int | None = None,
+                 platform: str | None = None) -> tuple[int, int | None]:
     """Raise `ReplayCapacityError` when the peak memory of a ``capacity``-row buffer (plus
-    ``other_bytes``) does not fit in ``memory_fraction`` of the device's free memory;
-    returns (peak bytes, free bytes or None when unknown)."""
+    ``other_bytes``: networks, optimiser, env state) does not fit in ``memory_fraction`` of the
+    device's free memory; returns (peak bytes, free bytes or None when unknown).
+
+    ``free_bytes`` and ``platform`` default to the current device's; give them to ask about another
+    device (e.g. a 24 GB GPU from a laptop: ``free_bytes=24 * 10**9, platform="gpu"``).
+    """
     row = nbytes(example, 1)
-    need = peak_bytes(row * int(capacity)) + int(other_bytes)
-    have = device_memory_bytes()
+    need = peak_bytes(row * int(capacity), platform) + int(other_bytes)
+    have = device_memory_bytes() if free_bytes is None else int(free_bytes)
     if have is not None and need > memory_fraction * have:
-        per_row = peak_bytes(row)
+        per_row = peak_bytes(row, platform)
         fit = max(0, int((memory_fraction * have - other_bytes) / max(per_row, 1)))
+        rest = f" plus {other_bytes / 2**30:.2f} GiB for the rest of the run" if other_bytes else ""
         raise ReplayCapacityError(
-            f"replay buffer of {int(capacity):,} transitions ({row} bytes each) needs "
-            f"{need / 2**30:.2f} GiB at its peak but the device has {have / 2**30:.2f} GiB available "
-            f"({memory_fraction:.0%} usable); lower buffer_size to at most {fit:,} (or num_envs / "
-            "batch_size, or store observations in bfloat16)")
+            f"replay buffer of {int(capacity):,} transitions ({row:,} bytes each) needs "
+            f"{peak_bytes(row * int(capacity), platform) / 2**30:.2f} GiB at its peak{rest}, but the "
+            f"device has {have / 2**30:.2f} GiB free ({memory_fraction:.0%} usable): lower buffer_size "
+            f"to at most {fit:,} transitions.  num_envs (env state, rows written per step) and "
+            "batch_size x updates_per_step (rows sampled per step) take device memory too")
     return need, have
 
 

@@ -1,4 +1,5 @@
-"""jaxrl.nets: norm-bounded blocks (unit dense, bounded BN / RMSNorm, projection) and heads."""
+"""jaxrl.nets: norm-bounded blocks (unit dense, bounded BN / RMSNorm, projection) and FlashSAC's heads;
+plain MLPs (`mlp`: SAC's MLP and twin Q) and PPO's actor and value nets (`sde`)."""
 
 from jaxrl.nets.bounded import (
     BoundedBatchNorm,

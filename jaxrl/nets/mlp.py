@@ -4,17 +4,39 @@ Mixed precision as in the large-batch SAC (ALGORITHMS.md §2): parameters are fl
 layers compute in ``compute_dtype`` (bfloat16 halves the matmul cost on GPUs and TPUs); the output
 layer computes in float32 on the float32-cast last hidden activation, so Q-values and policy
 statistics keep full precision.  Initialisation: lecun-uniform kernels, zero biases; no LayerNorm.
+
+`hidden_layers` is the trunk every plain MLP here is made of (SAC's `MLP` and PPO's actor and
+critic in `jaxrl.nets.sde`); each caller picks its activation, kernel init and compute dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 LECUN_UNIFORM = nn.initializers.lecun_uniform()
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "elu": nn.elu, "relu": nn.relu, "swish": nn.swish, "tanh": jnp.tanh,
+}
+
+
+def hidden_layers(x: jax.Array, widths: Sequence[int], activation: str, *,
+                  dtype: Any = None, kernel_init: Callable = nn.linear.default_kernel_init) -> jax.Array:
+    """Dense + ``activation`` per width, named ``hidden_0`` ... ``hidden_{n-1}``.
+
+    Call it inside a ``@nn.compact`` method: the layers are created in (and their parameters
+    belong to) the calling module.  ``dtype`` is the compute dtype (None: the inputs'); parameters
+    are float32; biases start at zero.
+    """
+    act = ACTIVATIONS[activation]
+    for i, width in enumerate(widths):
+        x = act(nn.Dense(width, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                         name=f"hidden_{i}")(x))
+    return x
 
 
 class MLP(nn.Module):
@@ -30,10 +52,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        for i, width in enumerate(self.hidden):
-            x = nn.Dense(width, dtype=self.compute_dtype, param_dtype=jnp.float32,
-                         kernel_init=LECUN_UNIFORM, name=f"hidden_{i}")(x)
-            x = nn.swish(x)
+        x = hidden_layers(x, self.hidden, "swish", dtype=self.compute_dtype, kernel_init=LECUN_UNIFORM)
         return nn.Dense(self.out, dtype=jnp.float32, param_dtype=jnp.float32,
                         kernel_init=LECUN_UNIFORM, name="out")(x.astype(jnp.float32))
 

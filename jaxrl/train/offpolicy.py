@@ -108,11 +108,16 @@ class OffPolicyLoop(HostLoop):
     def preflight(self) -> None:
         """Before compiling: say how much memory the replay buffer takes at its peak and how much
         the device has free, and refuse a buffer that cannot fit (naming the knobs)."""
-        obs = jax.eval_shape(self.env.reset, jax.random.PRNGKey(0)).obs
-        need, have = replay.check_memory(self._example(obs), self.s.buffer_size)
+        carry = jax.eval_shape(self.init_carry)  # shapes only: nothing is allocated
+        rest = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(carry.replace(buffer=None)))
+        # One iteration's sampled rows (batch x updates when sampled at once) live beside it.
+        rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)
+        example = self._example(carry.env_state.obs)
+        rest += rows * replay.nbytes(example, 1)
+        need, have = replay.check_memory(example, self.s.buffer_size, other_bytes=rest)
         free = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
-        notice(f"replay buffer {self.s.buffer_size:,} transitions: {need / 2**30:.2f} GiB at peak; "
-               f"device free memory {free}")
+        notice(f"replay buffer {self.s.buffer_size:,} transitions + agent, env state and sampled "
+               f"batch: {need / 2**30:.2f} GiB at peak; device free memory {free}")
 
     def init_carry(self) -> OffPolicyCarry:
         key = jax.random.PRNGKey(self.seed)

@@ -206,6 +206,47 @@ def test_lift_presets_match_the_table(task):
     assert deploy == {"push_config.enable": True, sac.DOMAIN_RANDOMIZATION: True}
 
 
+GIB = 2**30
+
+
+@pytest.mark.parametrize("task", ["T1JoystickFlatTerrain", "G1JoystickFlatTerrain"])
+def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task):
+    """Issue #12 item 8, from abstract shapes (``jax.eval_shape`` of the loop's carry: nothing is
+    allocated).  A transition holds obs and next_obs (float32 'state' + 'privileged_state'), the
+    action, the reward and two flags:
+      T1: state 85 + privileged 180, 23 actions -> 2,218 B; 1M rows 2.07 GiB
+      G1: state 103 + privileged 216, 29 actions -> 2,674 B; 1M rows 2.49 GiB
+    On top: the agent (actor, twin critic, target, AdamW moments, normalisers) 0.03 GiB, the env
+    state of 4096 envs 0.20 GiB (T1) / 0.25 GiB (G1), and the one sample of updates_per_step x
+    batch_size rows per iteration 0.54 GiB (T1: 16 x 16384) / 0.78 GiB (G1: 19 x 16384).
+    Total 2.8 GiB (T1) / 3.5 GiB (G1): far inside the 80% of 24 GB (17.9 GiB) the check allows.
+    Not counted (XLA temporaries, measured only on a GPU): the physics step's intermediates and the
+    update's activations at batch 16384 (a 1024-wide bf16 layer is 32 MiB)."""
+    from jaxrl.data import replay
+    from jaxrl.train import registry
+
+    cfg = sac.SACConfig.lift(task)
+    assert (cfg.num_envs, cfg.buffer_size) == (4096, 1_000_000)
+    env = envs.make(task, num_envs=cfg.num_envs, **dict(cfg.env_overrides))
+    loop = registry.get("sac").make_loop(cfg, env, None, 10**9, 0, 10)
+    carry = jax.eval_shape(loop.init_carry)
+    size = functools.partial(replay.nbytes, capacity=1)  # bytes of a pytree of abstract arrays
+    row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.buffer.data)
+    per_row = {"T1JoystickFlatTerrain": 2218, "G1JoystickFlatTerrain": 2674}[task]
+    assert replay.nbytes(row, 1) == per_row and size(carry.buffer.data) == per_row * 10**6
+    sampled = per_row * cfg.updates_per_step * cfg.batch_size
+    other = size(carry.agent) + size(carry.env_state) + sampled
+    assert size(carry.agent) < 0.05 * GIB and size(carry.env_state) < 0.3 * GIB and sampled < 0.8 * GIB
+    need, have = replay.check_memory(row, cfg.buffer_size, other_bytes=other, free_bytes=24 * 10**9,
+                                     platform="gpu")
+    assert need < 4 * GIB and have == 24 * 10**9
+    # ten times the buffer (22-27 GB) does not fit: refused before anything is allocated
+    with pytest.raises(replay.ReplayCapacityError, match=r"lower buffer_size to at most [\d,]+ "
+                       r"transitions\.  num_envs .*batch_size x updates_per_step"):
+        replay.check_memory(row, 10 * cfg.buffer_size, other_bytes=other, free_bytes=24 * 10**9,
+                            platform="gpu")
+
+
 def test_env_overrides_become_playground_sub_configs():
     from mujoco_playground import registry as pg
 
@@ -277,10 +318,14 @@ def test_sac_cpu_preset_learns_cartpole_balance():
 def test_lift_smoke_trains_checkpoints_and_exports_t1(tmp_path):
     """lift-smoke on T1JoystickFlatTerrain (episodes cut to 20 steps): compiles, trains 2 chunks
     without NaN, writes a checkpoint; ONNX and npz exports equal the JAX export ops to 1e-5 and
-    the bf16 agent within 5e-2."""
+    the bf16 agent within 5e-2.  Then the lifecycle on the same run: `jaxrl eval RUN --video`
+    (2 episodes, a 64x48 video; evaluation only where there is no OpenGL) and `sim2sim` of the
+    ONNX file in MuJoCo C (1 episode of 5 steps).  Measured alone on 2 shared cores, warm
+    compilation cache: ~50 s train + export, ~15 s eval + video, ~25 s sim2sim."""
+    import imageio_ffmpeg
     import onnxruntime as ort
 
-    from jaxrl.io import export, lifecycle
+    from jaxrl.io import export, lifecycle, sim2sim, video
     from jaxrl.io.checkpoint import CheckpointManager
     from jaxrl.train import run
 
@@ -308,6 +353,25 @@ def test_lift_smoke_trains_checkpoints_and_exports_t1(tmp_path):
     np.testing.assert_allclose(got_npz, want, atol=1e-5)
     bf16 = sac.act(agent, obs, None, cfg, deterministic=True)[0]
     np.testing.assert_allclose(bf16, want, atol=5e-2)
+
+    # eval: the exported ops read obs["state"] through the normaliser, as the actor does
+    try:
+        report = lifecycle.evaluate_run(out, episodes=2, video=out / "eval.mp4", height=48, width=64)
+    except RuntimeError as e:
+        if video.GL_HELP not in str(e):
+            raise
+        report = lifecycle.evaluate_run(out, episodes=2)  # no OpenGL on this machine: no video
+    assert len(report["returns"]) == 2 and all(1 <= n <= 20 for n in report["lengths"])
+    assert np.isfinite(report["mean_return"]) and (out / "eval.json").exists()
+    if "video" in report:
+        reader = imageio_ffmpeg.read_frames(report["video"])
+        assert next(reader)["size"] == (64, 48)
+        assert sum(1 for _ in reader) == 20  # 20 steps at 50 Hz: every step a frame
+    # sim2sim: the ONNX file exported above, stepped by MuJoCo C vs MJX from the same states
+    s2s = sim2sim.sim2sim(out, episodes=1, max_steps=5)
+    assert s2s["policy"] == str(onnx_path) and s2s["mujoco_step_calls"] == s2s["mujoco_lengths"][0]
+    assert s2s["mjx_lengths"] == s2s["mujoco_lengths"] and 1 <= s2s["mujoco_lengths"][0] <= 5
+    assert abs(s2s["relative_gap"]) < 0.05, s2s  # measured 3e-4 over 5 steps
 
 
 def test_domain_randomization_switch_picks_playgrounds_randomizer_or_refuses():

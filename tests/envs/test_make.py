@@ -184,3 +184,21 @@ def test_runtime_enables_compilation_cache_but_leaves_matmul_precision_process_w
     assert jax.config.jax_compilation_cache_dir
     if "JAX_DEFAULT_MATMUL_PRECISION" not in __import__("os").environ:
         assert jax.config.jax_default_matmul_precision is None
+
+
+def test_reset_and_step_states_have_one_signature_so_a_jitted_rollout_compiles_once():
+    """MJX's reset leaves ``data.time`` weakly typed (CheetahRun, T1) and a step makes it strong:
+    a jitted function fed a fresh state and then a stepped one would compile twice (a 17 s
+    recompile per T1 rollout on an H100).  The wrapper hands out one signature."""
+    env = envs.make("CheetahRun", num_envs=2, episode_length=5, impl="warp")  # warp: compiles fast on CPU
+
+    def signature(state):
+        return [(jax.tree_util.keystr(p), x.shape, x.dtype, x.weak_type)
+                for p, x in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+    step = jax.jit(lambda s: env.step(s, jnp.zeros((2, env.action_size))))
+    fresh = env.reset(jax.random.PRNGKey(0))
+    stepped = step(fresh)
+    assert signature(fresh) == signature(stepped)
+    step(stepped)
+    assert step._cache_size() == 1

@@ -253,3 +253,12 @@ def test_train_and_io_modules_import_each_other_without_cycles():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+def test_xdist_group_marks_take_effect(request):
+    """Files whose module fixtures train runs are kept on one xdist worker by their
+    ``xdist_group`` mark; if pytest or pytest-xdist stop honouring it, every worker trains those
+    runs again and the suite's time grows by minutes (pytest 9 + xdist 3.8 did this silently)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run under `pytest -n N --dist loadgroup`")
+    assert request.node.nodeid.endswith("@core"), request.node.nodeid
