@@ -203,7 +203,7 @@ def test_missing_warp_falls_back_to_jax_with_a_notice(monkeypatch, capsys):
     from envs import registry as env_registry
 
     monkeypatch.setattr(env_registry, "warp_available", lambda: False)
-    assert env_registry._choose_impl("CheetahRun", None, "warp") == "jax"
+    assert env_registry._choose_impl("T1JoystickFlatTerrain", None, "warp") == "jax"  # warp default on CPU
     assert "warp-lang is not installed" in capsys.readouterr().err
     with pytest.raises(ImportError, match="pip install warp-lang"):
         env_registry._choose_impl("CheetahRun", "warp", "warp")
