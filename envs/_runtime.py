@@ -9,6 +9,13 @@
   learner can still use TF32 / bf16.
 * A quiet console: MJX-Warp's per-step overflow prints and warp's module-load lines are off
   unless ``JAXRL_VERBOSE=1`` or `set_verbose(True)` (CLI ``--verbose``).
+* One CPU device per core: XLA:CPU shows one device by default, so a data-parallel program
+  (`jaxrl.train.parallel`) would leave all cores but one idle for simulation.  Before JAX starts
+  its backends we ask for ``os.cpu_count()`` host devices (``--xla_force_host_platform_device_count``),
+  unless the user's own ``XLA_FLAGS`` already set it or ``JAXRL_CPU_DEVICES=N`` chooses N
+  (``JAXRL_CPU_DEVICES=1`` restores XLA's default).  Not with a jaxlib whose batched LAPACK
+  kernels deadlock on several CPU devices (`lapack_deadlock_prone`; excluded by pyproject.toml
+  too).  GPUs and TPUs are unaffected.
 """
 
 from __future__ import annotations
@@ -34,12 +41,73 @@ def default_cache_dir() -> Path | None:
     return base / "jaxrl" / "xla"
 
 
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def cpu_device_count() -> int:
+    """Host devices we ask XLA:CPU for: ``JAXRL_CPU_DEVICES`` or one per core."""
+    value = os.environ.get("JAXRL_CPU_DEVICES", "")
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"JAXRL_CPU_DEVICES={value!r}: give a positive integer (1 = XLA's default)")
+        return n
+    return max(1, os.cpu_count() or 1)
+
+
+def lapack_deadlock_prone(version: str | None = None) -> bool:
+    """Whether this jaxlib's batched LAPACK kernels (QR of orthogonal initialisers, MJX's
+    Cholesky) can deadlock with several CPU devices: they split their batch over the intra-op
+    thread pool and wait for it from a pool thread, so devices running one at once exhaust the
+    pool.  Reproduced here with a replicated batched QR on 2 CPU devices: jaxlib 0.10.2 and 0.11.0
+    hang; 0.9.2, 0.11.2 and 0.12 finish (0.11.1 is treated as prone too: it finished once, which
+    proves nothing for a race; 0.11.2 builds the parallel path out)."""
+    version = jaxlib_version() if version is None else version
+    return version.startswith("0.10.") or version.split("+")[0] in ("0.11.0", "0.11.1")
+
+
+def jaxlib_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxlib")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _set_cpu_devices() -> None:
+    """Ask for `cpu_device_count` host devices when nobody chose and JAX's backends are not up yet
+    (XLA reads the flag once, when the CPU backend starts).  Not on a jaxlib that can deadlock
+    with several CPU devices (`lapack_deadlock_prone`): one device there, with a notice."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _DEVICE_FLAG in flags:
+        return  # the user's choice
+    try:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return  # too late for this process; nothing to do without a restart
+    except (ImportError, AttributeError):  # private API moved: stay on the safe side
+        return
+    n = cpu_device_count()
+    if n > 1 and lapack_deadlock_prone():
+        notice(f"jaxlib {jaxlib_version()} can deadlock with several CPU devices (batched LAPACK "
+               "kernels): using one CPU device; jax 0.9 or >= 0.11.2 gives one per core")
+        return
+    if n > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={n}".strip()
+
+
 def configure() -> None:
     """Apply the settings above (idempotent)."""
     global _DONE
     if _DONE:
         return
     _DONE = True
+    _set_cpu_devices()
     cache = default_cache_dir()
     if cache is not None and jax.config.jax_compilation_cache_dir is None:
         cache.mkdir(parents=True, exist_ok=True)

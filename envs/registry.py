@@ -258,5 +258,42 @@ def make(
         env, default_len = _load_playground(name, impl, menagerie_path, overrides)
     else:
         env, default_len = _load_brax(name, overrides)
+    _model_on_this_host(env)
     length = default_len if episode_length is None else episode_length
-    return VecEnv(env, num_envs, length, name=name, seed=seed, randomization_fn=randomization_fn)
+    vec = VecEnv(env, num_envs, length, name=name, seed=seed, randomization_fn=randomization_fn)
+    if vec.spec.has_privileged_state:
+        vec.state_in_privileged = _state_in_privileged(name, src, env)
+    return vec
+
+
+def _model_on_this_host(env: Any) -> None:
+    """Under several hosts (``jax.distributed``), move the task's MJX model to this host's first
+    device: ``mjx.put_model`` places it on ``jax.devices()[0]``, which is host 0's device on every
+    other host (whose arrays it could then neither read nor pass into a program)."""
+    if jax.process_count() == 1:
+        return
+    from mujoco import mjx
+
+    inner = getattr(env, "unwrapped", env)
+    model = getattr(inner, "_mjx_model", None)
+    if model is None or not hasattr(inner, "mj_model"):
+        return
+    local = jax.local_devices()[0]
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(model)):
+        return
+    inner._mjx_model = mjx.put_model(inner.mj_model, impl=model.impl, device=local)
+    if hasattr(inner, "_data_template"):  # our manipulation tasks keep an mjx.Data to copy from
+        inner._data_template = jax.device_put(mjx.make_data(inner._mjx_model), local)
+
+
+def _state_in_privileged(name: str, source: str, env: Any) -> bool:
+    """Whether ``privileged_state`` begins with ``state``: our tasks say so (``STATE_IN_PRIVILEGED``),
+    and every Playground locomotion task builds it as ``hstack([state, ...])`` (checked by value
+    for T1 and G1 in tests/envs/test_menagerie.py)."""
+    if source == "jaxrl":
+        return bool(getattr(getattr(env, "unwrapped", env), "STATE_IN_PRIVILEGED", False))
+    if source == "playground":
+        from mujoco_playground._src import locomotion
+
+        return name in locomotion.ALL_ENVS
+    return False

@@ -132,12 +132,17 @@ class VecEnv:
         self.episode_length = int(episode_length)
         self.seed = int(seed)
         self._randomization_fn = randomization_fn
+        self.mesh = None  # a `jax.sharding.Mesh` after `distribute`: the env axis is split over it
         self._model_batch = None
         self._model_axes = None
         if randomization_fn is not None:
             keys = jax.random.split(jax.random.PRNGKey(self.seed ^ 0x5EED), self.num_envs)
             self._model_batch, self._model_axes = randomization_fn(env.mjx_model, keys)
         self.spec = self._make_spec()
+        # True when the actor's `state` is the first entries of `privileged_state` (always for
+        # flat tasks; `envs.make` knows it for tasks that build privileged_state as [state, ...]):
+        # replay then stores privileged_state alone.
+        self.state_in_privileged = not self.spec.has_privileged_state
         self._reset_jit = jax.jit(self._reset)
         self._step_jit = jax.jit(self._step)
 
@@ -191,17 +196,65 @@ class VecEnv:
         finally:
             inner._mjx_model = saved
 
-    def _vmapped(self, fn_name: str, *args):
+    def _vmapped(self, fn_name: str, model_batch: Any, *args):
+        """env.reset / env.step vmapped over the envs of ``args`` (all of them, or one device's
+        share under `distribute`); ``model_batch`` holds those envs' randomised models."""
         # Physics is traced under 'highest' matmul precision, and only physics: MJX's solver is
         # sensitive to the TF32 / bf16 matmuls a GPU uses by default (the NaNs reported for
         # Playground humanoids), while learners keep the precision their config asks for.
         with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
-            if self._model_batch is None:
+            if model_batch is None:
                 return jax.vmap(lambda *a: self._env_call(fn_name, None, *a))(*args)
             return jax.vmap(
                 lambda m, *a: self._env_call(fn_name, m, *a),
                 in_axes=(self._model_axes,) + (0,) * len(args),
-            )(self._model_batch, *args)
+            )(model_batch, *args)
+
+    # -------------------------------------------------------------- devices
+    def distribute(self, mesh: Any) -> VecEnv:
+        """This env with its env axis split over ``mesh`` (`jaxrl.train.parallel`): each device
+        resets and steps its own ``num_envs / mesh.size`` envs under `jax.shard_map`; counters
+        stay global sums.  None (or a one-device mesh): an undistributed copy."""
+        import copy
+
+        size = 1 if mesh is None else mesh.size
+        if self.num_envs % size:
+            raise ValueError(f"{self.name}: num_envs={self.num_envs} cannot be split over {size} "
+                             f"devices; use a multiple of {size} envs or fewer devices")
+        env = copy.copy(self)
+        env.mesh = mesh if size > 1 else None
+        env._reset_jit = jax.jit(env._reset)
+        env._step_jit = jax.jit(env._step)
+        env.__dict__.pop("_inner_specs", None)
+        return env
+
+    @functools.cached_property
+    def _inner_specs(self) -> Any:
+        """Partition specs of the task's batched state: env-axis leaves split, the rest (unbatched
+        placeholders in MJX-Warp data) replicated.  Traced once on abstract shapes."""
+        from jax.sharding import PartitionSpec as P
+
+        shapes = jax.eval_shape(
+            lambda k: self._vmapped("reset", self._model_batch, jax.random.split(k, self.num_envs)),
+            jax.random.PRNGKey(0))
+        split = P(self.mesh.axis_names[0])
+        return jax.tree.map(lambda x: split if x.ndim and x.shape[0] == self.num_envs else P(), shapes)
+
+    def _local(self, fn: Callable, n_split: int, out_specs: Any, inner: bool = True) -> Callable:
+        """``fn(model_batch, inner, *arrays)`` on each device's envs: ``inner`` (may be None) is
+        the task state, the ``n_split`` arrays have a leading env axis.  Itself without a mesh."""
+        if self.mesh is None:
+            return fn
+        from jax.sharding import PartitionSpec as P
+
+        split = P(self.mesh.axis_names[0])
+        model = P() if self._model_batch is None else jax.tree.map(
+            lambda a: split if a == 0 else P(), self._model_axes, is_leaf=lambda a: a is None)
+        # check_vma=False: MJX's solver trips the varying-manual-axes check (every input here is
+        # either split over the envs or really replicated).
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=(model, self._inner_specs if inner else P())
+                             + (split,) * n_split,
+                             out_specs=out_specs, check_vma=False)
 
     # ---------------------------------------------------------------- reset
     def reset(self, key: jax.Array | None = None) -> EnvState:
@@ -212,9 +265,15 @@ class VecEnv:
             return self._reset(key)
         return self._reset_jit(key)
 
+    def _reset_envs(self, model: Any, _inner: Any, keys: jax.Array) -> Any:
+        return _strong(self._vmapped("reset", model, keys))
+
     def _reset(self, key: jax.Array) -> EnvState:
         key, sub = jax.random.split(key)
-        inner = _strong(self._vmapped("reset", jax.random.split(sub, self.num_envs)))
+        # Keys for ALL envs, then each device takes its share: D devices draw what one device does.
+        keys = jax.random.split(sub, self.num_envs)
+        specs = self._inner_specs if self.mesh is not None else None
+        inner = self._local(self._reset_envs, 1, specs, inner=False)(self._model_batch, None, keys)
         obs = _split_obs(inner.obs)
         n = self.num_envs
         zeros_f = jnp.zeros((n,), jnp.float32)
@@ -277,16 +336,39 @@ class VecEnv:
             )
         return self._step_jit(state, action)
 
+    def _physics(self, model: Any, inner: Any, action: jax.Array, keys: jax.Array,
+                 step: jax.Array):
+        """The per-env part of `step` (each device's envs under `distribute`): the task's step,
+        its end-of-episode flags, and a fresh reset for the envs that ended."""
+        stepped = _strong(self._vmapped("step", model, inner, action))
+        reward = stepped.reward.astype(jnp.float32)
+        done_raw = stepped.done
+        terminated = done_raw.astype(bool) if done_raw.dtype == bool else done_raw > 0.5
+        truncated = (step >= self.episode_length) & ~terminated
+        done = terminated | truncated
+
+        def with_reset(x):
+            return _select(done, self._reset_envs(model, None, keys), x)
+
+        new_inner = jax.lax.cond(jnp.any(done), with_reset, lambda x: x, stepped)
+        return new_inner, stepped.obs, reward, terminated, truncated, self._solver_limit_hit(stepped)
+
     def _step(self, state: EnvState, action: jax.Array) -> EnvState:
         action = self.check_action(action)
         finite = jnp.all(jnp.isfinite(action), axis=-1)
-        inner = _strong(self._vmapped("step", state.inner, action))
-        next_obs = _split_obs(inner.obs)
-        reward = inner.reward.astype(jnp.float32)
-        task_done = inner.done.astype(bool) if inner.done.dtype == bool else inner.done > 0.5
         step = state.episode_step + 1
-        terminated = task_done
-        truncated = (step >= self.episode_length) & ~task_done
+        key, sub = jax.random.split(state.key)
+        keys = jax.random.split(sub, self.num_envs)  # all envs' reset keys (see `_reset`)
+        if self.mesh is not None:
+            from jax.sharding import PartitionSpec as P
+
+            split = P(self.mesh.axis_names[0])
+            out = (self._inner_specs, split, split, split, split, split)
+        else:
+            out = None
+        new_inner, raw_next_obs, reward, terminated, truncated, hit = self._local(
+            self._physics, 3, out)(self._model_batch, state.inner, action, keys, step)
+        next_obs = _split_obs(raw_next_obs)
         done = terminated | truncated
         ep_return = state.episode_return + reward
 
@@ -299,14 +381,6 @@ class VecEnv:
             last_return=jnp.where(done, ep_return, stats.last_return),
             last_length=jnp.where(done, step, stats.last_length),
         )
-
-        key, sub = jax.random.split(state.key)
-
-        def with_reset(inner):
-            fresh = self._vmapped("reset", jax.random.split(sub, self.num_envs))
-            return _select(done, fresh, inner)
-
-        new_inner = jax.lax.cond(jnp.any(done), with_reset, lambda x: x, inner)
         return EnvState(
             inner=new_inner,
             obs=_split_obs(new_inner.obs),
@@ -319,18 +393,21 @@ class VecEnv:
             stats=stats,
             nonfinite_actions=state.nonfinite_actions + (~finite).sum(dtype=jnp.int32),
             key=key,
-            solver_limit_hits=state.solver_limit_hits + self._solver_limit_hits(inner),
+            solver_limit_hits=state.solver_limit_hits + hit.sum(dtype=jnp.int32),
         )
 
     # ------------------------------------------------------------- helpers
-    def _solver_limit_hits(self, inner: Any) -> jax.Array:
-        """Envs of this step whose MJX solver used all its iterations (0 when not exposed)."""
+    def _solver_limit_hit(self, inner: Any) -> jax.Array:
+        """[N] bool: envs of this step whose MJX solver used all its iterations (all False when
+        the backend does not expose it)."""
         niter = getattr(getattr(getattr(inner, "data", None), "_impl", None), "solver_niter", None)
         model = getattr(getattr(self.env, "unwrapped", self.env), "mjx_model", None)
         iterations = getattr(getattr(model, "opt", None), "iterations", None)
+        n = jnp.shape(inner.reward)[0]
         if niter is None or iterations is None:
-            return jnp.zeros((), jnp.int32)
-        return jnp.sum(niter >= iterations, dtype=jnp.int32)
+            return jnp.zeros((n,), bool)
+        return jnp.broadcast_to(niter >= iterations, (n,)) if jnp.ndim(niter) <= 1 else \
+            jnp.any(niter >= iterations, axis=tuple(range(1, jnp.ndim(niter))))
 
     @functools.cached_property
     def random_action_fn(self) -> Callable[[jax.Array], jax.Array]:

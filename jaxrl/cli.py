@@ -4,8 +4,9 @@
     jaxrl train flashsac --env CartpoleBalance --steps 60000 --out runs/cp [--preset cpu|paper] [--config.batch-size 512 ...]
     jaxrl train flashsac --env CartpoleSwingup --init-from runs/cp [--init-parts actor,critic] --out runs/swingup
     jaxrl train ppo --env CartpoleBalance --steps 200000 --out runs/ppo [--resets FILE --mix 0.25,0.25,0.25,0.25]
-    jaxrl resume RUN_DIR
-    jaxrl export RUN_DIR --format onnx|npz [--out FILE]
+    jaxrl train flashsac --env CartpoleBalance --seeds 4 --devices 2 --out runs/cp4    # 4 seeds, 2 devices
+    jaxrl resume RUN_DIR [--devices N]
+    jaxrl export RUN_DIR --format onnx|npz [--out FILE] [--seed I]
     jaxrl eval RUN_DIR --episodes 10 [--video out.mp4 --grid 4]
     jaxrl sim2sim RUN_DIR --episodes 3
     jaxrl resets build --task NAME --per-type N --out FILE
@@ -93,6 +94,8 @@ class TrainArgs:
     progress: Annotated[bool, _help("live progress bar (env steps, steps/s, eval return, ETA)")] = True
     verbose: Annotated[bool, _help("show the simulators' raw console messages (warp module loads, solver-limit prints)")] = False
     wandb: Annotated[bool, _help("also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")] = False
+    devices: Annotated[int | None, _help("data parallel over N devices (default: every visible device that divides num_envs and the batch)")] = None
+    seeds: Annotated[int, _help("train K seeds (--seed, --seed+1, ...) as one vmapped program; rows hold mean, 95% interval and each seed")] = 1
 
 
 def _chosen_preset(rest: list[str]) -> tuple[str, str]:
@@ -160,8 +163,22 @@ def train_cmd(argv: list[str]) -> None:
     run.train(algo.name, a.env, a.config, steps=a.steps, seed=a.seed, out_dir=a.out, resets=resets,
               num_evals=a.num_evals, progress=a.progress, checkpoint_every_s=a.checkpoint_every_s,
               overwrite=a.overwrite, wandb=a.wandb, init_from=a.init_from,
-              init_parts=a.init_parts.split(",") if a.init_parts else None)
-    print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
+              init_parts=a.init_parts.split(",") if a.init_parts else None, devices=a.devices,
+              seeds=a.seeds)
+    import jax
+
+    if jax.process_index() == 0:  # several hosts: process 0 writes the run folder
+        print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeArgs:
+    """Continue a run from its newest verified checkpoint (from step 0 if it has none yet)."""
+
+    run_dir: str
+    devices: int | None = None  # data parallel over N devices; need not be the count it trained on
+    progress: bool = True  # live progress bar
+    verbose: bool = False  # show the simulators' raw console messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,12 +189,13 @@ class ExportArgs:
     format: Literal["onnx", "npz"] = "onnx"
     out: str | None = None  # default: RUN_DIR/policy.<format>
     checkpoint: Literal["latest", "best"] = "latest"
+    seed: int | None = None  # a run of K seeds: which one to export (0..K-1)
 
 
 def export_cmd(a: ExportArgs) -> Path:
     from jaxrl.io import lifecycle
 
-    return lifecycle.export_run(a.run_dir, fmt=a.format, out=a.out, which=a.checkpoint)
+    return lifecycle.export_run(a.run_dir, fmt=a.format, out=a.out, which=a.checkpoint, seed_index=a.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +211,7 @@ class EvalArgs:
     camera: str = "auto"  # camera name or id; auto: the task's first camera, else -1 (free camera)
     checkpoint: Literal["latest", "best"] = "latest"
     seed: int = 0  # seed of the evaluation episodes' initial states
+    seed_index: int | None = None  # a run of K seeds: whose policy (0..K-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +224,7 @@ class Sim2SimArgs:
     checkpoint: Literal["latest", "best"] = "latest"  # exported when no policy file exists yet
     seed: int = 0  # seed of the initial states
     max_steps: int | None = None  # cap episode length (default: the task's)
+    seed_index: int | None = None  # a run of K seeds: whose policy (0..K-1)
 
 
 def _with_run_dir(rest: list[str]) -> list[str]:
@@ -236,20 +256,23 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     cmd, rest = argv[0], argv[1:]
+    if cmd in ("train", "resume"):
+        from jaxrl.train import parallel
+
+        parallel.initialize_distributed()  # a no-op unless launched as one of several hosts
     if cmd == "list-envs":
         list_envs(tyro.cli(ListEnvs, args=rest, prog="jaxrl list-envs"))
     elif cmd == "train":
         train_cmd(rest)
     elif cmd == "resume":
-        if not rest or rest[0].startswith("-"):
-            raise SystemExit("usage: jaxrl resume RUN_DIR [--verbose]")
+        a = tyro.cli(ResumeArgs, args=_with_run_dir(rest), prog="jaxrl resume RUN_DIR")
         from jaxrl.train import run
 
-        if "--verbose" in rest:
+        if a.verbose:
             import envs
 
             envs.set_verbose(True)
-        run.resume(rest[0])
+        run.resume(a.run_dir, devices=a.devices, progress=a.progress)
     elif cmd == "export":
         print(export_cmd(tyro.cli(ExportArgs, args=_with_run_dir(rest), prog="jaxrl export RUN_DIR")))
     elif cmd == "eval":
@@ -258,14 +281,14 @@ def main(argv: list[str] | None = None) -> None:
         a = tyro.cli(EvalArgs, args=_with_run_dir(rest), prog="jaxrl eval RUN_DIR")
         report = lifecycle.evaluate_run(a.run_dir, episodes=a.episodes, which=a.checkpoint, seed=a.seed,
                                         video=a.video, grid=a.grid, height=a.height, width=a.width,
-                                        camera=_camera(a.camera))
+                                        camera=_camera(a.camera), seed_index=a.seed_index)
         print(json.dumps(report, indent=1))
     elif cmd == "sim2sim":
         from jaxrl.io import sim2sim
 
         a = tyro.cli(Sim2SimArgs, args=_with_run_dir(rest), prog="jaxrl sim2sim RUN_DIR")
         report = sim2sim.sim2sim(a.run_dir, episodes=a.episodes, policy_file=a.policy, which=a.checkpoint,
-                                 seed=a.seed, max_steps=a.max_steps)
+                                 seed=a.seed, max_steps=a.max_steps, seed_index=a.seed_index)
         print(sim2sim.format_report(report))
     elif cmd == "resets":
         if not rest or rest[0] != "build":

@@ -108,6 +108,9 @@ class ManipulationTask:
     ``drift_points(data) -> [k, 3]``.
     """
 
+    # Subclasses build privileged_state as [state, extras]: replay stores it once (slicing state).
+    STATE_IN_PRIVILEGED = True
+
     xml_file: str = ""
     n_substeps: int = 1
     action_groups: tuple[ActionGroup, ...] = ()

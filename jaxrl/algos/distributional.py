@@ -30,10 +30,11 @@ def project(target_atoms: jax.Array, probs: jax.Array, v_min: float, v_max: floa
     p = probs.reshape(-1, k)
     lower = lower.reshape(-1, k).astype(jnp.int32)
     frac = frac.reshape(-1, k)
-    rows = jnp.arange(p.shape[0])[:, None]
-    out = jnp.zeros_like(p).at[rows, lower].add(p * (1.0 - frac))
-    out = out.at[rows, lower + 1].add(p * frac)
-    return out.reshape(*lead, k)
+
+    def one_row(p, lower, frac):  # vmapped: a scatter per row, local to a batch split over devices
+        return jnp.zeros_like(p).at[lower].add(p * (1.0 - frac)).at[lower + 1].add(p * frac)
+
+    return jax.vmap(one_row)(p, lower, frac).reshape(*lead, k)
 
 
 def expectation(probs: jax.Array, support: jax.Array) -> jax.Array:

@@ -32,7 +32,8 @@ from envs.specs import EnvSpec
 from jaxrl.algos import distributional
 from jaxrl.data.transition import Transition
 from jaxrl.nets.bounded import BIAS, UNIT_KERNEL, project
-from jaxrl.nets.heads import TanhGaussianActor, critic_ensemble, sample_tanh_gaussian
+from jaxrl.nets.heads import (TanhGaussianActor, critic_ensemble, half_rows, pair_rows,
+                              sample_tanh_gaussian)
 
 ENSEMBLE_SIZE = 2
 # Playground humanoids whose joystick tasks use gamma 0.97 in the paper.
@@ -88,6 +89,8 @@ class FlashSACConfig:
     actor_obs_key: str = "state"  # what the deployed policy sees
     # learner matmul precision (None: JAX's default, TF32 on recent GPUs); physics stays 'highest'
     matmul_precision: str | None = None
+    # replay's observation dtype: "bfloat16" halves the buffer (normalised inputs tolerate it)
+    replay_obs_dtype: str = "float32"
 
     def __post_init__(self):
         def bad(field: str, value: Any, fix: str):
@@ -451,13 +454,12 @@ def actor_loss(actor_params, state: FlashSACState, batch: Transition, key, alpha
     mode, not differentiated) runs on those B pairs.  Returns (loss, (new actor stats, log π)).
     """
     obs = batch.obs[cfg.actor_obs_key]
-    b = obs.shape[0]
     (mean, log_std), upd = _actor(cfg, _action_size(state), train=True).apply(
         {"params": actor_params, "batch_stats": state.actor_stats},
-        jnp.concatenate([obs, batch.next_obs[cfg.actor_obs_key]]),
+        pair_rows(obs, batch.next_obs[cfg.actor_obs_key]),
         mutable=["batch_stats"],
     )
-    action, log_p = sample_tanh_gaussian(key, mean[:b], log_std[:b])  # [B, A], [B]
+    action, log_p = sample_tanh_gaussian(key, half_rows(mean, 0), half_rows(log_std, 0))  # [B, A], [B]
     logits = _critic(cfg, train=False).apply(
         {"params": state.critic_params, "batch_stats": state.critic_stats},
         batch.obs[cfg.critic_obs_key],
@@ -482,8 +484,8 @@ def critic_loss(critic_params, state: FlashSACState, batch: Transition, next_act
     obs = batch.obs[cfg.critic_obs_key]
     logits, upd = _critic(cfg, train=True, half=0).apply(
         {"params": critic_params, "batch_stats": state.critic_stats},
-        jnp.concatenate([obs, batch.next_obs[cfg.critic_obs_key]]),
-        jnp.concatenate([batch.action, next_action]),
+        pair_rows(obs, batch.next_obs[cfg.critic_obs_key]),
+        pair_rows(batch.action, next_action),
         mutable=["batch_stats"],
     )  # [E, B, K]: predictions for (s, a)
     loss = distributional.cross_entropy(target[None], logits).mean(-1).sum()
@@ -546,8 +548,8 @@ def critic_step(state: FlashSACState, batch: Transition, key, cfg: FlashSACConfi
     next_action, log_p_next = sample_tanh_gaussian(key, mean, log_std)
     target_logits, _ = _critic(cfg, train=True, half=1).apply(
         {"params": state.target_params, "batch_stats": state.target_stats},
-        jnp.concatenate([batch.obs[cfg.critic_obs_key], batch.next_obs[cfg.critic_obs_key]]),
-        jnp.concatenate([batch.action, next_action]),
+        pair_rows(batch.obs[cfg.critic_obs_key], batch.next_obs[cfg.critic_obs_key]),
+        pair_rows(batch.action, next_action),
         mutable=["batch_stats"],
     )
     target_logits = jax.lax.stop_gradient(target_logits)  # [E, B, K]: values at (s', a')

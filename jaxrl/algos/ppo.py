@@ -392,7 +392,8 @@ def standardize_advantages(adv: jax.Array) -> jax.Array:
 
 def rollout_batch(rollout: Rollout, cfg: PPOConfig) -> dict:
     """GAE on the [T, N] rollout, advantages standardised once over all T·N steps (returns keep
-    the raw advantages), then every array flattened to [T·N, ...]."""
+    the raw advantages), then every array flattened env-major to [N·T, ...] (each env's steps
+    together, so that envs split over devices stay contiguous blocks)."""
     adv, ret = gae(
         rollout.reward, rollout.value, rollout.next_value, rollout.terminated, rollout.truncated,
         cfg.gamma, cfg.gae_lambda,
@@ -409,21 +410,45 @@ def rollout_batch(rollout: Rollout, cfg: PPOConfig) -> dict:
         "advantage": adv,
         "return": ret,
     }
-    return jax.tree.map(lambda x: jnp.asarray(x).reshape((-1,) + x.shape[2:]), batch)
+    return jax.tree.map(lambda x: jnp.swapaxes(jnp.asarray(x), 0, 1).reshape((-1,) + x.shape[2:]), batch)
+
+
+def minibatches(batch: dict, key: jax.Array, num_minibatches: int, shards: int = 1) -> dict:
+    """One epoch's minibatches [M, B/M, ...] of the flat batch [B, ...].
+
+    The batch is cut into ``shards`` equal contiguous blocks (one per device when the envs are
+    split over devices), each block is shuffled with its own key, and minibatch m takes the m-th
+    slice of every block: every minibatch holds an equal share of each block and no row moves
+    between devices.  ``shards=1`` is one shuffle of the whole batch (rsl_rl's)."""
+    n = jax.tree.leaves(batch)[0].shape[0]
+    if n % (shards * num_minibatches):
+        raise ValueError(f"batch of {n} cannot be cut into {shards} shard(s) x {num_minibatches} "
+                         "minibatches; num_envs must be a multiple of the device count and "
+                         "num_envs*unroll_length of num_minibatches*devices")
+    per = n // shards
+    perms = jax.vmap(lambda k: jax.random.permutation(k, per))(jax.random.split(key, shards))
+
+    def cut(x):
+        x = x.reshape((shards, per) + x.shape[1:])
+        x = jax.vmap(lambda block, p: block[p])(x, perms)  # shuffle within each block
+        x = x.reshape((shards, num_minibatches, per // num_minibatches) + x.shape[2:])
+        return jnp.swapaxes(x, 0, 1).reshape((num_minibatches, n // num_minibatches) + x.shape[3:])
+
+    return jax.tree.map(cut, batch)
 
 
 def update(
-    state: PPOState, rollout: Rollout, key: jax.Array, cfg: PPOConfig
+    state: PPOState, rollout: Rollout, key: jax.Array, cfg: PPOConfig, shards: int = 1
 ) -> tuple[PPOState, dict]:
     """num_epochs × num_minibatches clipped-PPO steps on one rollout.
 
     Per minibatch: forward, analytic KL(π_old ‖ π) → adaptive lr, clipped Adam step with that lr
     (rsl_rl's order).  The observation statistics are not touched here: `observe` updated them at
     every env step of the rollout, so the update sees the statistics after the last step (as in
-    rsl_rl).  Metrics are means over all minibatches (lr: final).
+    rsl_rl).  Minibatches are drawn within ``shards`` blocks of envs (`minibatches`; the loop
+    passes its device count).  Metrics are means over all minibatches (lr: final).
     """
     batch = rollout_batch(rollout, cfg)
-    n = cfg.batch_size
     opt = _optimizer(cfg)
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
@@ -437,11 +462,7 @@ def update(
         return (params, opt_state, lr), metrics
 
     def epoch(carry, k):
-        perm = jax.random.permutation(k, n)
-        mbs = jax.tree.map(
-            lambda x: x[perm].reshape((cfg.num_minibatches, -1) + x.shape[1:]), batch
-        )
-        return jax.lax.scan(minibatch_step, carry, mbs)
+        return jax.lax.scan(minibatch_step, carry, minibatches(batch, k, cfg.num_minibatches, shards))
 
     carry = (state.params, state.opt_state, state.lr)
     (params, opt_state, lr), metrics = jax.lax.scan(

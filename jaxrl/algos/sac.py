@@ -12,7 +12,8 @@ One gradient step (`update`), in the recipe's order:
 AdamW (weight decay also on log α), no gradient clipping, one learning rate each for actor,
 critic and α.  Networks (`jaxrl.nets.mlp`): a swish policy MLP → 2|A| (mean, raw log σ with
 log σ = −5 + 3.5(tanh(raw) + 1)), a tanh-squashed Gaussian; twin swish Q MLPs on
-[norm(privileged_state), a]; hidden layers in ``compute_dtype`` (bfloat16 in the lift presets),
+[norm(privileged_state), a] (``activation`` and ``critic_layer_norm`` change both only outside
+the LIFT presets); hidden layers in ``compute_dtype`` (bfloat16 in the lift presets),
 parameters and output layers in float32.  Observations are normalised by running mean / std
 (`jaxrl.data.normalizer`, std clipped to [1e-6, 1e6], no value clip), one set of statistics per
 observation key, updated from every collected batch (`observe`).
@@ -40,7 +41,7 @@ from envs.specs import EnvSpec
 from jaxrl.data import normalizer
 from jaxrl.data.transition import Transition
 from jaxrl.nets.heads import sample_tanh_gaussian
-from jaxrl.nets.mlp import MLP, TwinQ
+from jaxrl.nets.mlp import ACTIVATIONS, MLP, TwinQ
 
 # (num_envs, batch_size, updates_per_step, gamma, tau, actor_lr, critic_lr, alpha_lr,
 #  init_log_alpha, entropy_coef, reward_scale) of LIFT's lift_configs.py (buffer 1M for all).
@@ -85,12 +86,15 @@ class SACConfig:
     init_log_alpha: float = -3.005  # initial log α (finetuning re-initialises it)
     entropy_coef: float = 0.396  # target entropy H̄ = −entropy_coef · |A|
     # --- networks
-    actor_hidden: tuple[int, ...] = (512, 256, 128)  # policy MLP widths (swish)
-    critic_hidden: tuple[int, ...] = (1024, 512, 256)  # each Q MLP's widths (swish)
+    actor_hidden: tuple[int, ...] = (512, 256, 128)  # policy MLP widths
+    critic_hidden: tuple[int, ...] = (1024, 512, 256)  # each Q MLP's widths
+    activation: str = "swish"  # hidden activation of policy and Q MLPs (LIFT: swish; Brax: relu)
+    critic_layer_norm: bool = False  # LayerNorm after each Q hidden activation: bounds Q features (LIFT: off)
     log_std_min: float = -5.0  # log σ = min + (max − min)/2 · (tanh(raw) + 1)
     log_std_max: float = 2.0  # upper end of log σ
     compute_dtype: str = "bfloat16"  # hidden-layer compute dtype; parameters stay float32
     matmul_precision: str | None = None  # learner matmul precision (None: JAX's default)
+    replay_obs_dtype: str = "float32"  # replay's observation dtype: "bfloat16" halves the buffer
     # --- observations
     normalize_obs: bool = True  # running mean / std normalisation of both observation keys
     obs_std_min: float = 1e-6  # the normaliser's std is clipped to [obs_std_min, obs_std_max]
@@ -144,6 +148,10 @@ class SACConfig:
             bad("log_std_min", self.log_std_min, f"it must be < log_std_max={self.log_std_max}")
         if not self.obs_std_min < self.obs_std_max:
             bad("obs_std_min", self.obs_std_min, f"it must be < obs_std_max={self.obs_std_max}")
+        if self.activation not in ACTIVATIONS:
+            bad("activation", self.activation, f"choose one of {', '.join(ACTIVATIONS)}")
+        if not isinstance(self.critic_layer_norm, (bool, np.bool_)):
+            bad("critic_layer_norm", self.critic_layer_norm, "it must be True or False")
         if self.compute_dtype not in _DTYPES:
             bad("compute_dtype", self.compute_dtype, f"choose one of {', '.join(_DTYPES)}")
         if self.matmul_precision not in _PRECISIONS:
@@ -182,17 +190,32 @@ class SACConfig:
 
     @classmethod
     def cpu(cls) -> SACConfig:
-        """Small settings for a 2-core CPU (CartpoleBalance-sized tasks), float32 throughout.
+        """Small settings for a 2-core CPU (Cartpole- / Cheetah-sized tasks), float32 throughout:
+        Brax's SAC as MuJoCo Playground tunes it (`brax_sac_config`, brax/training/agents/sac) at
+        16 envs, batch 128, 16 updates per vector step (UTD 1), 2048 random warm-up steps and a
+        200k buffer — the cost-deciding settings `experiments/sac_vs_brax.py` gives both sides.
 
-        Measured (seed 0, CartpoleBalance, 2 shared cores): deterministic eval return 683 / 801 /
-        715 / 837 / 876 at 21k / 26k / 31k / 35k / 40k env steps, about 100 s with compilation.
-        16 envs, batch 128, 16 updates per vector step (UTD 1), 128-wide nets, generic SAC
-        learning rates (3e-4), γ 0.99, τ 0.005.  (lr 1e-3 learned faster but collapsed late.)
+        * actor / critic lr 1e-3 (Brax's ``learning_rate``), α lr 3e-4 (Brax's fixed α Adam);
+          weight decay 0 (Brax uses plain Adam);
+        * α₀ = 1 (Brax's log α = 0) and H̄ = −0.5·|A|: strong early entropy bonus for exploration;
+        * 256×256 relu policy and Q MLPs with LayerNorm after each Q hidden activation (Brax's
+          ``q_network_layer_norm=True``): bounded Q features keep lr 1e-3 critics stable;
+        * log σ ∈ [−3, 2], so log σ starts at −0.5 (σ₀ ≈ 0.61, Brax's softplus head: ≈ 0.69)
+          instead of −1.5 with the LIFT range [−5, 2];
+        * γ 0.99, τ 0.005, reward scale 1, observation normalisation (all as Brax).
+
+        Measured on CartpoleSwingup at 40k env steps (deterministic eval, 2 shared cores): seeds
+        0 / 1 / 2 → 688 / 566 / 565 on two CPU devices, 234 / 551 / 164 on one (Brax: 705 / 260 /
+        406); the former preset (128-wide swish, lr 3e-4, α₀ 0.1, no LayerNorm) scored 256 on
+        seed 0.  Returns at this budget swing by hundreds between seeds; see README "Against
+        Brax's own SAC".
         """
         return cls(num_envs=16, batch_size=128, updates_per_step=16, buffer_size=200_000,
-                   min_buffer=2048, gamma=0.99, tau=0.005, reward_scale=1.0, actor_lr=3e-4,
-                   critic_lr=3e-4, alpha_lr=3e-4, init_log_alpha=math.log(0.1), entropy_coef=0.5,
-                   actor_hidden=(128, 128), critic_hidden=(128, 128), compute_dtype="float32")
+                   min_buffer=2048, gamma=0.99, tau=0.005, reward_scale=1.0, actor_lr=1e-3,
+                   critic_lr=1e-3, alpha_lr=3e-4, weight_decay=0.0, init_log_alpha=0.0,
+                   entropy_coef=0.5, actor_hidden=(256, 256), critic_hidden=(256, 256),
+                   activation="relu", critic_layer_norm=True, log_std_min=-3.0, log_std_max=2.0,
+                   compute_dtype="float32")
 
     @classmethod
     def lift_smoke(cls, env_name: str | None = None) -> SACConfig:
@@ -231,11 +254,13 @@ class SACState:
 
 
 def _policy_net(cfg: SACConfig, action_size: int) -> MLP:
-    return MLP(hidden=cfg.actor_hidden, out=2 * action_size, compute_dtype=cfg.dtype)
+    return MLP(hidden=cfg.actor_hidden, out=2 * action_size, compute_dtype=cfg.dtype,
+               activation=cfg.activation)
 
 
 def _q_net(cfg: SACConfig) -> TwinQ:
-    return TwinQ(hidden=cfg.critic_hidden, compute_dtype=cfg.dtype)
+    return TwinQ(hidden=cfg.critic_hidden, compute_dtype=cfg.dtype, activation=cfg.activation,
+                 layer_norm=cfg.critic_layer_norm)
 
 
 def _action_size(state: SACState) -> int:
@@ -416,8 +441,8 @@ def update(state: SACState, batch: Transition, key: jax.Array, cfg: SACConfig
 # ============================================================================ export
 def policy_layers(state: SACState, cfg: SACConfig) -> list[dict]:
     """The deterministic policy tanh(mean(norm(obs[actor_obs_key]))) as export ops, in float32:
-    affine (the normaliser folded in), dense + swish per hidden layer, the mean half of the
-    output layer, tanh."""
+    affine (the normaliser folded in), dense + ``cfg.activation`` per hidden layer, the mean half
+    of the output layer, tanh."""
     f32 = lambda x: np.asarray(x, np.float32)
     ops: list[dict] = []
     if cfg.normalize_obs:
@@ -428,7 +453,7 @@ def policy_layers(state: SACState, cfg: SACConfig) -> list[dict]:
     for i in range(len(cfg.actor_hidden)):
         layer = p[f"hidden_{i}"]
         ops += [{"op": "dense", "kernel": f32(layer["kernel"]), "bias": f32(layer["bias"])},
-                {"op": "swish"}]
+                {"op": cfg.activation}]
     a = _action_size(state)
     ops += [{"op": "dense", "kernel": f32(p["out"]["kernel"])[:, :a], "bias": f32(p["out"]["bias"])[:a]},
             {"op": "tanh"}]

@@ -14,8 +14,11 @@ an empty step folder as the latest step.  Here a checkpoint exists only once ``C
 there; it is written into ``.tmp-step_...``, fsynced and renamed, so a crash leaves at most a
 temporary folder, which is ignored and removed.  Every restore re-hashes the files it reads.
 
-Single-process runs only: under ``jax.distributed`` the folder must be shared and the rename
-coordinated (not done yet).
+Several hosts (``jax.distributed``): the run folder must be on a filesystem every host sees.
+Every process writes its own shards of the arrays through orbax; process 0 alone writes the
+bookkeeping files, renames the folder and applies retention, with barriers in between; process
+0's clock decides when a checkpoint is due.  Restoring reads the global arrays into whatever
+shardings the target has, so a checkpoint restores onto another device or host count.
 """
 
 from __future__ import annotations
@@ -273,35 +276,52 @@ class CheckpointManager:
         the disk); `restore` then keeps the target's leaves for them and lists them in
         ``last_restore_skipped``.
         """
-        if not (force or self.should_save()):
+        due = force or self.should_save()
+        multi = jax.process_count() > 1
+        if multi:  # every process must take part in the same saves: process 0's clock decides
+            from jax.experimental import multihost_utils
+
+            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+        if not due:
             return False
         step = int(step)
+        primary = jax.process_index() == 0
         tmp = self.directory / f"{_TMP_PREFIX}step_{step:012d}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        if primary:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        _sync(f"jaxrl-ckpt-{step}-prepared")
         try:
-            self._write(tmp, step, state, metadata, eval_return, skip)
-            _fsync_tree(tmp)
-            final = self._step_dir(step)
-            if final.exists():  # re-saving a step (e.g. after resume): replace it
-                old = self.directory / f"{_TMP_PREFIX}old-{final.name}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            skipped = self._write_arrays(tmp, state, skip)  # every process writes its shards
+            _sync(f"jaxrl-ckpt-{step}-written")
+            if primary:
+                self._write_record(tmp, step, state, metadata, eval_return, skipped)
+                _fsync_tree(tmp)
+                final = self._step_dir(step)
+                if final.exists():  # re-saving a step (e.g. after resume): replace it
+                    old = self.directory / f"{_TMP_PREFIX}old-{final.name}"
+                    os.replace(final, old)
+                    os.replace(tmp, final)
+                    shutil.rmtree(old)
+                else:
+                    os.replace(tmp, final)
+                _fsync_dir(self.directory)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if primary:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
+        _sync(f"jaxrl-ckpt-{step}-committed")
         self._last_save = self._clock()
-        self._apply_retention()
+        if primary:
+            self._apply_retention()
+        _sync(f"jaxrl-ckpt-{step}-retained")
         log.info("saved checkpoint step %d to %s", step, self._step_dir(step))
         return True
 
-    def _write(self, folder: Path, step: int, state: Any, metadata: Mapping, eval_return,
-               skip: Callable[[str], bool] | None = None) -> None:
+    def _write_arrays(self, folder: Path, state: Any, skip: Callable[[str], bool] | None) -> list[int]:
+        """The arrays, through orbax (under several processes each writes its own shards);
+        returns the leaf positions left out."""
         import orbax.checkpoint as ocp
 
         with_path = jax.tree_util.tree_flatten_with_path(state)[0]
@@ -319,6 +339,12 @@ class CheckpointManager:
             arrays[f"leaf_{i:05d}"] = leaf
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
             ckptr.save(folder / "state", arrays)
+        return skipped
+
+    def _write_record(self, folder: Path, step: int, state: Any, metadata: Mapping, eval_return,
+                      skipped: list[int]) -> None:
+        """Our bookkeeping beside the arrays (one process): structure, metadata, manifest of
+        every file's size and SHA-256, and the COMMITTED marker last."""
         _write_json(folder / "structure.json", describe(state))
         _write_json(folder / "metadata.json", dict(metadata))
         _write_json(folder / "skipped.json", skipped)
@@ -537,6 +563,14 @@ class CheckpointManager:
                          else _empty_like(leaves[j]))
         loaded = [path_str(with_path[j][0]) for j, _ in pairs]
         return jax.tree_util.tree_unflatten(treedef, leaves), metadata, step, loaded
+
+
+def _sync(name: str) -> None:
+    """A barrier of every process of a multi-host run (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _raise_on_metadata_diff(stored: Mapping, expected: Mapping, step: int | None) -> None:

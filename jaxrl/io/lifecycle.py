@@ -21,19 +21,32 @@ from jaxrl.io.checkpoint import CheckpointManager
 from jaxrl.train import run
 
 
-def load_run(run_dir: str | Path, which: str = "latest") -> tuple[dict, Any, Any, Any, Any]:
-    """(record, registry.Algorithm, config, agent state, train env) of the run's chosen checkpoint."""
+def load_run(run_dir: str | Path, which: str = "latest", seed_index: int | None = None
+             ) -> tuple[dict, Any, Any, Any, Any]:
+    """(record, registry.Algorithm, config, agent state, train env) of the run's chosen checkpoint.
+
+    A run that trained K > 1 seeds at once stores every seed's agent; ``seed_index`` (0 .. K-1,
+    the seed ``seed + seed_index``) picks one.  A one-seed run takes None or 0."""
     if which not in ("latest", "best"):
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     run_dir = Path(run_dir)
     record = run.read_record(run_dir)
-    algo, config, env, loop = run.rebuild(record, with_eval=False)
+    seeds = int(record.get("seeds", 1))
+    if seeds > 1 and seed_index is None:
+        raise ValueError(f"{run_dir} trained {seeds} seeds at once: choose one with seed_index 0..{seeds - 1} "
+                         "(CLI: --seed)")
+    if seed_index is not None and not 0 <= int(seed_index) < seeds:
+        raise ValueError(f"seed_index={seed_index}: {run_dir} trained {seeds} seed(s), so 0..{seeds - 1}")
+    algo, config, env, loop = run.rebuild(record, with_eval=False, devices=1)
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
     step = ckpt.best_step() if which == "best" else None
     # Shapes only, and only the agent read from disk: no replay buffer built or loaded.
     template = jax.eval_shape(loop.init_carry)
     carry, _, _ = ckpt.restore(template, step=step, only=lambda path: path.startswith(".agent"))
-    return record, algo, config, carry.agent, env
+    agent = carry.agent
+    if seeds > 1:
+        agent = jax.tree.map(lambda x: x[int(seed_index)], agent)
+    return record, algo, config, agent, env
 
 
 def _inner_task(env: Any) -> Any:
@@ -70,11 +83,12 @@ def _robot_card_fields(env: Any) -> dict:
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
-               which: str = "latest") -> Path:
-    """Export the run's deterministic policy; returns the policy file's path."""
+               which: str = "latest", seed_index: int | None = None) -> Path:
+    """Export the run's deterministic policy (of seed ``seed_index`` for a several-seed run);
+    returns the policy file's path."""
     if fmt not in ("onnx", "npz"):
         raise ValueError(f"format must be 'onnx' or 'npz', got {fmt!r}")
-    record, algo, config, agent, env = load_run(run_dir, which)
+    record, algo, config, agent, env = load_run(run_dir, which, seed_index)
     layers = algo.policy_layers(agent, config)
     card = export.make_card(
         obs_layout={"state": env.obs_spec["state"].size},
@@ -82,6 +96,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         config=record,
         env=record["env"],
         algo=record["algo"],
+        extra={"seed": record["seed"] + int(seed_index or 0)},
         **_robot_card_fields(env),
     )
     out = Path(out) if out is not None else Path(run_dir) / f"policy.{fmt}"
@@ -91,7 +106,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
 
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "latest", seed: int = 0,
                  video: str | Path | None = None, grid: int = 1, height: int = 240, width: int = 320,
-                 camera: str | int | None = None, write: bool = True) -> dict:
+                 camera: str | int | None = None, write: bool = True,
+                 seed_index: int | None = None) -> dict:
     """Deterministic policy of a run on ``episodes`` fresh episodes (one per env, in parallel).
 
     Returns (and writes ``RUN_DIR/eval.json``) the per-episode returns and lengths.  With
@@ -106,7 +122,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if video is not None and not 1 <= grid <= episodes:
         raise ValueError(f"grid must be between 1 and episodes={episodes}, got {grid}")
-    record, algo, config, agent, _ = load_run(run_dir, which)
+    record, algo, config, agent, _ = load_run(run_dir, which, seed_index)
     policy = export.to_jax(algo.policy_layers(agent, config))
     env = envs.make(record["env"], num_envs=episodes, seed=seed, **(record.get("env_kwargs") or {}))
     k = grid if video is not None else 0

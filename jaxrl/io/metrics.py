@@ -195,7 +195,10 @@ def plot_learning_curve(
 ) -> Path:
     """Save a PNG with one line per run: ``runs`` is a list of rows or ``{label: rows or jsonl}``.
 
-    Uses matplotlib's Agg canvas directly, so it never touches the notebook's pyplot backend.
+    Rows of a several-seed run (``jaxrl.train.loop.seed_summary``) draw the mean over seeds, its
+    95% interval as a band (``{y}_ci_low`` / ``{y}_ci_high``) and each seed (``seed{i}/{y}``) as a
+    thin line.  Uses matplotlib's Agg canvas directly, so it never touches the notebook's pyplot
+    backend.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -205,17 +208,28 @@ def plot_learning_curve(
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+
+    def series(rows, key):
+        pts = [(r[x], r[key]) for r in rows
+               if _is_scalar(r.get(x)) and _is_scalar(r.get(key)) and math.isfinite(r[key])]
+        return tuple(map(list, zip(*pts))) if pts else ([], [])
+
     for label, rows in runs.items():
         if isinstance(rows, (str, os.PathLike)):
             rows = read_jsonl(rows)
-        points = [
-            (r[x], r[y])
-            for r in rows
-            if _is_scalar(r.get(x)) and _is_scalar(r.get(y)) and math.isfinite(r[y])
-        ]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, label=str(label), marker="." if len(points) < 30 else None)
+        xs, ys = series(rows, y)
+        if not xs:
+            continue
+        seeds = sorted({k for r in rows for k in r if k.startswith("seed") and k.endswith("/" + y)},
+                       key=lambda k: int(k[4:k.index("/")]))
+        line = ax.plot(xs, ys, label=f"{label} (mean of {len(seeds)} seeds)" if seeds else str(label),
+                       marker="." if len(xs) < 30 else None)[0]
+        lo_x, lo = series(rows, f"{y}_ci_low")
+        hi_x, hi = series(rows, f"{y}_ci_high")
+        if lo and lo_x == hi_x:
+            ax.fill_between(lo_x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        for key in seeds:
+            ax.plot(*series(rows, key), color=line.get_color(), alpha=0.35, linewidth=0.7)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
     if title:

@@ -46,8 +46,13 @@ def config_hash(config: Any) -> str:
 
 def identity(record: dict) -> dict:
     """The part of a record that defines the training run (what `config_hash` hashes): not
-    ``init_from``, whose source step and path say where a run started, not what it is."""
-    return {k: v for k, v in record.items() if k != "init_from"}
+    ``init_from``, whose source step and path say where a run started, not what it is, and not
+    ``devices``, where it ran (a run resumes on another device count).  Records written before
+    ``seeds`` existed are single-seed runs."""
+    out = {k: v for k, v in record.items() if k not in ("init_from", "devices")}
+    if out.get("seeds", 1) == 1:
+        out.pop("seeds", None)
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -159,7 +159,7 @@ def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: ja
 
 def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path | None = None,
             which: str = "latest", seed: int = 0, max_steps: int | None = None,
-            write: bool = True) -> dict:
+            write: bool = True, seed_index: int | None = None) -> dict:
     """Exported policy in MuJoCo C vs in MJX, same task, same initial states; writes sim2sim.json.
 
     The policy file defaults to ``RUN_DIR/policy.onnx`` (exported first when missing).  Both sides
@@ -178,7 +178,7 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     if policy_file is None:
         policy_file = run_dir / "policy.onnx"
         if not policy_file.exists():
-            lifecycle.export_run(run_dir, fmt="onnx", which=which)
+            lifecycle.export_run(run_dir, fmt="onnx", which=which, seed_index=seed_index)
     policy = load_policy(policy_file)
     kwargs = dict(record.get("env_kwargs") or {})
     if envs.source_of(record["env"]) == "playground":

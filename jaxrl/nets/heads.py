@@ -47,6 +47,19 @@ class TanhGaussianActor(nn.Module):
         return mean, log_std
 
 
+def pair_rows(current: jax.Array, following: jax.Array) -> jax.Array:
+    """The rows of ``current`` and ``following`` [B, ...] as one batch [2B, ...] for cross-batch
+    prediction, interleaved (c_0, f_0, c_1, f_1, ...).  BatchNorm sees the same rows as with a
+    concatenation, but a batch split over devices stays split: each device's pairs are its own
+    rows (a concatenation would move half of them to other devices)."""
+    return jnp.stack([current, following], axis=1).reshape((-1,) + current.shape[1:])
+
+
+def half_rows(z: jax.Array, half: int) -> jax.Array:
+    """Rows of one half (0: current, 1: following) of a `pair_rows` batch: [2B, ...] -> [B, ...]."""
+    return z.reshape((-1, 2) + z.shape[1:])[:, half]
+
+
 class CategoricalCritic(nn.Module):
     """Trunk on [obs, action] -> logits over ``num_atoms`` value atoms (a unit-norm kernel plus a
     free zero-init bias: the bounded kernel keeps the logits' scale in check, the bias does not)."""
@@ -68,8 +81,7 @@ class CategoricalCritic(nn.Module):
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         z = _trunk(self)(jnp.concatenate([obs, action], -1))
         if self.half is not None:
-            n = z.shape[0] // 2
-            z = z[self.half * n : (self.half + 1) * n]
+            z = half_rows(z, self.half)
         return UnitDense(self.num_atoms, use_bias=True, name="logits")(z)  # [B, num_atoms]
 
 

@@ -3,7 +3,9 @@
 Mixed precision as in the large-batch SAC (ALGORITHMS.md §2): parameters are float32; the hidden
 layers compute in ``compute_dtype`` (bfloat16 halves the matmul cost on GPUs and TPUs); the output
 layer computes in float32 on the float32-cast last hidden activation, so Q-values and policy
-statistics keep full precision.  Initialisation: lecun-uniform kernels, zero biases; no LayerNorm.
+statistics keep full precision.  Initialisation: lecun-uniform kernels, zero biases.  LayerNorm
+only when asked (``layer_norm``: Dense → activation → LayerNorm per hidden layer, as Brax's
+``q_network_layer_norm``); the LIFT recipe has none.
 
 `hidden_layers` is the trunk every plain MLP here is made of (SAC's `MLP` and PPO's actor and
 critic in `jaxrl.nets.sde`); each caller picks its activation, kernel init and compute dtype.
@@ -25,8 +27,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def hidden_layers(x: jax.Array, widths: Sequence[int], activation: str, *,
-                  dtype: Any = None, kernel_init: Callable = nn.linear.default_kernel_init) -> jax.Array:
-    """Dense + ``activation`` per width, named ``hidden_0`` ... ``hidden_{n-1}``.
+                  dtype: Any = None, kernel_init: Callable = nn.linear.default_kernel_init,
+                  layer_norm: bool = False) -> jax.Array:
+    """Dense + ``activation`` per width, named ``hidden_0`` ... ``hidden_{n-1}``; with
+    ``layer_norm`` each is followed by a LayerNorm named ``norm_0`` ... ``norm_{n-1}`` (Brax's
+    order: Dense → activation → LayerNorm; scale 1, bias 0 at init).
 
     Call it inside a ``@nn.compact`` method: the layers are created in (and their parameters
     belong to) the calling module.  ``dtype`` is the compute dtype (None: the inputs'); parameters
@@ -36,23 +41,30 @@ def hidden_layers(x: jax.Array, widths: Sequence[int], activation: str, *,
     for i, width in enumerate(widths):
         x = act(nn.Dense(width, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
                          name=f"hidden_{i}")(x))
+        if layer_norm:
+            x = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name=f"norm_{i}")(x)
     return x
 
 
 class MLP(nn.Module):
-    """x [B, D] -> [B, out]: Dense+swish per ``hidden`` width (in ``compute_dtype``), then Dense.
+    """x [B, D] -> [B, out]: Dense + ``activation`` (+ LayerNorm with ``layer_norm``) per ``hidden``
+    width (in ``compute_dtype``), then Dense.
 
     Parameter names: ``hidden_0`` ... ``hidden_{n-1}`` and ``out`` (each ``kernel`` [in, out] and
-    ``bias`` [out]); `jaxrl.algos.sac.policy_layers` reads them for export.
+    ``bias`` [out]), plus ``norm_i`` (``scale``, ``bias``) with ``layer_norm``;
+    `jaxrl.algos.sac.policy_layers` reads them for export.
     """
 
     hidden: Sequence[int]
     out: int
     compute_dtype: Any = jnp.float32
+    activation: str = "swish"
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x):
-        x = hidden_layers(x, self.hidden, "swish", dtype=self.compute_dtype, kernel_init=LECUN_UNIFORM)
+        x = hidden_layers(x, self.hidden, self.activation, dtype=self.compute_dtype,
+                          kernel_init=LECUN_UNIFORM, layer_norm=self.layer_norm)
         return nn.Dense(self.out, dtype=jnp.float32, param_dtype=jnp.float32,
                         kernel_init=LECUN_UNIFORM, name="out")(x.astype(jnp.float32))
 
@@ -65,6 +77,8 @@ class TwinQ(nn.Module):
     hidden: Sequence[int]
     compute_dtype: Any = jnp.float32
     num_critics: int = 2
+    activation: str = "swish"
+    layer_norm: bool = False  # LayerNorm after each hidden activation (Brax's q_network_layer_norm)
 
     @nn.compact
     def __call__(self, obs, action):
@@ -72,5 +86,6 @@ class TwinQ(nn.Module):
         ensemble = nn.vmap(MLP, variable_axes={"params": 0}, split_rngs={"params": True},
                            in_axes=None, out_axes=0, axis_size=self.num_critics)
         q = ensemble(hidden=tuple(self.hidden), out=1, compute_dtype=self.compute_dtype,
+                     activation=self.activation, layer_norm=self.layer_norm,
                      name="members")(x)  # [E, B, 1]
         return q[..., 0]

@@ -35,9 +35,9 @@ def episode_rollout(env: VecEnv, policy: Callable[[dict, jax.Array], jax.Array],
     return ret, length, recorded
 
 
-def make_evaluator(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
-    """Returns jitted ``(agent_state, key) -> {'eval_return', 'eval_length'}``: the mean over envs
-    of one deterministic episode each (`episode_rollout`)."""
+def evaluation(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
+    """``(agent_state, key) -> {'eval_return', 'eval_length'}`` (pure, traceable): the mean over
+    envs of one deterministic episode each (`episode_rollout`)."""
 
     def evaluate(agent_state, key):
         k_reset, k_act = jax.random.split(key)
@@ -45,4 +45,9 @@ def make_evaluator(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]
                                          env.reset(k_reset), k_act)
         return {"eval_return": ret.mean(), "eval_length": length.mean()}
 
-    return jax.jit(evaluate)
+    return evaluate
+
+
+def make_evaluator(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
+    """`evaluation`, jitted."""
+    return jax.jit(evaluation(env, act))

@@ -9,9 +9,11 @@ A loop (`OffPolicyLoop`, `OnPolicyLoop`, the finetuning loop) is a `HostLoop`:
     compile_s                        seconds spent compiling so far
     optional_state / refill(carry)   carry subtrees a checkpoint may leave out, and how to rebuild them
 
-This module holds the pieces each loop would otherwise repeat: compile-and-time with a donated
-carry, the NaN guards, the metrics row, the training-episode statistics of a chunk, the budget ->
-chunk rounding and the evaluation key stream (its own, so evaluating never changes training).
+This module holds the pieces each loop would otherwise repeat: lifting one seed's pure
+functions over K seeds and a device mesh, compile-and-time with a donated carry, the NaN guards,
+the metrics row (per seed, with means and intervals), the training-episode statistics of a
+chunk, the budget -> chunk rounding and the evaluation key stream (its own, so evaluating never
+changes training).
 """
 
 from __future__ import annotations
@@ -71,25 +73,131 @@ def notice(text: str) -> None:
 
 
 class HostLoop:
-    """Base of the loops: compile-and-time, guards, metrics row, evaluation.
+    """Base of the loops: seeds, devices, compile-and-time, guards, metrics row, evaluation.
 
-    Subclasses set ``self.env`` (the training `VecEnv`), ``self.seed``, ``self.evaluate``
-    (jitted ``(agent, key) -> {'eval_return', ...}`` or None) and implement ``init_carry``,
-    ``finished``, ``env_steps`` and ``_advance(carry) -> (carry, metrics)``.
+    A subclass writes ONE seed's run on ONE device's view of the data, as pure functions:
+
+        _init(key) -> carry               the whole state of a fresh run
+        _chunk_fn(carry) -> carry, metrics  one chunk (scanned iterations)
+        _warmup_fn(carry) -> carry        optional: random-action warm-up (off-policy)
+        _evaluate_fn(agent, key) -> dict  optional: deterministic evaluation (set ``evaluate``)
+
+    and the host side (``finished``, ``env_steps``, ``_advance``).  `setup` then lifts them:
+    vmapped over ``num_seeds`` seeds (the run is a pure function of its key, so K seeds are one
+    program and each equals its own single-seed run), and partitioned over a device mesh
+    (`jaxrl.train.parallel`: env and buffer axes split, everything else replicated, GSPMD
+    inserting the all-reduces).  Every chunk donates its carry.
     """
 
     optional_state: tuple[str, ...] = ()  # carry paths a checkpoint may leave out (see refill)
+    per_env_paths: tuple[str, ...] = ()  # carry paths outside .env_state with a leading env axis
     env: Any
     seed: int
+    num_seeds: int = 1
+    mesh: Any = None
     evaluate: Callable | None = None
 
     def __init__(self) -> None:
         self.compile_s = 0.0
         self._compiled: dict[str, Any] = {}
 
+    # ------------------------------------------------------------------ set-up
+    def setup(self, env: Any, eval_env: Any, seed: int, devices: int | None, seeds: int,
+              divisors: dict[str, int]) -> None:
+        """Choose the devices (``divisors``: quantities each device must take an equal share of)
+        and seeds, and distribute the envs.  Call first in a subclass's ``__init__``."""
+        from jaxrl.train import parallel
+
+        if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
+            raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+        self.seed, self.num_seeds = int(seed), int(seeds)
+        self.devices = parallel.resolve_devices(devices, {"num_envs": env.num_envs, **divisors})
+        self.mesh = parallel.make_mesh(self.devices)
+        self.env = env.distribute(self.mesh)
+        self.eval_env = None
+        if eval_env is not None:
+            ok = self.mesh is not None and eval_env.num_envs % self.devices == 0
+            self.eval_env = eval_env.distribute(self.mesh if ok else None)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds of this run: ``seed, seed + 1, ...`` (one per vmapped run)."""
+        return [self.seed + i for i in range(self.num_seeds)]
+
+    def _lift(self, fn: Callable) -> Callable:
+        """``fn`` vmapped over the seed axis when there are several seeds."""
+        return jax.vmap(fn) if self.num_seeds > 1 else fn
+
+    def _keys(self) -> jax.Array:
+        keys = [jax.random.PRNGKey(s) for s in self.seeds]
+        return keys[0] if self.num_seeds == 1 else jnp.stack(keys)
+
+    def carry_sharding(self) -> Any:
+        """The carry's shardings over the mesh (None without one): env-axis leaves of the env
+        state split, the replay buffer split on its env axis, everything else replicated."""
+        from jaxrl.train import parallel
+
+        if self.mesh is None:
+            return None
+        abstract = jax.eval_shape(self._lift(lambda k: self._init(k)), self._keys())
+        lead = 1 if self.num_seeds > 1 else 0
+        n = self.env.num_envs
+
+        per_env = (".env_state",) + tuple(self.per_env_paths)
+
+        def rule(path: str, x) -> Any:
+            shape = x.shape[lead:]
+            if path.startswith(per_env) and shape and shape[0] == n:
+                return parallel.batch_spec(lead)
+            if path.startswith(".buffer.data"):
+                return parallel.batch_spec(lead + 1)
+            return parallel.P()
+
+        return parallel.shardings(abstract, self.mesh, rule)
+
+    def program(self, fn: Callable, carry_out: bool = True) -> Callable:
+        """``fn(carry) -> carry`` or ``-> (carry, metrics)`` lifted over seeds and jitted with a
+        donated carry that keeps its shardings."""
+        lifted = self._lift(fn)
+        if self.mesh is None:
+            return jax.jit(lifted, donate_argnums=0)
+        sharding = self.carry_sharding()
+        return jax.jit(lifted, donate_argnums=0, out_shardings=sharding if carry_out else (sharding, None))
+
     # ------------------------------------------------------------------ protocol
-    def init_carry(self) -> Any:
+    def _init(self, key: jax.Array, agent: Any = None) -> Any:
+        """The fresh carry of one seed; ``agent`` (from `_init_agent` of the same key) or None
+        to initialise it here."""
         raise NotImplementedError
+
+    def _init_agent(self, key: jax.Array) -> Any:
+        """The fresh agent `_init` would make from ``key``."""
+        raise NotImplementedError
+
+    def init_carry(self) -> Any:
+        """The fresh run: jitted, so the replay buffer is allocated where it lives, already split
+        over the devices (`jax.eval_shape(loop.init_carry)` allocates nothing).
+
+        With a mesh, the agent is initialised on one device and then replicated: jaxlib 0.10's
+        batched LAPACK kernels (QR of orthogonal initialisers) deadlock when several CPU devices
+        run them at once (see `envs._runtime`), and initialising once is cheaper anyway."""
+        keys = self._keys()
+        if self.mesh is None:
+            if "init" not in self._compiled:
+                self._compiled["init"] = jax.jit(self._lift(self._init))
+            return self._compiled["init"](keys)
+        from jaxrl.train import parallel
+
+        if "init" not in self._compiled:
+            sharding = self.carry_sharding()
+            self._compiled["init_agent"] = jax.jit(self._lift(self._init_agent))
+            self._compiled["init"] = jax.jit(self._lift(self._init), out_shardings=sharding)
+        # On this host's first device, then through host memory onto every device of the mesh
+        # (all hosts compute the same values; a device-to-device copy across hosts is not
+        # available on every backend).
+        agent = self._compiled["init_agent"](jax.device_put(keys, jax.local_devices()[0]))
+        agent = jax.device_put(jax.device_get(agent), parallel.replicated(self.mesh))
+        return self._compiled["init"](keys, agent)
 
     def finished(self, carry: Any) -> bool:
         raise NotImplementedError
@@ -104,31 +212,51 @@ class HostLoop:
         """One jitted chunk (through `_call`); returns device metrics."""
         raise NotImplementedError
 
+    @staticmethod
+    def counter(x: Any) -> int:
+        """A carry counter (replicated; one per seed, all equal) as a host int."""
+        from jaxrl.train import parallel
+
+        return int(parallel.host_value(x).reshape(-1)[0])
+
     def run_chunk(self, carry: Any) -> tuple[Any, dict]:
         """One chunk, the NaN guards, then evaluation; returns (carry, metrics row)."""
+        from jaxrl.train import parallel
+
         t0 = time.perf_counter()
         start = self.env_steps(carry)
         carry, metrics = self._advance(carry)
-        metrics = {k: np.asarray(v).item() for k, v in metrics.items()}  # blocks on the chunk
+        metrics = {k: parallel.host_value(v) for k, v in metrics.items()}  # blocks on the chunk
         steps = self.env_steps(carry)
         # Actions first: a NaN action is the root cause of the NaN losses that follow it.
-        guards.check_actions(carry.env_state.nonfinite_actions, steps)
+        guards.check_actions(parallel.host_value(carry.env_state.nonfinite_actions).sum(), steps)
         guards.check_finite({k: v for k, v in metrics.items() if k != "train_return"}, steps)
         elapsed = time.perf_counter() - t0
-        row = {"env_steps": steps, "chunk_s": elapsed, "sps": (steps - start) / max(elapsed, 1e-9),
-               **metrics}
+        row = {"env_steps": steps, "chunk_s": elapsed,
+               "sps": self.num_seeds * (steps - start) / max(elapsed, 1e-9)}
         if self.evaluate is not None:
-            ev = self._call("evaluate", self.evaluate, carry.agent, eval_key(self.seed, steps))
-            row.update({k: float(v) for k, v in ev.items()})
-            guards.check_finite({"eval_return": row["eval_return"]}, steps)
+            keys = [eval_key(s, steps) for s in self.seeds]
+            key = keys[0] if self.num_seeds == 1 else jnp.stack(keys)
+            ev = self._call("evaluate", self.evaluate, carry.agent, key, donate=False)
+            ev = {k: parallel.host_value(v) for k, v in ev.items()}
+            guards.check_finite({"eval_return": ev["eval_return"]}, steps)
+            metrics.update(ev)
+        row.update(seed_summary(metrics, self.num_seeds))
         return carry, row
 
+    def make_evaluate(self, act: Callable) -> None:
+        """Set ``evaluate``: deterministic episodes on the eval envs, lifted over seeds."""
+        from jaxrl.train.evaluate import evaluation
+
+        if self.eval_env is not None:
+            self.evaluate = jax.jit(self._lift(evaluation(self.eval_env, act)))
+
     # ------------------------------------------------------------------ helpers
-    def _call(self, name: str, fn: Callable, *args):
+    def _call(self, name: str, fn: Callable, *args, donate: bool = True):
         """Call jitted ``fn``, compiling it ahead of time on first use to time compilation.
-        Chunks are `donating_jit`s: the carry's buffers (replay buffer, env state) are updated
-        in place instead of copied."""
-        args = (unalias(args[0]),) + args[1:]
+        Chunks donate their carry: the replay buffer and env state are updated in place."""
+        if donate:
+            args = (unalias(args[0]),) + args[1:]
         if name not in self._compiled:
             t0 = time.perf_counter()
             self._compiled[name] = fn.lower(*args).compile()
@@ -139,6 +267,40 @@ class HostLoop:
         """The training chunk lowered for ``carry`` (real or `jax.ShapeDtypeStruct`s): lets tests
         and tools trace GPU-sized presets on abstract shapes without allocating them."""
         raise NotImplementedError
+
+
+def seed_summary(metrics: dict[str, Any], num_seeds: int) -> dict[str, float]:
+    """One metrics row from per-seed values.  One seed: the values.  K seeds: each metric's mean
+    over seeds, ``seed{i}/NAME`` per seed, and for returns a 95% Student-t interval over seeds
+    (``NAME_ci_low`` / ``NAME_ci_high``).  NaNs ("no value") are left out of means."""
+    if num_seeds == 1:
+        return {k: np.asarray(v).item() for k, v in metrics.items()}
+    import warnings
+
+    row: dict[str, float] = {}
+    for k, v in metrics.items():
+        v = np.asarray(v, np.float64).reshape(num_seeds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no value this chunk
+            row[k] = float(np.nanmean(v))
+        for i, x in enumerate(v):
+            row[f"seed{i}/{k}"] = float(x)
+        if k in ("eval_return", "train_return"):
+            lo, hi = confidence_interval(v)
+            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
+    return row
+
+
+def confidence_interval(values: Any, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (NaNs dropped; NaN with fewer than 2)."""
+    from scipy import stats
+
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)
 
 
 def _buffer_id(x: jax.Array) -> tuple:
@@ -168,6 +330,3 @@ def unalias(tree: Any) -> Any:
     return jax.tree.map(fix, tree)
 
 
-def donating_jit(fn: Callable) -> Callable:
-    """``jax.jit`` that donates its first argument (the carry)."""
-    return jax.jit(fn, donate_argnums=0)

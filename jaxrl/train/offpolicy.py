@@ -21,8 +21,7 @@ from flax import struct
 from envs.wrappers import VecEnv
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.evaluate import make_evaluator
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, donating_jit, notice
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, notice
 
 
 class OffPolicyAgent(NamedTuple):
@@ -33,6 +32,9 @@ class OffPolicyAgent(NamedTuple):
     act: Callable[[Any, dict, jax.Array], jax.Array]  # deterministic action for evaluation
     observe: Callable[[Any, Transition], Any]  # per-step statistics (e.g. reward scaling)
     update: Callable[[Any, Transition, jax.Array], tuple[Any, dict]]  # one gradient step
+    # agent-state paths with a leading env axis (e.g. FlashSAC's per-env return and held noise):
+    # split over the devices with the envs instead of replicated
+    per_env: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,11 @@ class OffPolicySettings:
     # True: ONE uniform sample of batch_size x updates_per_step rows per iteration, reshaped to
     # [updates, batch] and scanned (Brax / LIFT SAC); False: a fresh sample per update (FlashSAC).
     sample_once: bool = False
+    # Observations in replay: float32, or bfloat16 (half the memory; 3 significant digits, which
+    # normalised observations tolerate).  Where the actor's `state` is the first entries of the
+    # critic's `privileged_state` (flat tasks, Playground's locomotion tasks) only the latter is
+    # stored and `state` is sliced from it when sampling.
+    obs_dtype: str = "float32"
 
     def __post_init__(self):
         for f in ("total_steps", "batch_size", "updates_per_step", "buffer_size", "num_evals"):
@@ -59,6 +66,8 @@ class OffPolicySettings:
         if self.batch_size > self.buffer_size:
             raise ValueError(f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}: "
                              "raise buffer_size or lower batch_size")
+        if self.obs_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"obs_dtype must be 'float32' or 'bfloat16', got {self.obs_dtype!r}")
 
 
 @struct.dataclass
@@ -83,49 +92,95 @@ class OffPolicyLoop(HostLoop):
         settings: OffPolicySettings,
         eval_env: VecEnv | None = None,
         seed: int = 0,
+        *,
+        devices: int | None = None,
+        seeds: int = 1,
     ):
         super().__init__()
-        self.env, self.agent, self.s, self.seed = env, agent, settings, seed
-        n = env.num_envs
-        total = max(1, math.ceil(settings.total_steps / n))
-        self.warmup_iters = min(total - 1, math.ceil(settings.min_buffer / n))
-        self.chunk_iters, train_iters = chunk_plan(total - self.warmup_iters, settings.num_evals)
+        self.setup(env, eval_env, seed, devices, seeds, {"batch_size": settings.batch_size})
+        self.agent, self.s = agent, settings
+        self.per_env_paths = tuple(".agent" + p for p in agent.per_env)
+        self.warmup_iters, self.chunk_iters, train_iters = self.budget(env.num_envs, settings)
         self.total_iters = self.warmup_iters + train_iters
         self.num_updates = train_iters * settings.updates_per_step
-        self.evaluate = make_evaluator(eval_env, agent.act) if eval_env is not None else None
-        self._warmup = donating_jit(self._warmup_fn)
-        self._chunk = donating_jit(self._chunk_fn)
+        # Store privileged_state only when state is its prefix (see OffPolicySettings.obs_dtype).
+        spec = env.spec.obs
+        self._state_prefix = (spec["state"].shape[-1] if getattr(env, "state_in_privileged", False)
+                              and "privileged_state" in spec else None)
+        self.make_evaluate(agent.act)
+        self._warmup = self.program(self._warmup_fn)
+        self._chunk = self.program(self._chunk_fn, carry_out=False)
+
+    @staticmethod
+    def budget(num_envs: int, settings: OffPolicySettings) -> tuple[int, int, int]:
+        """(warm-up iterations, iterations per chunk, training iterations) of a run: the env-step
+        budget in vector steps, the warm-up's share, the rest rounded up to whole chunks."""
+        total = max(1, math.ceil(settings.total_steps / num_envs))
+        warmup = min(total - 1, math.ceil(settings.min_buffer / num_envs))
+        per_chunk, train = chunk_plan(total - warmup, settings.num_evals)
+        return warmup, per_chunk, train
 
     # ------------------------------------------------------------------ carry
+    def _pack(self, tr: Transition) -> Transition:
+        """A transition as replay stores it: ``state`` dropped when it is the first entries of
+        ``privileged_state``; observations in ``obs_dtype``."""
+        dtype = jnp.dtype(self.s.obs_dtype)
+
+        def obs(o):
+            o = {k: v for k, v in o.items() if not (k == "state" and self._state_prefix is not None)}
+            return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, o)
+
+        return tr._replace(obs=obs(tr.obs), next_obs=obs(tr.next_obs))
+
+    def _unpack(self, tr: Transition) -> Transition:
+        """`_pack` undone: float32 observations, ``state`` sliced back out."""
+        def obs(o):
+            o = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, o)
+            if self._state_prefix is not None:
+                o = {"state": o["privileged_state"][..., :self._state_prefix], **o}
+            return o
+
+        return tr._replace(obs=obs(tr.obs), next_obs=obs(tr.next_obs))
+
     def _example(self, obs: dict) -> Transition:
-        """One transition without batch axis: the replay row layout."""
+        """One stored transition without batch axis: the replay row layout."""
         row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), obs)
-        return Transition(
+        full = Transition(
             obs=row, action=jax.ShapeDtypeStruct((self.env.action_size,), jnp.float32),
             reward=jax.ShapeDtypeStruct((), jnp.float32), next_obs=row,
             terminated=jax.ShapeDtypeStruct((), jnp.bool_), truncated=jax.ShapeDtypeStruct((), jnp.bool_))
+        return jax.eval_shape(self._pack, full)
 
     def preflight(self) -> None:
         """Before compiling: say how much memory the replay buffer takes at its peak and how much
         the device has free, and refuse a buffer that cannot fit (naming the knobs)."""
-        carry = jax.eval_shape(self.init_carry)  # shapes only: nothing is allocated
-        rest = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(carry.replace(buffer=None)))
+        carry = jax.eval_shape(self._init, jax.random.PRNGKey(0))  # one seed, shapes only
+        k = self.num_seeds
+        rest = k * sum(math.prod(x.shape) * x.dtype.itemsize
+                       for x in jax.tree.leaves(carry.replace(buffer=None)))
         # One iteration's sampled rows (batch x updates when sampled at once) live beside it.
         rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)
         example = self._example(carry.env_state.obs)
-        rest += rows * replay.nbytes(example, 1)
-        need, have = replay.check_memory(example, self.s.buffer_size, other_bytes=rest)
+        rest += k * rows * replay.nbytes(example, 1)
+        capacity = k * replay.time_rows(self.s.buffer_size, self.env.num_envs) * self.env.num_envs
+        need, have = replay.check_memory(example, capacity, other_bytes=rest, devices=self.devices)
         free = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
-        notice(f"replay buffer {self.s.buffer_size:,} transitions + agent, env state and sampled "
-               f"batch: {need / 2**30:.2f} GiB at peak; device free memory {free}")
+        where = f" per device ({self.devices} devices)" if self.devices > 1 else ""
+        seeds = f" x {k} seeds" if k > 1 else ""
+        notice(f"replay buffer {self.s.buffer_size:,} transitions{seeds} ({replay.nbytes(example, 1):,} "
+               f"bytes each) + agent, env state and sampled batch: {need / 2**30:.2f} GiB at peak"
+               f"{where}; device free memory {free}")
 
-    def init_carry(self) -> OffPolicyCarry:
-        key = jax.random.PRNGKey(self.seed)
+    def _init_agent(self, key: jax.Array) -> Any:
+        return self.agent.init(jax.random.split(key, 3)[0])
+
+    def _init(self, key: jax.Array, agent: Any = None) -> OffPolicyCarry:
         k_agent, k_env, key = jax.random.split(key, 3)
         env_state = self.env.reset(k_env)
         return OffPolicyCarry(
-            agent=self.agent.init(k_agent),
-            buffer=replay.init(self._example(env_state.obs), self.s.buffer_size, check=False),
+            agent=self.agent.init(k_agent) if agent is None else agent,
+            buffer=replay.init(self._example(env_state.obs), self.s.buffer_size, self.env.num_envs,
+                               check=False),
             env_state=env_state,
             key=key,
             iteration=jnp.zeros((), jnp.int32),
@@ -144,10 +199,14 @@ class OffPolicyLoop(HostLoop):
         )
         return carry.replace(
             agent=self.agent.observe(agent, tr),
-            buffer=replay.insert(carry.buffer, tr),
+            buffer=replay.insert(carry.buffer, self._pack(tr)),
             env_state=env_state,
             iteration=carry.iteration + 1,
         )
+
+    def _sample(self, carry: OffPolicyCarry, key: jax.Array, rows: int) -> Transition:
+        """``rows`` uniform transitions (each device draws its share from its own envs')."""
+        return self._unpack(replay.sample(carry.buffer, key, rows, self.mesh))
 
     def _warmup_fn(self, carry: OffPolicyCarry) -> OffPolicyCarry:
         def body(c, _):
@@ -167,8 +226,7 @@ class OffPolicyLoop(HostLoop):
         else:
             def one_update(agent, k):
                 k_s, k_u = jax.random.split(k)
-                batch = replay.sample(carry.buffer, k_s, self.s.batch_size)
-                return self.agent.update(agent, batch, k_u)
+                return self.agent.update(agent, self._sample(carry, k_s, self.s.batch_size), k_u)
 
             agent, metrics = jax.lax.scan(
                 one_update, carry.agent, jax.random.split(k_upd, self.s.updates_per_step)
@@ -181,8 +239,9 @@ class OffPolicyLoop(HostLoop):
         [U, B, ...], then U updates scanned over its slices."""
         u, b = self.s.updates_per_step, self.s.batch_size
         k_s, k_u = jax.random.split(key)
-        rows = replay.sample(carry.buffer, k_s, u * b)
-        batches = jax.tree.map(lambda x: x.reshape((u, b) + x.shape[1:]), rows)
+        rows = self._sample(carry, k_s, u * b)
+        # [U·B] -> [B, U] -> [U, B]: each update's batch keeps rows of every device.
+        batches = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((b, u) + x.shape[1:]), 0, 1), rows)
 
         def one_update(agent, xs):
             batch, k = xs
@@ -207,19 +266,19 @@ class OffPolicyLoop(HostLoop):
         uniform random actions (as the warm-up did) so updates never sample an empty buffer.  The
         budget counter is left where it was; the run is then no longer bit-identical to an
         uninterrupted one."""
-        iteration = int(carry.iteration)  # host copy: the warm-up donates the carry
+        iteration = self.counter(carry.iteration)  # host copy: the warm-up donates the carry
         carry = self._call("warmup", self._warmup, carry)
-        return carry.replace(iteration=jnp.asarray(iteration, jnp.int32))
+        return carry.replace(iteration=jnp.full_like(carry.iteration, iteration))
 
     # ------------------------------------------------------------------ host
     def env_steps(self, carry: OffPolicyCarry) -> int:
-        return int(carry.iteration) * self.env.num_envs
+        return self.counter(carry.iteration) * self.env.num_envs
 
     def finished(self, carry: OffPolicyCarry) -> bool:
-        return int(carry.iteration) >= self.total_iters
+        return self.counter(carry.iteration) >= self.total_iters
 
     def _advance(self, carry: OffPolicyCarry) -> tuple[OffPolicyCarry, dict]:
         """Warm-up (first call) or one training chunk."""
-        if int(carry.iteration) < self.warmup_iters:
+        if self.counter(carry.iteration) < self.warmup_iters:
             return self._call("warmup", self._warmup, carry), {}
         return self._call("chunk", self._chunk, carry)

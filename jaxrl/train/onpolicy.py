@@ -26,8 +26,7 @@ from flax import struct
 
 from envs.wrappers import VecEnv
 from jaxrl.algos import ppo
-from jaxrl.train.evaluate import make_evaluator
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, donating_jit
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan
 
 
 @struct.dataclass
@@ -73,25 +72,29 @@ class OnPolicyLoop(HostLoop):
     """`jaxrl.train.run`'s protocol over the jitted PPO chunk."""
 
     def __init__(self, cfg: ppo.PPOConfig, env: VecEnv, eval_env: VecEnv | None, steps: int,
-                 seed: int, num_evals: int = 10):
+                 seed: int, num_evals: int = 10, *, devices: int | None = None, seeds: int = 1):
         super().__init__()
         if env.num_envs != cfg.num_envs:
             raise ValueError(f"env has num_envs={env.num_envs} but cfg.num_envs={cfg.num_envs}; "
                              "make the env with num_envs=cfg.num_envs")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.cfg, self.env, self.seed = cfg, env, seed
+        # Each device takes an equal share of every minibatch (ppo.minibatches).
+        self.setup(env, eval_env, seed, devices, seeds,
+                   {"minibatch": cfg.batch_size // cfg.num_minibatches})
+        self.cfg = cfg
         self.chunk_iters, self.total_iters = chunk_plan(math.ceil(steps / cfg.batch_size), num_evals)
-        self._chunk = donating_jit(self._chunk_fn)
+        self._chunk = self.program(self._chunk_fn, carry_out=False)
+        self.make_evaluate(lambda state, obs, key: ppo.act(state, obs, key, cfg, deterministic=True)[0])
 
-        def act(state, obs, key):
-            return ppo.act(state, obs, key, cfg, deterministic=True)[0]
+    def _init_agent(self, key: jax.Array) -> ppo.PPOState:
+        return ppo.init(jax.random.split(key, 3)[0], self.env.spec, self.cfg)
 
-        self.evaluate = make_evaluator(eval_env, act) if eval_env is not None else None
-
-    def init_carry(self) -> OnPolicyCarry:
-        k_agent, k_env, k_loop = jax.random.split(jax.random.PRNGKey(self.seed), 3)
-        return OnPolicyCarry(agent=ppo.init(k_agent, self.env.spec, self.cfg),
+    def _init(self, key: jax.Array, agent: ppo.PPOState | None = None) -> OnPolicyCarry:
+        k_agent, k_env, k_loop = jax.random.split(key, 3)
+        if agent is None:
+            agent = ppo.init(k_agent, self.env.spec, self.cfg)
+        return OnPolicyCarry(agent=agent,
                              env_state=self.env.reset(k_env), key=k_loop,
                              iteration=jnp.zeros((), jnp.int32))
 
@@ -99,7 +102,7 @@ class OnPolicyLoop(HostLoop):
         cfg = self.cfg
         key, k_roll, k_upd = jax.random.split(carry.key, 3)
         agent, env_state, rollout = _rollout(self.env, cfg, carry.agent, carry.env_state, k_roll)
-        agent, metrics = ppo.update(agent, rollout, k_upd, cfg)
+        agent, metrics = ppo.update(agent, rollout, k_upd, cfg, shards=self.devices)
         metrics["reward"] = rollout.reward.mean()
         return OnPolicyCarry(agent=agent, env_state=env_state, key=key,
                              iteration=carry.iteration + 1), metrics
@@ -121,7 +124,7 @@ class OnPolicyLoop(HostLoop):
 
     def env_steps(self, carry: OnPolicyCarry) -> int:
         """Env steps taken so far (host int; no int32 overflow at billions of steps)."""
-        return int(carry.iteration) * self.cfg.batch_size
+        return self.counter(carry.iteration) * self.cfg.batch_size
 
     def finished(self, carry: OnPolicyCarry) -> bool:
-        return int(carry.iteration) >= self.total_iters
+        return self.counter(carry.iteration) >= self.total_iters

@@ -23,8 +23,8 @@ from jaxrl.train.loop import HostLoop
 from jaxrl.train.offpolicy import OffPolicyAgent, OffPolicyLoop, OffPolicySettings
 from jaxrl.train.onpolicy import OnPolicyLoop
 
-# (config, train env, eval env or None, env-step budget, seed, num_evals) -> loop
-LoopFactory = Callable[[Any, VecEnv, "VecEnv | None", int, int, int], HostLoop]
+# (config, train env, eval env or None, env-step budget, seed, num_evals, *, devices, seeds) -> loop
+LoopFactory = Callable[..., HostLoop]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +58,13 @@ def flashsac_agent(cfg: flashsac_algo.FlashSACConfig, env: VecEnv) -> OffPolicyA
         act=act,
         observe=functools.partial(flashsac_algo.observe, cfg=cfg),
         update=functools.partial(flashsac_algo.update, cfg=cfg),
+        per_env=(".reward_stats.G", ".explore.noise"),
     )
 
 
 def flashsac_loop(cfg: flashsac_algo.FlashSACConfig, env: VecEnv, eval_env: VecEnv | None,
-                  steps: int, seed: int, num_evals: int = 10) -> OffPolicyLoop:
+                  steps: int, seed: int, num_evals: int = 10, *, devices: int | None = None,
+                  seeds: int = 1) -> OffPolicyLoop:
     """The off-policy loop for this config; the cosine schedules' length is the run's number of
     updates, known once the budget is split into chunks."""
     if env.num_envs != cfg.num_envs:
@@ -70,11 +72,12 @@ def flashsac_loop(cfg: flashsac_algo.FlashSACConfig, env: VecEnv, eval_env: VecE
     settings = OffPolicySettings(
         total_steps=steps, batch_size=cfg.batch_size, updates_per_step=cfg.updates_per_step,
         buffer_size=cfg.buffer_size, min_buffer=cfg.min_buffer, num_evals=num_evals,
-        learner_precision=cfg.matmul_precision,
+        learner_precision=cfg.matmul_precision, obs_dtype=cfg.replay_obs_dtype,
     )
-    probe = OffPolicyLoop(env, flashsac_agent(cfg, env), settings, None, seed)
-    cfg = cfg.replace(total_updates=max(1, probe.num_updates))
-    return OffPolicyLoop(env, flashsac_agent(cfg, env), settings, eval_env, seed)
+    iters = OffPolicyLoop.budget(env.num_envs, settings)[2]
+    cfg = cfg.replace(total_updates=max(1, iters * cfg.updates_per_step))
+    return OffPolicyLoop(env, flashsac_agent(cfg, env), settings, eval_env, seed, devices=devices,
+                         seeds=seeds)
 
 
 def sac_agent(cfg: sac_algo.SACConfig, env: VecEnv) -> OffPolicyAgent:
@@ -93,7 +96,7 @@ def sac_agent(cfg: sac_algo.SACConfig, env: VecEnv) -> OffPolicyAgent:
 
 
 def sac_loop(cfg: sac_algo.SACConfig, env: VecEnv, eval_env: VecEnv | None, steps: int, seed: int,
-             num_evals: int = 10) -> OffPolicyLoop:
+             num_evals: int = 10, *, devices: int | None = None, seeds: int = 1) -> OffPolicyLoop:
     """The off-policy loop with one uniform sample per iteration scanned over the updates
     (``sample_once``), the learner at ``cfg.matmul_precision``.  The config's ``env_overrides``
     are applied where the envs are made (`jaxrl.train.run.train`), not here."""
@@ -103,14 +106,15 @@ def sac_loop(cfg: sac_algo.SACConfig, env: VecEnv, eval_env: VecEnv | None, step
     settings = OffPolicySettings(
         total_steps=steps, batch_size=cfg.batch_size, updates_per_step=cfg.updates_per_step,
         buffer_size=cfg.buffer_size, min_buffer=cfg.min_buffer, num_evals=num_evals,
-        learner_precision=cfg.matmul_precision, sample_once=True,
+        learner_precision=cfg.matmul_precision, sample_once=True, obs_dtype=cfg.replay_obs_dtype,
     )
-    return OffPolicyLoop(env, sac_agent(cfg, env), settings, eval_env, seed)
+    return OffPolicyLoop(env, sac_agent(cfg, env), settings, eval_env, seed, devices=devices,
+                         seeds=seeds)
 
 
 def ppo_loop(cfg: ppo_algo.PPOConfig, env: VecEnv, eval_env: VecEnv | None, steps: int, seed: int,
-             num_evals: int = 10) -> OnPolicyLoop:
-    return OnPolicyLoop(cfg, env, eval_env, steps, seed, num_evals)
+             num_evals: int = 10, *, devices: int | None = None, seeds: int = 1) -> OnPolicyLoop:
+    return OnPolicyLoop(cfg, env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
 
 
 # ------------------------------------------------------------------------------- the table

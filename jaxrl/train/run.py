@@ -10,6 +10,7 @@ host side of it:
     RUN_DIR/tensorboard/     TensorBoard events
     RUN_DIR/checkpoints/     the whole carry (agent, replay buffer, env state, RNG, counters)
     RUN_DIR/summary.json     algo, env, env_steps, wall_s, compile_s, final_eval_return
+    RUN_DIR/learning_curve.png  eval return vs env steps (several seeds: mean, 95% band, each seed)
 
 ``resume(run_dir)`` rebuilds the loop from config.json, restores the newest verified checkpoint
 and continues; because the carry is everything, the resumed run equals an uninterrupted one.  A
@@ -76,14 +77,18 @@ def metadata(record: dict, env: VecEnv) -> dict:
             "action_size": env.action_size}
 
 
-def rebuild(record: dict, with_eval: bool = True) -> tuple[registry.Algorithm, Any, VecEnv, Any]:
-    """(algorithm, config, train env, loop) of a run, exactly as `train` built them."""
+def rebuild(record: dict, with_eval: bool = True, devices: int | None = None
+            ) -> tuple[registry.Algorithm, Any, VecEnv, Any]:
+    """(algorithm, config, train env, loop) of a run, as `train` built them, on ``devices``
+    devices (None: automatic; the device count is not part of a run's identity, so a run
+    continues on another machine)."""
     algo = registry.get(record["algo"])
     config = runfolder.config_from_dict(algo.config, record["config"])
     train_env, eval_env, _ = make_envs(record["env"], config.num_envs, record["seed"],
                                        record["env_kwargs"], record.get("resets"))
     loop = algo.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
-                          record["seed"], record["num_evals"])
+                          record["seed"], record["num_evals"], devices=devices,
+                          seeds=record.get("seeds", 1))
     return algo, config, train_env, loop
 
 
@@ -118,8 +123,16 @@ def train(
     tensorboard: bool = True,
     wandb: bool = False,
     overwrite: bool = False,
+    devices: int | None = None,
+    seeds: int = 1,
 ) -> tuple[Any, list[dict]]:
     """Train ``algo`` on ``env``; returns (final carry, metrics rows).
+
+    ``devices``: data parallel over that many devices (None: every visible device that divides
+    num_envs and the batch; `jaxrl.train.parallel`).  ``seeds``: K > 1 trains seeds ``seed ...
+    seed + K - 1`` as one vmapped program; every carry leaf then has a leading seed axis and each
+    metrics row holds the mean over seeds, ``seed{i}/NAME`` per seed and a 95% interval of the
+    returns.
 
     ``out_dir`` must not already hold a run: its checkpoints would mix with this run's (resume and
     export pick the newest step of either).  Continue it with `resume`, or pass ``overwrite=True``
@@ -134,10 +147,13 @@ def train(
         raise TypeError(f"{algo} needs a {spec.config.__name__}, got {type(config).__name__}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     if init_from is not None and not runfolder.is_run(init_from):
         raise FileNotFoundError(f"--init-from {init_from}: not a jaxrl run folder (no config.json)")
+    primary = jax.process_index() == 0  # several hosts: one of them writes the run folder
     if out_dir is not None:
-        runfolder.claim(Path(out_dir), overwrite)
+        runfolder.claim(Path(out_dir), overwrite and primary)
     env_kwargs = dict(env_kwargs or {})
     if isinstance(env, str) and getattr(config, "env_overrides", ()):
         # The config's env changes (e.g. LIFT: pushes off) go into the record's env_kwargs, so
@@ -147,16 +163,18 @@ def train(
     record = {
         "algo": algo, "env": env_name, "steps": int(steps), "seed": int(seed),
         "num_evals": int(num_evals), "env_kwargs": env_kwargs, "resets": resets,
-        "config": runfolder.config_to_dict(config),
+        "config": runfolder.config_to_dict(config), "seeds": int(seeds),
     }
-    loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals)
+    loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices,
+                          seeds=seeds)
+    record["devices"] = loop.devices  # information only: not part of the run's identity
     _preflight(loop)
     carry = loop.init_carry()
     if init_from is not None:
         carry, record["init_from"] = load_parts(carry, init_from, init_parts)
     session = _Session(loop, record, train_env, out_dir, progress, checkpoint_every_s,
                        keep_last, save_buffer, progress_fn, tensorboard, wandb)
-    if out_dir is not None:
+    if out_dir is not None and primary:
         runfolder.write_record(out_dir, record)
     return session.run(carry, rows=[])
 
@@ -192,8 +210,9 @@ def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None) -> 
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = None,
-           **kwargs) -> tuple[Any, list[dict]]:
-    """Continue the run in ``run_dir`` from its newest verified checkpoint.
+           devices: int | None = None, **kwargs) -> tuple[Any, list[dict]]:
+    """Continue the run in ``run_dir`` from its newest verified checkpoint, on ``devices``
+    devices (None: automatic; need not be the count it was trained on).
 
     A run folder without any committed checkpoint (killed while compiling) starts again from
     step 0, with a notice: requeue scripts can call resume blindly.  ``wandb=None`` logs to
@@ -203,7 +222,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
 
     run_dir = Path(run_dir)
     record = runfolder.read_record(run_dir)
-    _, _, train_env, loop = rebuild(record)
+    _, _, train_env, loop = rebuild(record, devices=devices)
     session = _Session(loop, record, train_env, run_dir, progress,
                        kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
                        kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True,
@@ -244,15 +263,16 @@ class _Session:
         self.save_buffer = save_buffer
         self._warned_disk = False
         self.progress_fn = progress_fn
-        self.show_progress = progress
+        self.show_progress = progress and jax.process_index() == 0
         self.ckpt = self.logger = None
         if self.out is not None:
             from jaxrl.io.metrics import MetricsLogger
 
             self.ckpt = CheckpointManager(self.out, keep_last=keep_last,
                                           save_interval_s=checkpoint_every_s)
-            self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb,
-                                        config=self.metadata)
+            if jax.process_index() == 0:  # one metrics file, one TensorBoard, one W&B run
+                self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb,
+                                            config=self.metadata)
 
     def run(self, carry, rows: list[dict], wall_offset: float = 0.0):
         from jaxrl.io.progress import Progress
@@ -285,7 +305,7 @@ class _Session:
                 bar.close()
             if self.logger is not None:
                 self.logger.close(failed=failed)
-        if self.out is not None:
+        if self.out is not None and jax.process_index() == 0:
             self._summary(rows)
         return carry, rows
 
@@ -320,4 +340,14 @@ class _Session:
             "compile_s": self.loop.compile_s, "final_eval_return": evals[-1] if evals else None,
             "best_eval_return": max(evals) if evals else None, "config_hash": self.metadata["config_hash"],
         }
+        if self.record.get("seeds", 1) > 1:
+            summary["seeds"] = [self.record["seed"] + i for i in range(self.record["seeds"])]
+            for key in ("eval_return_ci_low", "eval_return_ci_high"):
+                if key in last:
+                    summary[f"final_{key}"] = last[key]
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        if evals:
+            from jaxrl.io.metrics import plot_learning_curve
+
+            plot_learning_curve({f"{self.record['algo']} {self.record['env']}": rows},
+                                self.out / "learning_curve.png")

@@ -79,7 +79,8 @@ def test_gae_truncation_bootstraps_final_value_and_termination_does_not():
 
 def test_advantages_are_standardised_once_over_the_whole_rollout(cfg):
     """rollout_batch: GAE, then (A − mean) / (std + 1e-8) over all T·N steps (torch's unbiased
-    std, as rsl_rl), returns from the raw advantages; checked against numpy."""
+    std, as rsl_rl), returns from the raw advantages, flattened env-major (each env's steps
+    together, so envs split over devices stay contiguous); checked against numpy."""
     rng = np.random.default_rng(5)
     T, N = cfg.unroll_length, cfg.num_envs
     r = rng.normal(1.0, 2.0, (T, N)).astype(np.float32)
@@ -94,9 +95,30 @@ def test_advantages_are_standardised_once_over_the_whole_rollout(cfg):
     batch = ppo.rollout_batch(rollout, cfg)
     ref_adv, ref_ret = _gae_reference(r, v, nv, term, trunc, cfg.gamma, cfg.gae_lambda)
     want = (ref_adv - ref_adv.mean()) / (ref_adv.std(ddof=1) + 1e-8)
-    np.testing.assert_allclose(batch["advantage"], want.reshape(-1), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(batch["return"], ref_ret.reshape(-1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batch["advantage"], want.T.reshape(-1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batch["return"], ref_ret.T.reshape(-1), rtol=1e-4, atol=1e-4)
     assert batch["advantage"].shape == (T * N,) and batch["obs"]["state"].shape == (T * N, D)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_minibatches_partition_the_batch_with_an_equal_share_of_every_shard(shards):
+    """Every row lands in exactly one minibatch of an epoch; with S shards (one per device) each
+    minibatch takes n/(S·M) rows from each shard's contiguous block, so no row crosses devices;
+    one shard is a single shuffle of the whole batch; bad sizes are refused."""
+    n, m = 48, 3
+    mbs = np.asarray(ppo.minibatches({"i": jnp.arange(n)}, jax.random.PRNGKey(2), m, shards)["i"])
+    assert mbs.shape == (m, n // m)
+    assert sorted(mbs.reshape(-1).tolist()) == list(range(n))
+    for mb in mbs:
+        per_shard = np.bincount(mb // (n // shards), minlength=shards)
+        assert per_shard.tolist() == [n // (shards * m)] * shards
+        # the rows of shard s sit in the s-th slice of the minibatch (device order kept)
+        blocks = mb.reshape(shards, -1) // (n // shards)
+        assert (blocks == np.arange(shards)[:, None]).all()
+    if shards == 1:
+        assert (mbs.reshape(-1) != np.arange(n)).any()  # shuffled
+    with pytest.raises(ValueError, match="cannot be cut into"):
+        ppo.minibatches({"i": jnp.arange(n)}, jax.random.PRNGKey(2), 5, shards)
 
 
 def test_loss_uses_minibatch_advantages_as_given_not_restandardised(cfg):

@@ -26,8 +26,12 @@ def _spec(obs=OBS, priv=PRIV, act=ACT) -> EnvSpec:
                    has_privileged_state=True)
 
 
+# The LIFT networks and optimiser (swish, no LayerNorm, log σ ∈ [−5, 2], AdamW 1e-4) at toy size;
+# the cpu preset's Brax-style choices are tested on their own below.
 TINY = sac.SACConfig.cpu().replace(actor_hidden=(16, 16), critic_hidden=(32, 32), batch_size=B,
-                                   alpha_lr=0.3, init_log_alpha=math.log(0.5))
+                                   alpha_lr=0.3, init_log_alpha=math.log(0.5), actor_lr=3e-4,
+                                   critic_lr=3e-4, weight_decay=1e-4, activation="swish",
+                                   critic_layer_norm=False, log_std_min=-5.0, log_std_max=2.0)
 
 
 def _batch(key, n=B) -> Transition:
@@ -211,39 +215,50 @@ GIB = 2**30
 
 @pytest.mark.parametrize("task", ["T1JoystickFlatTerrain", "G1JoystickFlatTerrain"])
 def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task):
-    """Issue #12 item 8, from abstract shapes (``jax.eval_shape`` of the loop's carry: nothing is
-    allocated).  A transition holds obs and next_obs (float32 'state' + 'privileged_state'), the
-    action, the reward and two flags:
-      T1: state 85 + privileged 180, 23 actions -> 2,218 B; 1M rows 2.07 GiB
-      G1: state 103 + privileged 216, 29 actions -> 2,674 B; 1M rows 2.49 GiB
+    """Issue #12 item 8 and #11 item 7, from abstract shapes (``jax.eval_shape`` of the loop's
+    carry: nothing is allocated).  A transition holds obs and next_obs, the action, the reward and
+    two flags.  The actor's 'state' is the first entries of 'privileged_state' on these tasks, so
+    replay stores privileged_state alone (state is sliced back when sampling):
+      T1: state 85 + privileged 180, 23 actions -> 2,218 B both stored, 1,538 B deduplicated
+          (1.44x less), 818 B with bfloat16 observations; 1M transitions 1.43 GiB (float32)
+      G1: state 103 + privileged 216, 29 actions -> 2,674 B, 1,850 B, 986 B; 1M: 1.72 GiB
     On top: the agent (actor, twin critic, target, AdamW moments, normalisers) 0.03 GiB, the env
     state of 4096 envs 0.20 GiB (T1) / 0.25 GiB (G1), and the one sample of updates_per_step x
-    batch_size rows per iteration 0.54 GiB (T1: 16 x 16384) / 0.78 GiB (G1: 19 x 16384).
-    Total 2.8 GiB (T1) / 3.5 GiB (G1): far inside the 80% of 24 GB (17.9 GiB) the check allows.
-    Not counted (XLA temporaries, measured only on a GPU): the physics step's intermediates and the
-    update's activations at batch 16384 (a 1024-wide bf16 layer is 32 MiB)."""
+    batch_size rows per iteration (T1: 16 x 16384, G1: 19 x 16384).  Far inside the 80% of 24 GB
+    (17.9 GiB) the check allows.  Not counted (XLA temporaries, measured only on a GPU): the
+    physics step's intermediates and the update's activations at batch 16384."""
     from jaxrl.data import replay
     from jaxrl.train import registry
 
     cfg = sac.SACConfig.lift(task)
     assert (cfg.num_envs, cfg.buffer_size) == (4096, 1_000_000)
     env = envs.make(task, num_envs=cfg.num_envs, **dict(cfg.env_overrides))
-    loop = registry.get("sac").make_loop(cfg, env, None, 10**9, 0, 10)
-    carry = jax.eval_shape(loop.init_carry)
+    assert env.state_in_privileged
     size = functools.partial(replay.nbytes, capacity=1)  # bytes of a pytree of abstract arrays
-    row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.buffer.data)
-    per_row = {"T1JoystickFlatTerrain": 2218, "G1JoystickFlatTerrain": 2674}[task]
-    assert replay.nbytes(row, 1) == per_row and size(carry.buffer.data) == per_row * 10**6
-    sampled = per_row * cfg.updates_per_step * cfg.batch_size
+    s_dim, p_dim, a_dim = env.obs_spec["state"].size, env.obs_spec["privileged_state"].size, env.action_size
+    both = 4 * (2 * (s_dim + p_dim) + a_dim + 1) + 2  # the old layout, computed by hand
+    assert both == {"T1JoystickFlatTerrain": 2218, "G1JoystickFlatTerrain": 2674}[task]
+    for dtype, per_row in (("float32", 4 * (2 * p_dim + a_dim + 1) + 2),
+                           ("bfloat16", 2 * 2 * p_dim + 4 * (a_dim + 1) + 2)):
+        loop = registry.get("sac").make_loop(cfg.replace(replay_obs_dtype=dtype), env, None, 10**9, 0, 10,
+                                             devices=1)
+        carry = jax.eval_shape(loop.init_carry)
+        assert set(carry.buffer.data.obs) == {"privileged_state"}
+        row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), carry.buffer.data)
+        rows = carry.buffer.data.reward.shape[0] * cfg.num_envs  # 245 vector steps of 4096
+        assert replay.nbytes(row, 1) == per_row and size(carry.buffer.data) == per_row * rows
+        assert 1_000_000 <= rows < 1_000_000 + cfg.num_envs
+    assert both / (4 * (2 * p_dim + a_dim + 1) + 2) > 1.4
+    sampled = both * cfg.updates_per_step * cfg.batch_size  # sampled rows come back with 'state'
     other = size(carry.agent) + size(carry.env_state) + sampled
     assert size(carry.agent) < 0.05 * GIB and size(carry.env_state) < 0.3 * GIB and sampled < 0.8 * GIB
     need, have = replay.check_memory(row, cfg.buffer_size, other_bytes=other, free_bytes=24 * 10**9,
                                      platform="gpu")
     assert need < 4 * GIB and have == 24 * 10**9
-    # ten times the buffer (22-27 GB) does not fit: refused before anything is allocated
+    # forty times the buffer does not fit: refused before anything is allocated
     with pytest.raises(replay.ReplayCapacityError, match=r"lower buffer_size to at most [\d,]+ "
                        r"transitions\.  num_envs .*batch_size x updates_per_step"):
-        replay.check_memory(row, 10 * cfg.buffer_size, other_bytes=other, free_bytes=24 * 10**9,
+        replay.check_memory(row, 40 * cfg.buffer_size, other_bytes=other, free_bytes=24 * 10**9,
                             platform="gpu")
 
 
@@ -301,6 +316,63 @@ def test_policy_layers_equal_the_deterministic_policy(tiny):
     np.testing.assert_allclose(export.to_jax(ops)(batch.obs["state"]), want, atol=1e-5)
 
 
+def test_cpu_preset_is_brax_sac_at_the_shared_cost_settings():
+    """cpu = Playground's brax_sac_config (lr 1e-3, α lr 3e-4, α₀ 1, H̄ −0.5|A|, γ 0.99, τ 0.005,
+    256×256 relu, LayerNorm on Q, plain Adam) at the cost settings sac_vs_brax.py shares."""
+    cfg = sac.SACConfig.cpu()
+    assert (cfg.num_envs, cfg.batch_size, cfg.updates_per_step, cfg.min_buffer, cfg.buffer_size) == (
+        16, 128, 16, 2048, 200_000)
+    assert (cfg.actor_lr, cfg.critic_lr, cfg.alpha_lr, cfg.weight_decay) == (1e-3, 1e-3, 3e-4, 0.0)
+    assert (cfg.init_log_alpha, cfg.entropy_coef, cfg.gamma, cfg.tau, cfg.reward_scale) == (0.0, 0.5, 0.99, 0.005, 1.0)
+    assert cfg.actor_hidden == cfg.critic_hidden == (256, 256) and cfg.activation == "relu"
+    assert cfg.critic_layer_norm and cfg.normalize_obs and cfg.compute_dtype == "float32"
+    assert (cfg.log_std_min, cfg.log_std_max) == (-3.0, 2.0)  # σ₀ = e^−0.5 ≈ 0.61 (Brax ≈ 0.69)
+    state = sac.init(jax.random.PRNGKey(0), _spec(), cfg)
+    assert "norm_1" in state.critic_params["members"] and "norm_0" not in state.actor_params
+
+
+def test_critic_layer_norm_and_activation_change_only_what_they_name():
+    """``critic_layer_norm`` adds LayerNorms (``norm_i``, Dense → activation → LayerNorm as Brax)
+    to the Q MLPs only; the policy keeps ``hidden_i`` / ``out``; the export follows
+    ``activation``; the LIFT presets keep swish without LayerNorm."""
+    from jaxrl.io import export
+
+    for task in sac.LIFT_TASKS:
+        for cfg in (sac.SACConfig.lift(task), sac.SACConfig.lift_deploy(task), sac.SACConfig.lift_smoke(task)):
+            assert (cfg.activation, cfg.critic_layer_norm) == ("swish", False)
+    assert (sac.SACConfig().activation, sac.SACConfig().critic_layer_norm) == ("swish", False)
+    base = TINY.replace(activation="swish", critic_layer_norm=False)
+    plain = sac.init(jax.random.PRNGKey(0), _spec(), base)
+    assert sorted(plain.critic_params["members"]) == ["hidden_0", "hidden_1", "out"]
+    cfg = base.replace(activation="relu", critic_layer_norm=True)
+    state = sac.init(jax.random.PRNGKey(0), _spec(), cfg)
+    members = state.critic_params["members"]
+    assert sorted(members) == ["hidden_0", "hidden_1", "norm_0", "norm_1", "out"]
+    assert members["norm_1"]["scale"].shape == (2, 32) and members["norm_1"]["bias"].shape == (2, 32)
+    assert sorted(state.actor_params) == ["hidden_0", "hidden_1", "out"]
+    # Q by hand, both members: relu(Dense) then LayerNorm (eps 1e-6) per hidden layer, then Dense
+    batch = _batch(jax.random.PRNGKey(3))
+    x = np.concatenate([np.asarray(sac.norm_obs(state, batch.obs, "privileged_state", cfg)),
+                        np.asarray(batch.action)], axis=-1).astype(np.float64)
+    q = np.asarray(sac.q_values(state.critic_params, state, batch.obs, batch.action, cfg))
+    for e in range(2):
+        h = x
+        for i in range(2):
+            h = np.maximum(h @ np.asarray(members[f"hidden_{i}"]["kernel"][e]) + np.asarray(members[f"hidden_{i}"]["bias"][e]), 0)
+            h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-6)
+            h = h * np.asarray(members[f"norm_{i}"]["scale"][e]) + np.asarray(members[f"norm_{i}"]["bias"][e])
+        want = (h @ np.asarray(members["out"]["kernel"][e]) + np.asarray(members["out"]["bias"][e]))[:, 0]
+        np.testing.assert_allclose(q[e], want, rtol=1e-4, atol=1e-5)
+    ops = sac.policy_layers(state, cfg)
+    assert [o["op"] for o in ops] == ["affine", "dense", "relu", "dense", "relu", "dense", "tanh"]
+    want = sac.act(state, batch.obs, None, cfg, deterministic=True)[0]
+    np.testing.assert_allclose(export.to_jax(ops)(batch.obs["state"]), want, atol=1e-5)
+    with pytest.raises(ValueError, match="activation='gelu' is invalid: choose one of.*relu.*swish"):
+        TINY.replace(activation="gelu")
+    with pytest.raises(ValueError, match="critic_layer_norm='yes' is invalid: it must be True or False"):
+        TINY.replace(critic_layer_norm="yes")
+
+
 # --------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_sac_cpu_preset_learns_cartpole_balance():
@@ -356,7 +428,8 @@ def test_lift_smoke_trains_checkpoints_and_exports_t1(tmp_path):
 
     # eval: the exported ops read obs["state"] through the normaliser, as the actor does
     try:
-        report = lifecycle.evaluate_run(out, episodes=2, video=out / "eval.mp4", height=48, width=64)
+        # grid 2, as the humanoid notebook's small settings: the two share compiled programs
+        report = lifecycle.evaluate_run(out, episodes=2, video=out / "eval.mp4", grid=2, height=48, width=64)
     except RuntimeError as e:
         if video.GL_HELP not in str(e):
             raise
@@ -365,7 +438,7 @@ def test_lift_smoke_trains_checkpoints_and_exports_t1(tmp_path):
     assert np.isfinite(report["mean_return"]) and (out / "eval.json").exists()
     if "video" in report:
         reader = imageio_ffmpeg.read_frames(report["video"])
-        assert next(reader)["size"] == (64, 48)
+        assert next(reader)["size"] == (128, 48)  # two 64-wide cells
         assert sum(1 for _ in reader) == 20  # 20 steps at 50 Hz: every step a frame
     # sim2sim: the ONNX file exported above, stepped by MuJoCo C vs MJX from the same states
     s2s = sim2sim.sim2sim(out, episodes=1, max_steps=5)
@@ -420,8 +493,9 @@ def test_init_from_loads_actor_critic_target_and_obs_but_not_alpha(tmp_path):
 
 
 def test_sample_once_scans_the_updates_over_slices_of_one_uniform_sample(cartpole4):
-    """OffPolicySettings.sample_once: the U batches of an iteration are the [U, B] reshape of ONE
-    replay.sample of U·B rows (FlashSAC's default path, a fresh sample per update, is unchanged)."""
+    """OffPolicySettings.sample_once: the U batches of an iteration are slices of ONE replay.sample
+    of U·B i.i.d. rows (cut [B, U] and transposed, so that with the batch split over devices every
+    update keeps rows of every device); FlashSAC's default path samples afresh per update."""
     from jaxrl.data import replay
     from jaxrl.train.offpolicy import OffPolicyAgent, OffPolicyLoop, OffPolicySettings
 
@@ -440,5 +514,5 @@ def test_sample_once_scans_the_updates_over_slices_of_one_uniform_sample(cartpol
     count, m = loop._updates_from_one_sample(carry, key)
     rows = replay.sample(carry.buffer, jax.random.split(key)[0], u * b)
     assert int(count) == u and m["r"].shape == (u, b)
-    np.testing.assert_array_equal(m["r"], np.asarray(rows.reward).reshape(u, b))
-    np.testing.assert_array_equal(m["a"], np.asarray(rows.action).reshape(u, b, -1))
+    np.testing.assert_array_equal(m["r"], np.asarray(rows.reward).reshape(b, u).T)
+    np.testing.assert_array_equal(m["a"], np.asarray(rows.action).reshape(b, u, -1).swapaxes(0, 1))

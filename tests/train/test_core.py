@@ -58,6 +58,39 @@ def test_number_of_evaluations_does_not_change_training(runs, algo):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_k_vmapped_seeds_equal_k_separate_runs(runs, tmp_path):
+    """--seeds 2: seeds 0 and 1 as ONE vmapped program give each seed's separate run (seed 0 is
+    the fixture's run, seed 1 another) to float tolerance; rows hold the mean, a 95% interval and
+    each seed, in metrics.jsonl, TensorBoard and the learning curve; export picks a seed.  (PPO
+    here; the seed axis is the shared HostLoop's, the same for every algorithm.)"""
+    algo = "ppo"
+    from jaxrl.io import lifecycle
+    from jaxrl.io.metrics import read_jsonl
+
+    src, carry0, rows0 = runs[algo, 2]
+    carry1, rows1 = _train(algo, 2, seed=1)
+    out = tmp_path / "seeds"
+    carry, rows = _train(algo, 2, out_dir=out, seeds=2)
+    for i, single in enumerate((carry0, carry1)):
+        mine = jax.tree.map(lambda x: x[i], carry.agent)
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(mine)[0], jax.tree.leaves(single.agent)):
+            np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4,
+                                       atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    last = rows[-1]
+    per_seed = [rows0[-1]["eval_return"], rows1[-1]["eval_return"]]
+    np.testing.assert_allclose([last["seed0/eval_return"], last["seed1/eval_return"]], per_seed, rtol=1e-4)
+    assert last["eval_return"] == pytest.approx(np.mean(per_seed), rel=1e-4)
+    assert last["eval_return_ci_low"] <= last["eval_return"] <= last["eval_return_ci_high"]
+    assert read_jsonl(out / "metrics.jsonl")[-1]["seed1/eval_return"] == last["seed1/eval_return"]
+    assert list((out / "tensorboard").iterdir()) and (out / "learning_curve.png").stat().st_size > 5000
+    with pytest.raises(ValueError, match="trained 2 seeds at once: choose one"):
+        lifecycle.export_run(out, "npz")
+    _, _, _, agent1, _ = lifecycle.load_run(out, seed_index=1)
+    for a, b in zip(jax.tree.leaves(agent1), jax.tree.leaves(jax.tree.map(lambda x: x[1], carry.agent))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert lifecycle.export_run(out, "npz", seed_index=1).exists()
+
+
 def test_rows_report_solver_limit_hits_and_both_loops_share_the_row_keys(runs):
     keys = None
     for algo in TINY:
@@ -179,9 +212,10 @@ def test_highest_precision_is_scoped_to_the_physics_step(tiny_loop):
     carry = jax.eval_shape(loop.init_carry)
     chunk = _dot_precisions(loop.lower_chunk(carry).as_text())
     assert "HIGHEST" in chunk and "DEFAULT" in chunk  # learner dots keep JAX's default
-    learner = _dot_precisions(jax.jit(loop.agent.update).lower(
-        carry.agent, jax.tree.map(lambda x: jax.ShapeDtypeStruct((16,) + x.shape[1:], x.dtype), carry.buffer.data),
-        jax.random.PRNGKey(0)).as_text())
+    batch = jax.eval_shape(lambda d: loop._unpack(jax.tree.map(lambda x: x[0, :1].repeat(16, 0), d)),
+                           carry.buffer.data)
+    learner = _dot_precisions(jax.jit(loop.agent.update).lower(carry.agent, batch,
+                                                                jax.random.PRNGKey(0)).as_text())
     assert learner and "HIGHEST" not in learner
 
     s = loop.s

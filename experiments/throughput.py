@@ -1,0 +1,204 @@
+"""Throughput of every trainer next to the simulator's own limit and Brax's trainers, on 1 and 2
+devices and with 1 or 4 seeds in one program.
+
+    python experiments/throughput.py --tasks CartpoleBalance CheetahRun \
+        --out experiments/results/throughput_cpu.json
+
+Every measurement runs in a fresh subprocess with an EMPTY compilation cache, so its compile
+seconds are what a first run pays.  Per task:
+
+* raw simulation: env-steps/s of random actions through `VecEnv` at each trainer's num_envs, on
+  1 device and on 2 (envs split with `shard_map`, as the trainers do, and — the alternative the
+  design rejected — the same vmapped step left to GSPMD);
+* each trainer (FlashSAC cpu, SAC cpu, PPO cpu at 256 envs): steady env-steps/s of the whole
+  training loop (chunks after the first; evaluation excluded), gradient steps/s, compile
+  seconds, on 1 device, 2 devices, and 4 seeds on 2 devices; loop / raw ratio;
+* Brax's own trainer on the same task and settings: SAC (num_envs, batch, updates per step,
+  replay sizes equal to ours) and PPO (num_envs equal).
+
+Writes ``--out`` (JSON: every row plus machine and versions).  On CPU only the ratios mean
+much (DESIGN.md, "Measuring"); absolute numbers only from a GPU, with the device named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# Trainer -> (registry name, config expression, env steps of the measured run, evaluations)
+TRAINERS = {
+    "flashsac": ("flashsac", "cfg.cpu()", 20_480, 4),
+    "sac": ("sac", "cfg.cpu()", 12_288, 4),
+    "ppo": ("ppo", "cfg.cpu(num_envs=256)", 2_621_440, 5),
+}
+
+
+# ------------------------------------------------------------------ one measurement (subprocess)
+def _compile_counter():
+    import jax
+
+    total = [0.0]
+
+    def listen(event, seconds, **_):
+        if event.startswith("/jax/core/compile/"):
+            total[0] += seconds
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    return total
+
+
+def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int) -> dict:
+    import jax
+
+    import envs
+    from jaxrl.train import parallel
+
+    compiled = _compile_counter()
+    mesh = parallel.make_mesh(devices)
+    env = envs.make(task, num_envs=num_envs)
+    if mode == "shard_map":
+        env = env.distribute(mesh)
+
+    def rollout(state, key):
+        def body(s, k):
+            return env.step(s, env.random_action_fn(k)), ()
+        return jax.lax.scan(body, state, jax.random.split(key, steps))[0]
+
+    state = env.reset(jax.random.PRNGKey(0))
+    if mode == "gspmd":  # the same vmapped step, with the env axis of the state split by GSPMD
+        spec = parallel.shardings(state, mesh, parallel.split_leading(num_envs))
+        state = jax.device_put(state, spec)
+    fn = jax.jit(rollout, donate_argnums=0)
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(fn(state, jax.random.PRNGKey(1)))
+    first = time.perf_counter() - t0
+    runs = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(fn(state, jax.random.PRNGKey(2 + i)))
+        runs.append(time.perf_counter() - t0)
+    return {"env_steps_per_s": num_envs * steps / min(runs), "compile_s": compiled[0],
+            "first_call_s": first}
+
+
+def measure_loop(trainer: str, task: str, devices: int, seeds: int) -> dict:
+    import jax  # noqa: F401
+
+    from jaxrl.train import registry, run
+
+    compiled = _compile_counter()
+    name, expr, steps, evals = TRAINERS[trainer]
+    algo = registry.get(name)
+    cfg = eval(expr, {"cfg": algo.config})  # noqa: S307 - our own table above
+    t0 = time.perf_counter()
+    _, rows = run.train(name, task, cfg, steps=steps, num_evals=evals, progress=False,
+                        devices=devices, seeds=seeds)
+    wall = time.perf_counter() - t0
+    train_rows = [r for r in rows if "critic_loss" in r or "policy_loss" in r]
+    steady = train_rows[1:]  # the first training chunk paid for compilation
+    step_s = sum(r["chunk_s"] for r in steady)
+    env_steps = sum(r["sps"] * r["chunk_s"] for r in steady)  # sps counts every seed's steps
+    updates_per_env_step = (cfg.updates_per_step / cfg.num_envs if name != "ppo"
+                            else cfg.num_epochs * cfg.num_minibatches / cfg.batch_size)
+    return {"env_steps_per_s": env_steps / step_s, "grad_steps_per_s": env_steps / step_s * updates_per_env_step / seeds,
+            "compile_s": compiled[0], "wall_s": wall, "num_envs": cfg.num_envs,
+            "final_eval_return": rows[-1].get("eval_return"), "env_steps": rows[-1]["env_steps"]}
+
+
+def measure_brax(trainer: str, task: str) -> dict:
+    sys.path.insert(0, str(HERE))
+    import _compare  # noqa: F401  (registers the compile-time listener)
+    import brax_compat
+
+    from jaxrl.train import registry
+
+    brax_compat.patch()
+    name, expr, steps, evals = TRAINERS[trainer]
+    cfg = eval(expr, {"cfg": registry.get(name).config})  # noqa: S307
+    if trainer == "ppo":
+        import ppo_vs_brax
+
+        res = ppo_vs_brax.run_brax(task, steps, cfg.num_envs, evals, 16, 0)
+        wall, compile_s, env_steps = res["wall_s"], res.get("jax_compile_s"), res["steps"][-1]
+        if compile_s is None:
+            compile_s = _compare.compile_seconds()
+    else:
+        res = _compare.run_brax(task, cfg, steps, 0, evals)
+        wall, compile_s, env_steps = res["wall_s"], res["jax_compile_s"], res["rows"][-1]["env_steps"]
+    return {"env_steps_per_s": env_steps / max(wall - compile_s, 1e-9), "compile_s": compile_s,
+            "wall_s": wall, "env_steps": env_steps, "num_envs": cfg.num_envs}
+
+
+# ------------------------------------------------------------------ driver
+def _subprocess(kind: str, **kw) -> dict:
+    """One measurement in a fresh interpreter with an empty compilation cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "JAXRL_COMPILATION_CACHE": cache, "PYTHONPATH": str(HERE)}
+        cmd = [sys.executable, __file__, "--one", json.dumps({"kind": kind, **kw})]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode or not lines:
+        return {"error": (out.stderr or out.stdout)[-3000:]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["CartpoleBalance", "CheetahRun"])
+    p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
+    p.add_argument("--raw-steps", type=int, default=200)
+    p.add_argument("--no-brax", action="store_true")
+    p.add_argument("--out", default="experiments/results/throughput_cpu.json")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        spec = json.loads(a.one)
+        kind = spec.pop("kind")
+        fn = {"raw": measure_raw, "loop": measure_loop, "brax": measure_brax}[kind]
+        print("RESULT " + json.dumps(fn(**spec), default=float), flush=True)
+        return
+
+    import jax
+    import platform
+
+    results = {"meta": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                        "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "trainers": {k: v[1] for k, v in TRAINERS.items()}},
+               "rows": []}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(row):
+        results["rows"].append(row)
+        print(json.dumps(row, default=float), flush=True)
+        out.write_text(json.dumps(results, indent=1, default=float))
+
+    for task in a.tasks:
+        raw = {}
+        for n in sorted({256 if t == "ppo" else 16 for t in a.trainers}):
+            for devices, mode in ((1, "shard_map"), (2, "shard_map"), (2, "gspmd")):
+                r = _subprocess("raw", task=task, num_envs=n, devices=devices, mode=mode, steps=a.raw_steps)
+                raw[n, devices, mode] = r.get("env_steps_per_s")
+                record({"task": task, "what": "raw", "num_envs": n, "devices": devices, "mode": mode, **r})
+        for trainer in a.trainers:
+            n = 256 if trainer == "ppo" else 16
+            for devices, seeds in ((1, 1), (2, 1), (2, 4)):
+                r = _subprocess("loop", trainer=trainer, task=task, devices=devices, seeds=seeds)
+                if "env_steps_per_s" in r and raw.get((n, devices, "shard_map")):
+                    r["loop_over_raw"] = r["env_steps_per_s"] / raw[n, devices, "shard_map"]
+                record({"task": task, "what": "loop", "trainer": trainer, "devices": devices, "seeds": seeds, **r})
+            if not a.no_brax:
+                r = _subprocess("brax", trainer=trainer, task=task)
+                record({"task": task, "what": "brax", "trainer": trainer, **r})
+
+
+if __name__ == "__main__":
+    main()
