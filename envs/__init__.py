@@ -14,15 +14,15 @@ import os as _os
 # Hide C++ ERROR-level logs unless the user chose a level; Python exceptions are unaffected.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from envs import _runtime  # noqa: E402
+from envs import _runtime
 
 _runtime.configure()
 
-from envs.menagerie import MenagerieMissingError  # noqa: E402
-from envs._runtime import set_verbose  # noqa: E402
-from envs.registry import default_impl, list_envs, make, register, source_of, warp_available  # noqa: E402
-from envs.specs import ArraySpec, EnvSpec  # noqa: E402
-from envs.wrappers import EnvState, EpisodeStats, VecEnv  # noqa: E402
+from envs._runtime import set_verbose
+from envs.menagerie import MenagerieMissingError
+from envs.registry import default_impl, list_envs, make, register, source_of, warp_available
+from envs.specs import ArraySpec, EnvSpec
+from envs.wrappers import EnvState, EpisodeStats, VecEnv
 
 __all__ = [
     "ArraySpec",

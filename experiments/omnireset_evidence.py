@@ -37,10 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import envs  # noqa: E402
-import envs.omnireset as omr  # noqa: E402
-from jaxrl import ppo  # noqa: E402
-from jaxrl.algos import ppo as ppo_algo  # noqa: E402
+import envs
+import envs.omnireset as omr
+from jaxrl import ppo
+from jaxrl.algos import ppo as ppo_algo
 
 TASK = "PushToSlot"
 RESULTS = ROOT / "experiments" / "results"

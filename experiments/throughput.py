@@ -97,7 +97,7 @@ def measure_loop(trainer: str, task: str, devices: int, seeds: int) -> dict:
     compiled = _compile_counter()
     name, expr, steps, evals = TRAINERS[trainer]
     algo = registry.get(name)
-    cfg = eval(expr, {"cfg": algo.config})  # noqa: S307 - our own table above
+    cfg = eval(expr, {"cfg": algo.config})
     t0 = time.perf_counter()
     _, rows = run.train(name, task, cfg, steps=steps, num_evals=evals, progress=False,
                         devices=devices, seeds=seeds)
@@ -115,14 +115,14 @@ def measure_loop(trainer: str, task: str, devices: int, seeds: int) -> dict:
 
 def measure_brax(trainer: str, task: str) -> dict:
     sys.path.insert(0, str(HERE))
-    import _compare  # noqa: F401  (registers the compile-time listener)
+    import _compare
     import brax_compat
 
     from jaxrl.train import registry
 
     brax_compat.patch()
     name, expr, steps, evals = TRAINERS[trainer]
-    cfg = eval(expr, {"cfg": registry.get(name).config})  # noqa: S307
+    cfg = eval(expr, {"cfg": registry.get(name).config})
     if trainer == "ppo":
         import ppo_vs_brax
 
@@ -156,6 +156,8 @@ def main() -> None:
     p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
     p.add_argument("--raw-steps", type=int, default=200)
     p.add_argument("--no-brax", action="store_true")
+    p.add_argument("--raw-only", nargs="*", default=[], metavar="TASK",
+                   help="tasks measured for raw simulation only (no trainer loops)")
     p.add_argument("--out", default="experiments/results/throughput_cpu.json")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -166,8 +168,9 @@ def main() -> None:
         print("RESULT " + json.dumps(fn(**spec), default=float), flush=True)
         return
 
-    import jax
     import platform
+
+    import jax
 
     results = {"meta": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                         "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
@@ -181,14 +184,14 @@ def main() -> None:
         print(json.dumps(row, default=float), flush=True)
         out.write_text(json.dumps(results, indent=1, default=float))
 
-    for task in a.tasks:
+    for task in a.tasks + a.raw_only:
         raw = {}
         for n in sorted({256 if t == "ppo" else 16 for t in a.trainers}):
             for devices, mode in ((1, "shard_map"), (2, "shard_map"), (2, "gspmd")):
                 r = _subprocess("raw", task=task, num_envs=n, devices=devices, mode=mode, steps=a.raw_steps)
                 raw[n, devices, mode] = r.get("env_steps_per_s")
                 record({"task": task, "what": "raw", "num_envs": n, "devices": devices, "mode": mode, **r})
-        for trainer in a.trainers:
+        for trainer in ([] if task in a.raw_only else a.trainers):
             n = 256 if trainer == "ppo" else 16
             for devices, seeds in ((1, 1), (2, 1), (2, 4)):
                 r = _subprocess("loop", trainer=trainer, task=task, devices=devices, seeds=seeds)

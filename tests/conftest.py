@@ -6,13 +6,26 @@ os.environ.setdefault("JAXRL_SMALL", "1")  # notebooks and demos pick their smal
 # Before jax loads: hide XLA:CPU's spurious cache-loading ERROR logs (see envs/__init__.py).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
-import envs  # noqa: E402  (applies the compilation cache)
+import envs
+
+# Notebooks that run the same small programs as a test: on one xdist worker, after it, so they
+# find those programs in the compilation cache instead of compiling them at the same time.
+_SHARES_PROGRAMS_WITH = {
+    "humanoid_pretraining.ipynb": "lift",  # tests/algos/test_sac.py lift-smoke T1 run
+    "test_lift_smoke_trains_checkpoints_and_exports_t1": "lift",
+    "quickstart.ipynb": "resume",  # tests/train/test_resume.py TINY FlashSAC runs
+}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = _SHARES_PROGRAMS_WITH.get(item.name)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     has_gpu = any(d.platform == "gpu" for d in jax.devices())
     skip = pytest.mark.skip(reason="needs a GPU")
     for item in items:

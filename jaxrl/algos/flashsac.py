@@ -32,8 +32,13 @@ from envs.specs import EnvSpec
 from jaxrl.algos import distributional
 from jaxrl.data.transition import Transition
 from jaxrl.nets.bounded import BIAS, UNIT_KERNEL, project
-from jaxrl.nets.heads import (TanhGaussianActor, critic_ensemble, half_rows, pair_rows,
-                              sample_tanh_gaussian)
+from jaxrl.nets.heads import (
+    TanhGaussianActor,
+    critic_ensemble,
+    half_rows,
+    pair_rows,
+    sample_tanh_gaussian,
+)
 
 ENSEMBLE_SIZE = 2
 # Playground humanoids whose joystick tasks use gamma 0.97 in the paper.

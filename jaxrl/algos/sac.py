@@ -28,7 +28,6 @@ The agent state keeps each part in its own field so that finetuning can load cho
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax

@@ -19,7 +19,6 @@ The same list runs in jax (``to_jax``), numpy (``jaxrl.io.numpy_policy.forward``
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -31,8 +30,9 @@ import numpy as np
 
 from jaxrl.io.numpy_policy import forward as numpy_forward  # noqa: F401  (re-exported)
 from jaxrl.io.numpy_policy import load_npz  # noqa: F401  (re-exported)
+
 # One identity per run: the card's config_sha256 is the hash its checkpoints carry.
-from jaxrl.io.runfolder import _jsonable, config_hash  # noqa: F401  (config_hash re-exported)
+from jaxrl.io.runfolder import _jsonable, config_hash
 
 CARD_FORMAT_VERSION = 1
 OPS = (

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl.io import export
+from jaxrl.io import export, runfolder
 from jaxrl.io.checkpoint import CheckpointManager
 from jaxrl.train import run
 
@@ -93,7 +93,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     card = export.make_card(
         obs_layout={"state": env.obs_spec["state"].size},
         control_dt=env.spec.dt,
-        config=record,
+        config=runfolder.identity(record),  # the hash the checkpoints carry (not where it ran)
         env=record["env"],
         algo=record["algo"],
         extra={"seed": record["seed"] + int(seed_index or 0)},

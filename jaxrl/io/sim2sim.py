@@ -168,8 +168,7 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     trained with MJX-Warp; observation and reward code are the task's either way.
     """
     import envs
-    from jaxrl.io import lifecycle
-    from jaxrl.io import runfolder
+    from jaxrl.io import lifecycle, runfolder
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")

@@ -18,11 +18,12 @@ share; nothing buffer-sized crosses devices on the hot path):
   reward-scale moments).  So one update on D devices equals the one-device update on the same
   global batch to float tolerance, and the algorithms are written for one device only.
 
-Why `shard_map` for the simulator but GSPMD for the learner (measured on this 2-core CPU with
-``--xla_force_host_platform_device_count=2``, see experiments/throughput.py): GSPMD partitions a
-vmapped MJX step correctly but keeps the solver's batched while-loops in lock-step across
-devices (one all-reduce per solver iteration for the loop condition), while under `shard_map`
-each device iterates only as long as its own envs need.  MJX's solver trips `shard_map`'s
+Why `shard_map` for the simulator but GSPMD for the learner: GSPMD partitions a vmapped MJX step
+correctly but keeps the solver's batched while-loops in lock-step across devices (the loop
+condition of a split batch needs one all-reduce per solver iteration), while under `shard_map`
+each device iterates only as long as its own envs need and nothing crosses devices.
+`experiments/throughput.py` measures both ("raw" rows, modes ``shard_map`` and ``gspmd``;
+README "Throughput").  MJX's solver trips `shard_map`'s
 varying-manual-axes check, hence ``check_vma=False`` (every input is either split or really
 replicated, which is what the check would verify).  Explicit-sharding mesh axes
 (`jax.sharding.AxisType.Explicit`) break vmapped env steps, so the mesh uses the default axis type.
@@ -41,7 +42,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 
@@ -55,11 +57,20 @@ def resolve_devices(requested: int | None, divisors: dict[str, int]) -> int:
     """How many devices a run uses.
 
     ``requested`` None (automatic): the most devices that divide every quantity in ``divisors``
-    (e.g. ``{"num_envs": 16, "batch_size": 128}``), all visible ones when they all divide.  An
-    explicit ``requested`` must be visible and divide them all, else a ValueError says what to
-    change.
+    (e.g. ``{"num_envs": 16, "batch_size": 128}``), all visible ones when they all divide, at most
+    ``$JAXRL_DEVICES`` when that is set.  On CPU the automatic choice is ONE device unless
+    ``$JAXRL_DEVICES`` says more: one XLA:CPU program already spreads a vmapped batch over every
+    core, and splitting it over two host devices measured slower on a 2-core machine (raw MJX
+    0.51×, PPO loop 0.66×: README "Throughput").  An explicit ``requested`` must be visible and
+    divide them all, else a ValueError says what to change.
     """
     visible = visible_devices()
+    cap = os.environ.get("JAXRL_DEVICES", "").strip()
+    if requested is None and jax.process_count() == 1:
+        if cap and (not cap.isdigit() or int(cap) < 1):
+            raise ValueError(f"JAXRL_DEVICES must be a positive integer, got {cap!r}")
+        default = int(cap) if cap else (1 if jax.default_backend() == "cpu" else visible)
+        visible = min(visible, default)
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) or requested < 1:
             raise ValueError(f"devices must be a positive integer, got {requested!r}")
@@ -106,11 +117,17 @@ def batch_spec(leading: int) -> P:
 
 def shardings(tree: Any, mesh: Mesh | None, rule: Callable[[str, Any], P]) -> Any:
     """`NamedSharding`s for every leaf of ``tree`` (arrays or ShapeDtypeStructs) from
-    ``rule(path, leaf) -> PartitionSpec``; None without a mesh."""
+    ``rule(path, leaf) -> PartitionSpec``; None without a mesh.  Empty leaves (an MJX model
+    without actuator activations has ``act`` of shape [N, 0]) are replicated whatever the rule
+    says: XLA canonicalises their sharding so, and a split one would not match a compiled program."""
     if mesh is None:
         return None
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, rule(jax.tree_util.keystr(path), x)), tree)
+
+    def one(path, x):
+        spec = P() if 0 in np.shape(x) else rule(jax.tree_util.keystr(path), x)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def split_leading(n: int) -> Callable[[str, Any], P]:

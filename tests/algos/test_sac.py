@@ -376,11 +376,13 @@ def test_critic_layer_norm_and_activation_change_only_what_they_name():
 # --------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_sac_cpu_preset_learns_cartpole_balance():
-    """cpu preset, CartpoleBalance: deterministic eval return >= 800 within 40k env steps
-    (measured: see the report; ~2-3 min on 2 shared CPU cores)."""
+    """cpu preset, CartpoleBalance: deterministic eval return >= 800 within 24k env steps.
+
+    Measured (seed 0, one CPU device): 292 (random warm-up policy) / 456 / 307 / 823 / 856 / 978
+    at 2k / 7k / 12k / 16k / 21k / 26k env steps, 999 at 40k; ~70 s with compilation alone."""
     import jaxrl.sac as sac_entry
 
-    _, rows = sac_entry.train("CartpoleBalance", sac.SACConfig.cpu(), steps=40_000, num_evals=8,
+    _, rows = sac_entry.train("CartpoleBalance", sac.SACConfig.cpu(), steps=24_000, num_evals=5,
                               progress=False)
     best = max(r["eval_return"] for r in rows if "eval_return" in r)
     assert best >= 800, [r.get("eval_return") for r in rows]

@@ -20,13 +20,17 @@ def learned():
     cfg = ppo.PPOConfig.cpu()
     seen = []
     t = time.perf_counter()
+    # On both CPU devices: the suite's end-to-end multi-device learning run (one device per run
+    # elsewhere); tests/train/test_parallel.py proves the 2-device update equals the 1-device one.
     state, rows = ppo_api.train("CartpoleBalance", cfg, steps=LEARN_STEPS, seed=0, num_evals=4,
-                                progress=False, progress_fn=seen.append)
+                                progress=False, progress_fn=seen.append,
+                                devices=min(2, jax.device_count()))
     return state, rows, seen, time.perf_counter() - t
 
 
 def test_ppo_cpu_preset_learns_cartpole_balance(learned):
-    """PPO cpu preset (64 envs, (64, 64) ELU nets) on Playground CartpoleBalance, 1M env steps.
+    """PPO cpu preset (64 envs, (64, 64) ELU nets) on Playground CartpoleBalance, 1M env steps,
+    data-parallel on 2 CPU devices: the same threshold as a one-device run must hold.
 
     Threshold 700 of a maximum 1000: the initial (near-zero action) policy scores ≈ 320 and
     random actions ≈ 340 per 1000-step episode; in development the deterministic policy reached
