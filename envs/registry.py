@@ -71,7 +71,8 @@ def _brax_names() -> tuple[str, ...]:
 
 def _import_own_tasks() -> None:
     # Our task modules register themselves on import.
-    import envs.manipulation  # noqa: F401
+    import envs.manipulation
+    import envs.variants  # noqa: F401
 
 
 def list_envs(source: str | None = None) -> list[str]:

@@ -77,7 +77,7 @@ class EnvState:
         return self.terminated | self.truncated
 
 
-def _split_obs(obs: Any) -> Obs:
+def split_obs(obs: Any) -> Obs:
     """Flat array -> {'state': x, 'privileged_state': x}; dicts keep both keys."""
     if isinstance(obs, dict) or hasattr(obs, "keys"):
         state = obs["state"]
@@ -221,12 +221,19 @@ class VecEnv:
         if self.num_envs % size:
             raise ValueError(f"{self.name}: num_envs={self.num_envs} cannot be split over {size} "
                              f"devices; use a multiple of {size} envs or fewer devices")
-        env = copy.copy(self)
-        env.mesh = mesh if size > 1 else None
-        env._reset_jit = jax.jit(env._reset)
-        env._step_jit = jax.jit(env._step)
-        env.__dict__.pop("_inner_specs", None)
-        return env
+        # One copy per mesh, kept: every loop built on this env (and the same mesh) then reuses
+        # its traced reset / step instead of re-tracing MJX.
+        memo = self.__dict__.setdefault("_distributed", {})
+        key = None if size == 1 else mesh
+        if key not in memo:
+            env = copy.copy(self)
+            env.mesh = key
+            env._reset_jit = jax.jit(env._reset)
+            env._step_jit = jax.jit(env._step)
+            env.__dict__.pop("_inner_specs", None)
+            env._distributed = {}
+            memo[key] = env
+        return memo[key]
 
     @functools.cached_property
     def _inner_specs(self) -> Any:
@@ -261,8 +268,9 @@ class VecEnv:
         """Reset all envs. ``key`` defaults to one made from ``seed``."""
         if key is None:
             key = jax.random.PRNGKey(self.seed)
-        if isinstance(key, jax.core.Tracer):
-            return self._reset(key)
+        # Traced or not, through the jitted function: inside a training program the trace of
+        # this env's reset / step is then made once and reused by every program that calls it
+        # (warm-up, chunk, ...), instead of re-tracing MJX each time (seconds per trace on CPU).
         return self._reset_jit(key)
 
     def _reset_envs(self, model: Any, _inner: Any, keys: jax.Array) -> Any:
@@ -274,7 +282,7 @@ class VecEnv:
         keys = jax.random.split(sub, self.num_envs)
         specs = self._inner_specs if self.mesh is not None else None
         inner = self._local(self._reset_envs, 1, specs, inner=False)(self._model_batch, None, keys)
-        obs = _split_obs(inner.obs)
+        obs = split_obs(inner.obs)
         n = self.num_envs
         zeros_f = jnp.zeros((n,), jnp.float32)
         false = jnp.zeros((n,), bool)
@@ -326,7 +334,7 @@ class VecEnv:
         """
         action = self.check_action(action)
         if isinstance(action, jax.core.Tracer):
-            return self._step(state, action)
+            return self._step_jit(state, action)  # a cached trace (see `reset`)
         bad = ~np.isfinite(np.asarray(action)).all(axis=-1)
         if bad.any():
             raise ValueError(
@@ -368,7 +376,7 @@ class VecEnv:
             out = None
         new_inner, raw_next_obs, reward, terminated, truncated, hit = self._local(
             self._physics, 3, out)(self._model_batch, state.inner, action, keys, step)
-        next_obs = _split_obs(raw_next_obs)
+        next_obs = split_obs(raw_next_obs)
         done = terminated | truncated
         ep_return = state.episode_return + reward
 
@@ -383,7 +391,7 @@ class VecEnv:
         )
         return EnvState(
             inner=new_inner,
-            obs=_split_obs(new_inner.obs),
+            obs=split_obs(new_inner.obs),
             reward=reward,
             terminated=terminated,
             truncated=truncated,

@@ -5,6 +5,7 @@
     jaxrl train flashsac --env CartpoleSwingup --init-from runs/cp [--init-parts actor,critic] --out runs/swingup
     jaxrl train ppo --env CartpoleBalance --steps 200000 --out runs/ppo [--resets FILE --mix 0.25,0.25,0.25,0.25]
     jaxrl train flashsac --env CartpoleBalance --seeds 4 --devices 2 --out runs/cp4    # 4 seeds, 2 devices
+    jaxrl finetune RUN_DIR --env CartpoleBalanceHeavyPole --real-steps 5000 --out runs/ft [--preset cpu|paper] [--config.starts 128 ...]
     jaxrl resume RUN_DIR [--devices N]
     jaxrl export RUN_DIR --format onnx|npz [--out FILE] [--seed I]
     jaxrl eval RUN_DIR --episodes 10 [--video out.mp4 --grid 4]
@@ -23,6 +24,7 @@ from typing import Annotated, Literal
 COMMANDS = {
     "list-envs": "list tasks with observation/action sizes and whether they need Menagerie",
     "train": "train an algorithm: `jaxrl train ALGO --help` (algorithms: jaxrl.train.registry)",
+    "finetune": "world-model finetuning of a `sac` run in a changed env (few real steps, deterministic there)",
     "resume": "continue a run from its newest verified checkpoint",
     "export": "export a run's deterministic policy (ONNX or npz) plus a JSON card",
     "eval": "evaluate a run's deterministic policy; --video renders rollouts (MuJoCo renderer)",
@@ -121,6 +123,9 @@ def train_cmd(argv: list[str]) -> None:
         raise SystemExit(f"usage: jaxrl train {{{names.replace(', ', ',')}}} [options]   "
                          f"(jaxrl train {next(iter(registry.ALGORITHMS))} --help)")
     algo, rest = registry.get(argv[0]), argv[1:]
+    if algo.name == "finetune":
+        raise SystemExit("finetuning starts from a pretrained run: `jaxrl finetune RUN_DIR --env TARGET "
+                         "--real-steps N --out DIR` (see `jaxrl finetune --help`)")
     preset, env = _chosen_preset(rest)
     if preset not in algo.presets:
         raise SystemExit(f"jaxrl train {algo.name}: unknown --preset {preset!r}; "
@@ -169,6 +174,50 @@ def train_cmd(argv: list[str]) -> None:
 
     if jax.process_index() == 0:  # several hosts: process 0 writes the run folder
         print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneArgs:
+    """World-model finetuning of a pretrained `sac` run (RUN_DIR) on a target task."""
+
+    run_dir: Annotated[str, _help("the pretraining run (`jaxrl train sac ...`)")]
+    env: Annotated[str, _help("target task, e.g. CartpoleBalanceHeavyPole (see `jaxrl list-envs --source jaxrl`)")] = "CartpoleBalanceHeavyPole"
+    real_steps: Annotated[int, _help("budget of REAL env steps (prefill included); the target env runs only tanh(μ)")] = 5_000
+    out: Annotated[str, _help("run folder of the finetuning run")] = "runs/finetune"
+    preset: Annotated[Literal["cpu", "paper"], _help("FinetuneConfig preset the --config.* overrides apply to")] = "cpu"
+    seed: int = 0
+    num_evals: Annotated[int, _help("evaluations of the deterministic policy in a copy of the target env (not counted as real steps)")] = 10
+    overwrite: bool = False
+    progress: bool = True
+    checkpoint_every_s: float = 600.0
+
+
+def finetune_cmd(rest: list[str]) -> None:
+    import tyro
+
+    from jaxrl.algos import sac
+    from jaxrl.io import runfolder
+    from jaxrl.train import run
+    from jaxrl.train.finetune import FinetuneConfig
+
+    rest = _with_run_dir(rest)
+    preset, env = _chosen_preset(rest)
+    run_dir = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--run-dir"), None)
+    pretrained = None
+    if run_dir and runfolder.is_run(run_dir):
+        record = runfolder.read_record(run_dir)
+        if record.get("algo") == "sac":
+            pretrained = runfolder.config_from_dict(sac.SACConfig, record["config"])
+    if preset not in ("cpu", "paper"):
+        raise SystemExit(f"jaxrl finetune: unknown --preset {preset!r}; choices: cpu, paper")
+    default = FinetuneConfig.cpu(pretrained) if preset == "cpu" else FinetuneConfig.paper(env, pretrained)
+    Args = dataclasses.make_dataclass("Args", [("config", FinetuneConfig, dataclasses.field(default=default))],
+                                      bases=(FinetuneArgs,), frozen=True)
+    a = tyro.cli(Args, args=rest, prog="jaxrl finetune RUN_DIR")
+    run.finetune(a.run_dir, a.env, real_steps=a.real_steps, config=a.config, out_dir=a.out, seed=a.seed,
+                 num_evals=a.num_evals, overwrite=a.overwrite, progress=a.progress,
+                 checkpoint_every_s=a.checkpoint_every_s)
+    print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
         list_envs(tyro.cli(ListEnvs, args=rest, prog="jaxrl list-envs"))
     elif cmd == "train":
         train_cmd(rest)
+    elif cmd == "finetune":
+        finetune_cmd(rest)
     elif cmd == "resume":
         a = tyro.cli(ResumeArgs, args=_with_run_dir(rest), prog="jaxrl resume RUN_DIR")
         from jaxrl.train import run

@@ -17,6 +17,7 @@ _SHARES_PROGRAMS_WITH = {
     "humanoid_pretraining.ipynb": "lift",  # tests/algos/test_sac.py lift-smoke T1 run
     "test_lift_smoke_trains_checkpoints_and_exports_t1": "lift",
     "quickstart.ipynb": "resume",  # tests/train/test_resume.py TINY FlashSAC runs
+    "finetuning.ipynb": "finetune",  # tests/train/test_finetune.py PRE / FT runs
 }
 
 

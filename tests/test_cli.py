@@ -8,7 +8,7 @@ from jaxrl import cli
 def test_help_lists_every_command(capsys):
     cli.main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("list-envs", "train", "resume", "export", "eval", "sim2sim", "resets"):
+    for cmd in ("list-envs", "train", "finetune", "resume", "export", "eval", "sim2sim", "resets"):
         assert cmd in out
 
 

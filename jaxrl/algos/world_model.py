@@ -214,12 +214,16 @@ class WorldModelState:
 
 
 class Sequences(NamedTuple):
-    """Real H-step sequences: x [M, H, S] start states, ctrl [M, H, U], x_next [M, H, S], done [M, H]."""
+    """Real H-step sequences: x [M, H, S] start states, ctrl [M, H, U], x_next [M, H, S], done [M, H],
+    and optionally valid [M] or [M, H] (1: a real step, 0: an unused slot of a fixed-size buffer
+    or a step whose next state is unknown; lets a growing replay buffer be fitted inside one
+    compiled program).  A sequence takes part when its first step is valid."""
 
     x: jax.Array
     ctrl: jax.Array
     x_next: jax.Array
     done: jax.Array
+    valid: Any = None
 
 
 class Linearised(NamedTuple):
@@ -247,8 +251,15 @@ class WorldModel:
         x = data.x.reshape(-1, data.x.shape[-1])
         c = data.ctrl.reshape(-1, data.ctrl.shape[-1])
         xn = data.x_next.reshape(-1, data.x_next.shape[-1])
-        x_std = jnp.maximum(x.std(0), 1e-3)
-        c_std = jnp.maximum(c.std(0), 1e-3)
+        w = step_weights(data)
+        w = w.reshape(-1, 1) / jnp.maximum(w.sum(), 1.0)
+
+        def mean_std(a):
+            mean = (w * a).sum(0)
+            return mean, jnp.sqrt((w * (a - mean) ** 2).sum(0))
+
+        (x_mean, x_std), (c_mean, c_std) = mean_std(x), mean_std(c)
+        x_std, c_std = jnp.maximum(x_std, 1e-3), jnp.maximum(c_std, 1e-3)
         if self.cfg.physics:
             # Force unit per dof: the mass-matrix diagonal times the spread of the acceleration
             # the smooth model misses on this data (so the network's outputs start at O(1)).
@@ -256,10 +267,10 @@ class WorldModel:
             _, v_true, _ = self.dyn.split(xn)
             _, v_smooth, _ = self.dyn.split(smooth)
             acc = (v_true - v_smooth) / self.dyn.dt
-            out_scale = jnp.maximum(jnp.asarray(self.dyn.mass_diag) * acc.std(0), 1e-3)
+            out_scale = jnp.maximum(jnp.asarray(self.dyn.mass_diag) * mean_std(acc)[1], 1e-3)
         else:
-            out_scale = jnp.maximum((xn - x).std(0), 1e-6)
-        scaler = Scaler(x.mean(0), x_std, c.mean(0), c_std, out_scale)
+            out_scale = jnp.maximum(mean_std(xn - x)[1], 1e-6)
+        scaler = Scaler(x_mean, x_std, c_mean, c_std, out_scale)
         z = jnp.zeros((1, x.shape[-1] + c.shape[-1]))
         params = self.net.init(key, z)["params"]
         return WorldModelState(params, self.opt.init(params), scaler, jnp.zeros((), jnp.int32))
@@ -346,7 +357,7 @@ class WorldModel:
 
     def _nll(self, xs, lvs, scaler: Scaler, data: Sequences) -> tuple[jax.Array, jax.Array]:
         err = (xs - data.x_next) / scaler.x_std
-        mask = self.alive(data.done)[..., None]
+        mask = (self.alive(data.done) * step_weights(data))[..., None]
         n = jnp.maximum(mask.sum() * err.shape[-1], 1.0)
         nll = (mask * (jnp.exp(-lvs) * err ** 2 + lvs)).sum() / n
         return nll, (mask * err ** 2).sum() / n
@@ -377,37 +388,42 @@ class WorldModel:
             ) -> tuple[WorldModelState, dict[str, jax.Array]]:
         """Fit to convergence: epochs over the train split, early stop on the held-out split.
 
-        Jittable (one ``while_loop``).  Returns the best-on-held-out state and
-        ``{"val_error": [max_epochs] (nan after the stop), "epochs": n, "best_val": e}``
-        (held-out errors of the training rollout).
+        Jittable (one ``while_loop``) with fixed shapes: ``data.valid`` marks the real sequences
+        of a fixed-size buffer, and the split, batches and epoch length follow the number of valid
+        ones at run time.  A random ``holdout`` share of the valid sequences is held out; each
+        epoch draws ``max(min_epoch_steps, n_train / batch_size)`` batches uniformly from the
+        rest.  Returns the best-on-held-out state and ``{"val_error": [max_epochs] (nan after the
+        stop), "epochs": n, "best_val": e}`` (held-out errors of the training rollout).
         """
         cfg = self.cfg
         m = data.x.shape[0]
-        n_val = max(1, int(round(cfg.holdout * m)))
-        n_train = m - n_val
-        if n_train < 1:
+        if m < 2:
             raise ValueError(f"world model fit needs at least 2 sequences, got {m}")
+        valid = step_weights(data)[:, 0]
         lin = self.linearise(data) if cfg.physics else None
-        perm = jax.random.permutation(jax.random.fold_in(key, 0), m)
-        pick = lambda idx: jax.tree.map(lambda a: a[idx], (data, lin))
-        val, train = pick(perm[:n_val]), pick(perm[n_val:])
-        bsz = min(cfg.batch_size, n_train)
-        passes = max(1, -(-cfg.min_epoch_steps * bsz // n_train))  # whole passes per epoch
-        steps = passes * n_train // bsz
+        # Valid sequences first, in random order; the first n_val of them are held out.
+        order = jnp.argsort(jnp.where(valid > 0, jax.random.uniform(jax.random.fold_in(key, 0), (m,)), 2.0))
+        n_valid = valid.sum()
+        n_val = jnp.clip(jnp.round(cfg.holdout * n_valid), 1.0, jnp.maximum(n_valid - 1.0, 1.0))
+        rank = jnp.zeros((m,), jnp.float32).at[order].set(jnp.arange(m, dtype=jnp.float32))
+        held = valid * (rank < n_val)
+        train_w = valid - held
+        per_step = step_weights(data)
+        val = (data._replace(valid=per_step * held[:, None]), lin)
+        bsz = min(cfg.batch_size, m)
+        steps = jnp.maximum(cfg.min_epoch_steps, jnp.ceil((n_valid - n_val) / bsz)).astype(jnp.int32)
+        p_train = train_w / jnp.maximum(train_w.sum(), 1.0)
 
         def epoch(params, opt_state, k):
-            order = jnp.concatenate([jax.random.permutation(jax.random.fold_in(k, j), n_train)
-                                     for j in range(passes)])[:steps * bsz].reshape(steps, bsz)
-
-            def step(c, idx):
+            def step(j, c):
                 p, o = c
-                batch, blin = jax.tree.map(lambda a: a[idx], train)
+                idx = jax.random.choice(jax.random.fold_in(k, j), m, (bsz,), p=p_train)
+                batch, blin = jax.tree.map(lambda a: a[idx], (data._replace(valid=per_step * train_w[:, None]), lin))
                 g = jax.grad(lambda q: self.loss(q, state.scaler, batch, blin)[0])(p)
                 upd, o = self.opt.update(g, o, p)
-                return (optax.apply_updates(p, upd), o), None
+                return optax.apply_updates(p, upd), o
 
-            (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), order)
-            return params, opt_state
+            return jax.lax.fori_loop(0, steps, step, (params, opt_state))
 
         def val_error(params):
             return self.loss(params, state.scaler, *val)[1]
@@ -440,6 +456,15 @@ class WorldModel:
 
 
 # ============================================================================ data
+def step_weights(data: Sequences) -> jax.Array:
+    """[M, H] float weights of the steps: ``data.valid`` broadcast (all ones without it)."""
+    shape = data.done.shape
+    if data.valid is None:
+        return jnp.ones(shape, jnp.float32)
+    v = jnp.asarray(data.valid, jnp.float32)
+    return jnp.broadcast_to(v[:, None] if v.ndim == 1 else v, shape)
+
+
 def sequences(x: jax.Array, ctrl: jax.Array, x_next: jax.Array, done: jax.Array, horizon: int,
               valid: jax.Array | None = None) -> Sequences:
     """All H-step windows of time-major data [T, N, ...] -> Sequences [(T−H+1)·N, H, ...].
@@ -464,6 +489,24 @@ def sequences(x: jax.Array, ctrl: jax.Array, x_next: jax.Array, done: jax.Array,
 
 
 # ============================================================================ imagination
+def check_imaginable(task: Any) -> bool:
+    """Whether ``task``'s physics can be swapped for the world model (True: through its own
+    ``physics_step``, False: through Playground's ``mjx_env.step``); a TypeError naming what to
+    implement otherwise.  Call it before compiling anything that imagines."""
+    try:
+        from mujoco_playground._src import mjx_env
+    except ImportError:  # pragma: no cover - playground is a core dependency
+        mjx_env = None
+    own = hasattr(task, "physics_step")
+    if not own and (mjx_env is None or not isinstance(task, mjx_env.MjxEnv)):
+        raise TypeError(
+            f"{type(task).__name__} cannot be imagined: the world model replaces the task's physics, "
+            "so the task must step it through MuJoCo Playground's `mjx_env.step` or a "
+            "`physics_step(data) -> data` method, and compute its reward and termination from the "
+            "data it gets back (implement `physics_step` for your task)")
+    return own
+
+
 def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
     """``step(env_state, action) -> env_state`` of ``task`` with its physics replaced by the world
     model's mean prediction; everything else — action → ctrl, observation, reward, termination,
@@ -477,18 +520,9 @@ def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
     physics swap is active only while it traces.
     """
     from mujoco import mjx
+    from mujoco_playground._src import mjx_env
 
-    try:
-        from mujoco_playground._src import mjx_env
-    except ImportError:  # pragma: no cover - playground is a core dependency
-        mjx_env = None
-    own = hasattr(task, "physics_step")
-    if not own and (mjx_env is None or not isinstance(task, mjx_env.MjxEnv)):
-        raise TypeError(
-            f"{type(task).__name__} cannot be imagined: the world model replaces the task's physics, "
-            "so the task must step it through MuJoCo Playground's `mjx_env.step` or a "
-            "`physics_step(data) -> data` method, and compute its reward and termination from the "
-            "data it gets back (implement `physics_step` for your task)")
+    own = check_imaginable(task)
     dyn = model.dyn
 
     def predicted(full_model, data, ctrl):

@@ -60,11 +60,21 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def config_from_dict(cls: type, d: dict) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    """The config ``cls`` from its JSON form (lists back to tuples; nested configs, such as the
+    finetuning config's SAC and world-model parts, rebuilt as their own classes)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ValueError(f"config has fields {unknown} that {cls.__name__} does not know")
-    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+    def value(f: dataclasses.Field, v: Any) -> Any:
+        if isinstance(v, dict):
+            proto = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(proto):
+                return config_from_dict(type(proto), v)
+        return tuple(v) if isinstance(v, list) else v
+
+    return cls(**{k: value(fields[k], v) for k, v in d.items()})
 
 
 def is_run(run_dir: str | Path) -> bool:

@@ -44,6 +44,28 @@ def chunk_plan(total_iters: int, num_chunks: int) -> tuple[int, int]:
     return per_chunk, per_chunk * num_chunks
 
 
+def repeat(body: Callable, carry: Any, n: jax.Array) -> tuple[Any, Any]:
+    """``body(carry) -> (carry, metrics)`` applied ``n`` times -> (carry, mean of the metrics).
+
+    ``n`` is traced (a while loop, not a scan of static length): one compiled chunk serves every
+    chunk length, so the number of evaluations, the budget or a resume never recompiles it."""
+    from jax.extend.core import jaxpr_as_fun
+
+    # Traced once (the metrics' shapes come with it), replayed inside the loop: tracing the body
+    # twice would double the chunk's tracing time, which rivals its compile time on CPU.
+    jaxpr, shapes = jax.make_jaxpr(body, return_shape=True)(carry)
+    replay, tree = jaxpr_as_fun(jaxpr), jax.tree.structure(shapes)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes[1])
+
+    def step(_, c):
+        carry, total = c
+        carry, m = jax.tree.unflatten(tree, replay(*jax.tree.leaves(carry)))
+        return carry, jax.tree.map(lambda t, x: t + x.astype(jnp.float32), total, m)
+
+    carry, total = jax.lax.fori_loop(0, n, step, (carry, zeros))
+    return carry, jax.tree.map(lambda t: t / jnp.maximum(n, 1).astype(jnp.float32), total)
+
+
 def episode_metrics(before: Any, after: Any) -> dict:
     """Training episodes that ended between two `EpisodeStats` and their mean return
     (NaN when none ended: "no value", not a failure).  Traced inside a chunk."""
@@ -78,8 +100,8 @@ class HostLoop:
     A subclass writes ONE seed's run on ONE device's view of the data, as pure functions:
 
         _init(key) -> carry               the whole state of a fresh run
-        _chunk_fn(carry) -> carry, metrics  one chunk (scanned iterations)
-        _warmup_fn(carry) -> carry        optional: random-action warm-up (off-policy)
+        _chunk_fn(carry, n) -> carry, metrics  one chunk of ``n`` iterations (`repeat`)
+        _warmup_fn(carry, n) -> carry     optional: ``n`` random-action warm-up iterations
         _evaluate_fn(agent, key) -> dict  optional: deterministic evaluation (set ``evaluate``)
 
     and the host side (``finished``, ``env_steps``, ``_advance``).  `setup` then lifts them:
@@ -124,9 +146,12 @@ class HostLoop:
         """The seeds of this run: ``seed, seed + 1, ...`` (one per vmapped run)."""
         return [self.seed + i for i in range(self.num_seeds)]
 
-    def _lift(self, fn: Callable) -> Callable:
-        """``fn`` vmapped over the seed axis when there are several seeds."""
-        return jax.vmap(fn) if self.num_seeds > 1 else fn
+    def _lift(self, fn: Callable, counted: bool = False) -> Callable:
+        """``fn`` vmapped over the seed axis when there are several seeds (``counted``: its
+        second argument, an iteration count, is shared by all seeds)."""
+        if self.num_seeds == 1:
+            return fn
+        return jax.vmap(fn, in_axes=(0, None)) if counted else jax.vmap(fn)
 
     def _keys(self) -> jax.Array:
         keys = [jax.random.PRNGKey(s) for s in self.seeds]
@@ -156,9 +181,9 @@ class HostLoop:
         return parallel.shardings(abstract, self.mesh, rule)
 
     def program(self, fn: Callable, carry_out: bool = True) -> Callable:
-        """``fn(carry) -> carry`` or ``-> (carry, metrics)`` lifted over seeds and jitted with a
-        donated carry that keeps its shardings."""
-        lifted = self._lift(fn)
+        """``fn(carry, n) -> carry`` or ``-> (carry, metrics)`` (``n``: a traced iteration count)
+        lifted over seeds and jitted with a donated carry that keeps its shardings."""
+        lifted = self._lift(fn, counted=True)
         if self.mesh is None:
             return jax.jit(lifted, donate_argnums=0)
         sharding = self.carry_sharding()

@@ -1,7 +1,7 @@
 """The off-policy loop shared by FlashSAC and the large-batch SAC: collect -> insert -> K updates.
 
 Everything a run needs to continue (agent, replay buffer, env state, RNG, counters) is one pytree,
-`OffPolicyCarry`.  One host call runs a whole *chunk* — many iterations under ``lax.scan`` — and
+`OffPolicyCarry`.  One host call runs a whole *chunk* — many iterations in one traced loop (`repeat`) — and
 the host only logs, evaluates, checkpoints and checks for NaNs between chunks.
 
 An agent plugs in as an `OffPolicyAgent`: five pure functions with the algorithm's config bound.
@@ -21,7 +21,7 @@ from flax import struct
 from envs.wrappers import VecEnv
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, notice
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, notice, repeat
 
 
 class OffPolicyAgent(NamedTuple):
@@ -208,13 +208,13 @@ class OffPolicyLoop(HostLoop):
         """``rows`` uniform transitions (each device draws its share from its own envs')."""
         return self._unpack(replay.sample(carry.buffer, key, rows, self.mesh))
 
-    def _warmup_fn(self, carry: OffPolicyCarry) -> OffPolicyCarry:
-        def body(c, _):
+    def _warmup_fn(self, carry: OffPolicyCarry, n: jax.Array) -> OffPolicyCarry:
+        def body(_, c):
             key, k = jax.random.split(c.key)
             c = c.replace(key=key)
-            return self._env_step(c, self.env.random_action_fn(k), c.agent), ()
+            return self._env_step(c, self.env.random_action_fn(k), c.agent)
 
-        return jax.lax.scan(body, carry, None, length=self.warmup_iters)[0]
+        return jax.lax.fori_loop(0, n, body, carry)
 
     def _iteration(self, carry: OffPolicyCarry, _):
         key, k_act, k_upd = jax.random.split(carry.key, 3)
@@ -249,16 +249,15 @@ class OffPolicyLoop(HostLoop):
 
         return jax.lax.scan(one_update, carry.agent, (batches, jax.random.split(k_u, u)))
 
-    def _chunk_fn(self, carry: OffPolicyCarry):
+    def _chunk_fn(self, carry: OffPolicyCarry, n: jax.Array):
         before = carry.env_state
         # The learner's precision for acting and updating; the env step inside keeps 'highest'.
         with jax.default_matmul_precision(self.s.learner_precision):
-            carry, metrics = jax.lax.scan(self._iteration, carry, None, length=self.chunk_iters)
-        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+            carry, metrics = repeat(lambda c: self._iteration(c, None), carry, n)
         return carry, {**metrics, **chunk_counters(before, carry.env_state)}
 
     def lower_chunk(self, carry):
-        return self._chunk.lower(carry)
+        return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32))
 
     # -------------------------------------------------------------- resuming
     def refill(self, carry: OffPolicyCarry) -> OffPolicyCarry:
@@ -267,7 +266,7 @@ class OffPolicyLoop(HostLoop):
         budget counter is left where it was; the run is then no longer bit-identical to an
         uninterrupted one."""
         iteration = self.counter(carry.iteration)  # host copy: the warm-up donates the carry
-        carry = self._call("warmup", self._warmup, carry)
+        carry = self._call("warmup", self._warmup, carry, jnp.int32(self.warmup_iters))
         return carry.replace(iteration=jnp.full_like(carry.iteration, iteration))
 
     # ------------------------------------------------------------------ host
@@ -280,5 +279,5 @@ class OffPolicyLoop(HostLoop):
     def _advance(self, carry: OffPolicyCarry) -> tuple[OffPolicyCarry, dict]:
         """Warm-up (first call) or one training chunk."""
         if self.counter(carry.iteration) < self.warmup_iters:
-            return self._call("warmup", self._warmup, carry), {}
-        return self._call("chunk", self._chunk, carry)
+            return self._call("warmup", self._warmup, carry, jnp.int32(self.warmup_iters)), {}
+        return self._call("chunk", self._chunk, carry, jnp.int32(self.chunk_iters))

@@ -1,6 +1,6 @@
 """The on-policy loop: rollout -> GAE -> PPO update, many iterations per jitted host call.
 
-One *chunk* is ``lax.scan`` over ``chunk_iters`` iterations, each a scanned rollout of
+One *chunk* is ``chunk_iters`` iterations (`repeat`: a traced count, one program for any), each a scanned rollout of
 ``unroll_length`` steps on all envs followed by ``ppo.update``.  The observation normaliser is
 updated at every rollout step, before acting (rsl_rl's order, ALGORITHMS.md §3).  Between chunks
 the host only checks for NaNs, evaluates the deterministic policy and logs one row
@@ -26,7 +26,7 @@ from flax import struct
 
 from envs.wrappers import VecEnv
 from jaxrl.algos import ppo
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, repeat
 
 
 @struct.dataclass
@@ -107,20 +107,20 @@ class OnPolicyLoop(HostLoop):
         return OnPolicyCarry(agent=agent, env_state=env_state, key=key,
                              iteration=carry.iteration + 1), metrics
 
-    def _chunk_fn(self, carry: OnPolicyCarry):
+    def _chunk_fn(self, carry: OnPolicyCarry, n: jax.Array):
         before = carry.env_state
         # The learner's precision for acting and updating; the env step inside keeps 'highest'.
         with jax.default_matmul_precision(self.cfg.matmul_precision):
-            carry, metrics = jax.lax.scan(self._iteration, carry, None, length=self.chunk_iters)
+            carry, metrics = repeat(lambda c: self._iteration(c, None), carry, n)
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["lr"] = carry.agent.lr
         return carry, {**metrics, **chunk_counters(before, carry.env_state)}
 
     def lower_chunk(self, carry):
-        return self._chunk.lower(carry)
+        return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32))
 
     def _advance(self, carry):
-        return self._call("chunk", self._chunk, carry)
+        return self._call("chunk", self._chunk, carry, jnp.int32(self.chunk_iters))
 
     def env_steps(self, carry: OnPolicyCarry) -> int:
         """Env steps taken so far (host int; no int32 overflow at billions of steps)."""

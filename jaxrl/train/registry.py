@@ -19,6 +19,7 @@ from envs.wrappers import VecEnv
 from jaxrl.algos import flashsac as flashsac_algo
 from jaxrl.algos import ppo as ppo_algo
 from jaxrl.algos import sac as sac_algo
+from jaxrl.train.finetune import FinetuneConfig, FinetuneLoop
 from jaxrl.train.loop import HostLoop
 from jaxrl.train.offpolicy import OffPolicyAgent, OffPolicyLoop, OffPolicySettings
 from jaxrl.train.onpolicy import OnPolicyLoop
@@ -117,6 +118,16 @@ def ppo_loop(cfg: ppo_algo.PPOConfig, env: VecEnv, eval_env: VecEnv | None, step
     return OnPolicyLoop(cfg, env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
 
 
+def finetune_loop(cfg: FinetuneConfig, env: VecEnv, eval_env: VecEnv | None, steps: int, seed: int,
+                  num_evals: int = 10, *, devices: int | None = None, seeds: int = 1) -> FinetuneLoop:
+    """World-model finetuning of a pretrained SAC agent (``steps``: REAL env steps)."""
+    return FinetuneLoop(cfg, env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
+
+
+def _finetune_policy_layers(state: Any, cfg: FinetuneConfig) -> list:
+    return sac_algo.policy_layers(state, cfg.sac)
+
+
 # ------------------------------------------------------------------------------- the table
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
@@ -128,6 +139,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("sac", sac_algo.SACConfig, sac_loop, sac_algo.policy_layers,
                   ("cpu", "paper", "lift", "lift-deploy", "lift-smoke"),
                   "Large-batch, high-UTD SAC (LIFT's pretraining recipe: bf16 MLPs, asymmetric obs)"),
+        Algorithm("finetune", FinetuneConfig, finetune_loop, _finetune_policy_layers, ("cpu", "paper"),
+                  "World-model finetuning of a `sac` run in a changed env (use `jaxrl finetune RUN_DIR`)"),
     )
 }
 

@@ -64,9 +64,27 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
         train_env = omnireset.make_mixture_env(env, resets["path"], resets.get("probs"),
                                                num_envs=num_envs, seed=seed, **env_kwargs)
     else:
-        train_env = envs.make(env, num_envs=num_envs, seed=seed, **env_kwargs)
-    eval_env = envs.make(env, num_envs=NUM_EVAL_ENVS, seed=seed + 1, **env_kwargs)
+        train_env = _make_env(env, num_envs, seed, env_kwargs)
+    eval_env = _make_env(env, NUM_EVAL_ENVS, seed + 1, env_kwargs)
     return train_env, eval_env, env
+
+
+_ENVS: dict[str, VecEnv] = {}  # the last few envs runs were built on (see `_make_env`)
+
+
+def _make_env(name: str, num_envs: int, seed: int, env_kwargs: dict) -> VecEnv:
+    """`envs.make`, reusing the env of an earlier run in this process with the same arguments:
+    its traced reset / step are reused too (tracing MJX takes seconds per program on CPU), so
+    re-running a notebook cell, a sweep over budgets or a resume traces the physics once.  Runs
+    never modify their envs."""
+    import json
+
+    key = json.dumps([name, num_envs, seed, env_kwargs], sort_keys=True, default=repr)
+    if key not in _ENVS:
+        if len(_ENVS) >= 8:
+            _ENVS.pop(next(iter(_ENVS)))
+        _ENVS[key] = envs.make(name, num_envs=num_envs, seed=seed, **env_kwargs)
+    return _ENVS[key]
 
 
 def metadata(record: dict, env: VecEnv) -> dict:
@@ -177,6 +195,48 @@ def train(
     if out_dir is not None and primary:
         runfolder.write_record(out_dir, record)
     return session.run(carry, rows=[])
+
+
+def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = None, preset: str = "cpu",
+             out_dir: str | Path | None = None, seed: int = 0, **kwargs) -> tuple[Any, list[dict]]:
+    """World-model finetuning (`jaxrl.train.finetune`) of the `sac` run in ``run_dir`` on the
+    target task ``env`` with a budget of ``real_steps`` REAL env steps.
+
+    The config defaults to ``FinetuneConfig.<preset>`` around the pretraining run's networks;
+    everything but α is loaded from the run's newest verified checkpoint (`FINETUNE_PARTS`), with
+    the layout checked against the target env (observation / action sizes) before compiling.
+    Other keyword arguments are `train`'s (``num_evals``, ``progress``, ``checkpoint_every_s``, ...).
+    """
+    from jaxrl.algos import sac as sac_algo
+    from jaxrl.train.finetune import FINETUNE_PARTS, FinetuneConfig
+
+    record = runfolder.read_record(run_dir)
+    if record["algo"] != "sac":
+        raise ValueError(f"{run_dir} is a {record['algo']!r} run: world-model finetuning loads a large-batch "
+                         "SAC agent (train one with `jaxrl train sac`)")
+    pretrained = runfolder.config_from_dict(sac_algo.SACConfig, record["config"])
+    _check_same_layout(record, env, kwargs.get("env_kwargs") or {})
+    if config is None:
+        if preset not in ("cpu", "paper"):
+            raise ValueError(f"finetune preset must be 'cpu' or 'paper', got {preset!r}")
+        config = (FinetuneConfig.cpu(pretrained) if preset == "cpu"
+                  else FinetuneConfig.paper(env, pretrained))
+    return train("finetune", env, config, steps=real_steps, seed=seed, out_dir=out_dir, init_from=run_dir,
+                 init_parts=list(FINETUNE_PARTS), **kwargs)
+
+
+def _check_same_layout(record: dict, target: str, target_kwargs: dict) -> None:
+    """The pretraining run's observations and actions must be the target's (a policy cannot be
+    finetuned across layouts): a ValueError naming what differs, before anything compiles."""
+    src = _make_env(record["env"], 1, record["seed"], record["env_kwargs"]).spec
+    dst = _make_env(target, 1, record["seed"], target_kwargs).spec
+    have = {k: v.shape for k, v in src.obs.items()} | {"action": src.action.shape}
+    want = {k: v.shape for k, v in dst.obs.items()} | {"action": dst.action.shape}
+    diff = [f"{k}: {have.get(k)} vs {want.get(k)}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    if diff:
+        raise ValueError(f"cannot finetune the {record['env']} policy on {target}: observation / action layout "
+                         f"differs (pretraining run vs target) — {'; '.join(diff)}. Finetune on a variant of "
+                         f"{record['env']} (same observations and actions), e.g. from `jaxrl list-envs --source jaxrl`")
 
 
 def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None) -> tuple[Any, dict]:

@@ -191,12 +191,26 @@ def tiny_loop():
 def test_chunk_donates_its_carry_and_equals_the_copying_path(tiny_loop):
     loop = tiny_loop
     carry, _ = loop.run_chunk(loop.init_carry())  # warm-up; flat task: state IS privileged_state
-    reference, _ = jax.jit(loop._chunk_fn)(jax.tree.map(jnp.copy, carry))  # no donation
+    reference, _ = jax.jit(loop._chunk_fn)(jax.tree.map(jnp.copy, carry), loop.chunk_iters)  # no donation
     buffer_in = jax.tree.leaves(carry.buffer)
     out, _ = loop.run_chunk(carry)
     assert all(x.is_deleted() for x in buffer_in)  # updated in place, not copied
     for a, b in zip(jax.tree.leaves(out.buffer), jax.tree.leaves(reference.buffer)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_one_compiled_chunk_serves_every_chunk_length(tiny_loop):
+    """The iteration count is an argument of the compiled chunk, not a constant in it: a run with
+    other `num_evals`, budget or a resume reuses the program, and one chunk of 2 iterations
+    equals two chunks of 1 bit for bit."""
+    loop = tiny_loop
+    carry, _ = loop.run_chunk(loop.init_carry())  # warm-up
+    chunk = loop._compiled["chunk"] if "chunk" in loop._compiled else loop.lower_chunk(carry).compile()
+    twice, _ = chunk(chunk(jax.tree.map(jnp.copy, carry), jnp.int32(1))[0], jnp.int32(1))
+    once, metrics = chunk(carry, jnp.int32(2))
+    for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(twice)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(once.iteration) == loop.warmup_iters + 2 and np.isfinite(float(metrics["critic_loss"]))
 
 
 def _dot_precisions(text: str) -> list[str]:

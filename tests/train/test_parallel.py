@@ -173,7 +173,7 @@ def test_training_state_is_split_over_devices_and_only_reductions_cross_them(alg
         assert carry.agent.explore.noise.sharding.spec == P(parallel.AXIS)  # per-env held noise
     params = jax.tree.leaves(carry.agent.actor_params if algo == "flashsac" else carry.agent.params)
     assert all(x.sharding.spec == P() for x in params)
-    hlo = loop._chunk.lower(carry).compile().as_text()
+    hlo = loop.lower_chunk(carry).compile().as_text()
     assert _collectives(hlo) == {"all-reduce"}, _collectives(hlo)
 
 

@@ -1,0 +1,92 @@
+"""MuJoCo C physics inside a traced MJX task step: the swap sim-to-sim (`jaxrl.io.sim2sim`) and
+the finetuning targets simulated by MuJoCo C (`envs.variants`) share.
+
+How the physics is swapped without rewriting each task: a task's ``step`` computes the control,
+advances physics through one function (Playground's ``mjx_env.step(model, data, action,
+n_substeps)``, our tasks' ``physics_step(data)``), then reads observation and reward off the new
+``mjx.Data``.  `mujoco_physics` replaces that one function, while a step is traced, with a
+``jax.pure_callback`` into `CPhysics`: it copies the state (qpos, qvel, act, ctrl, mocap, applied
+forces, warm start, time) into an ``mujoco.MjData``, calls ``mujoco.mj_step`` ``n_substeps``
+times and converts the result back with ``mjx.put_data``, so every derived quantity the task reads
+(sensors, site frames, contacts) is the C simulator's (float64, its own solver and collisions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# mjx.Data array fields that define the state mj_step advances from (plus ``time``).
+_STATE_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart",
+                 "qfrc_applied", "xfrc_applied", "eq_active", "history", "userdata")
+
+
+class CPhysics:
+    """MuJoCo C stepping of one model, callable from inside jit through `step_data`."""
+
+    def __init__(self, mj_model):
+        import mujoco
+
+        self.model = mj_model
+        self.data = mujoco.MjData(mj_model)
+        self.calls = 0  # host calls so far (tests use it to prove the C path ran)
+        self.warnings = 0  # MuJoCo instability warnings (bad qacc -> auto reset) seen
+
+    def _host_step(self, data: Any, n_substeps: np.ndarray) -> Any:
+        """numpy mjx.Data -> numpy mjx.Data after ``n_substeps`` C steps."""
+        import mujoco
+        from mujoco import mjx
+
+        d = self.data
+        mujoco.mj_resetData(self.model, d)
+        d.time = float(data.time)
+        for name in _STATE_FIELDS:
+            if hasattr(data, name) and hasattr(d, name) and np.size(getattr(d, name)):
+                target = getattr(d, name)
+                target[...] = np.asarray(getattr(data, name)).reshape(target.shape).astype(target.dtype)
+        for _ in range(int(n_substeps)):
+            mujoco.mj_step(self.model, d)
+        self.warnings += int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)  # (reset zeroed it)
+        self.calls += 1
+        out = mjx.put_data(self.model, d, impl="jax")
+        return jax.tree.map(lambda t, x: np.asarray(x, dtype=t.dtype).reshape(t.shape), data, out)
+
+    def step_data(self, data: Any, n_substeps: int = 1) -> Any:
+        """Traceable: the mjx.Data after ``n_substeps`` C steps from ``data`` (ctrl as set in it)."""
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), data)
+        return jax.pure_callback(self._host_step, shapes, data, np.int32(n_substeps),
+                                 vmap_method="sequential")
+
+
+@contextlib.contextmanager
+def mujoco_physics(task: Any, physics: CPhysics):
+    """While active, traced ``task.step`` calls advance physics with `physics` (MuJoCo C)."""
+    if hasattr(task, "physics_step"):  # jaxrl tasks (envs.manipulation): one method per task
+        n = int(getattr(task, "n_substeps", 1))
+        task.physics_step = lambda data: physics.step_data(data, n)
+        try:
+            yield
+        finally:
+            del task.physics_step
+        return
+    from mujoco_playground._src import mjx_env
+
+    if not isinstance(task, mjx_env.MjxEnv):
+        raise NotImplementedError(
+            f"sim2sim supports MuJoCo Playground tasks and jaxrl's own tasks; {type(task).__name__} "
+            "steps physics another way (Brax pipelines are not MuJoCo C compatible)"
+        )
+    original = mjx_env.step
+
+    def c_step(model, data, action, n_substeps=1):
+        return physics.step_data(data.replace(ctrl=action), n_substeps)
+
+    mjx_env.step = c_step
+    try:
+        yield
+    finally:
+        mjx_env.step = original

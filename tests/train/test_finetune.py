@@ -1,0 +1,186 @@
+"""World-model finetuning (`jaxrl.train.finetune`): a tiny SAC run on CartpoleBalance finetuned on
+CartpoleBalanceHeavyPole (pole 3× heavier).  The target env receives only tanh(μ); the agent
+loads everything but α; bad requests are refused before compiling."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from jaxrl.algos import sac
+from jaxrl.algos import world_model as wm
+from jaxrl.io import lifecycle
+from jaxrl.io.checkpoint import CheckpointManager, CheckpointMismatchError
+from jaxrl.train import registry, run
+from jaxrl.train.finetune import FinetuneConfig
+
+pytestmark = pytest.mark.xdist_group("finetune")
+
+# The LIFT networks at toy size (as tests/algos/test_sac.py), 4 envs, a 48-step run.
+PRE = sac.SACConfig.cpu().replace(
+    actor_hidden=(16, 16), critic_hidden=(32, 32), batch_size=8, alpha_lr=0.3, init_log_alpha=math.log(0.5),
+    actor_lr=3e-4, critic_lr=3e-4, weight_decay=1e-4, activation="swish", critic_layer_norm=False,
+    log_std_min=-5.0, log_std_max=2.0, num_envs=4, min_buffer=16, buffer_size=1024, updates_per_step=2)
+EPOCH = 16
+FT = FinetuneConfig.cpu(PRE).replace(
+    prefill=16, real_steps_per_epoch=EPOCH, real_buffer=64, starts=8, rounds_min=1, rounds_max=2,
+    rounds_ramp_epochs=1, horizon_min=2, horizon_max=3, horizon_ramp_epochs=1, imagined_buffer=64,
+    updates_per_round=2, imagined_batch=16, real_batch=4,
+    world_model=wm.WorldModelConfig.cpu().replace(hidden=(16, 16), weight_decay=(1e-4,) * 3, horizon=2,
+                                                  max_epochs=2, min_epoch_steps=2, batch_size=8))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetune") / "pre"
+    run.train("sac", "CartpoleBalance", PRE, steps=48, num_evals=1, progress=False, out_dir=out,
+              env_kwargs={"episode_length": 10}, tensorboard=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained):
+    out = pretrained.parent / "ft"
+    carry, rows = run.finetune(pretrained, "CartpoleBalanceHeavyPole", real_steps=FT.prefill + 2 * EPOCH,
+                               config=FT, out_dir=out, num_evals=2, progress=False, checkpoint_every_s=0,
+                               tensorboard=False)
+    return out, carry, rows
+
+
+def test_init_from_loads_actor_critic_target_and_obs_but_not_alpha(pretrained):
+    """Finetuning's start: the parts "actor", "critic", "target", "obs" of a finished run load
+    into a fresh agent; log α and its optimiser keep their fresh values (α re-initialised)."""
+    _, _, _, src, env = lifecycle.load_run(pretrained)
+    fresh_cfg = PRE.replace(init_log_alpha=-7.13)
+    loop = registry.get("sac").make_loop(fresh_cfg, env, None, 48, 1, 1)
+    carry, info = run.load_parts(loop.init_carry(), pretrained, ["actor", "critic", "target", "obs"])
+    for field in ("actor_params", "critic_params", "target_params", "obs_stats", "actor_opt", "critic_opt"):
+        for a, b in zip(jax.tree.leaves(getattr(carry.agent, field)), jax.tree.leaves(getattr(src, field))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(carry.agent.log_alpha) == pytest.approx(-7.13)
+    assert float(src.obs_stats["state"].count) > 0 and info["parts"] == ["actor", "critic", "target", "obs"]
+
+
+def test_the_target_env_only_ever_receives_the_deterministic_policy(pretrained, finetuned):
+    """Every real action — prefill, epoch 1 and epoch 2 — equals tanh(μ(obs)) of the agent that
+    collected it: the pretrained one for the prefill and epoch 1 (collection comes before the
+    epoch's updates), the one checkpointed after epoch 1 for epoch 2."""
+    out, carry, _ = finetuned
+    _, _, _, agent0, _ = lifecycle.load_run(pretrained)
+    ft_loop = run.rebuild(run.read_record(out), with_eval=False)[3]
+    mgr = CheckpointManager(out)
+    after1 = FT.prefill + EPOCH
+    assert after1 in mgr.steps()
+    agent1 = mgr.restore(ft_loop.init_carry(), step=after1)[0].agent
+    real = carry.real
+    n = FT.num_envs
+    t_pre, t_ep = FT.prefill // n, EPOCH // n
+    assert int(real.size) == t_pre + 2 * t_ep  # not wrapped: row i is the i-th real step
+    obs, actions = real.data["tr"].obs, np.asarray(real.data["tr"].action)
+    for rows, agent in ((slice(0, t_pre + t_ep), agent0), (slice(t_pre + t_ep, t_pre + 2 * t_ep), agent1)):
+        o = {k: np.asarray(x)[rows].reshape((-1,) + x.shape[2:]) for k, x in obs.items()}
+        want = np.asarray(sac.act(agent, o, None, FT.sac, deterministic=True)[0])
+        np.testing.assert_allclose(actions[rows].reshape(want.shape), want, atol=1e-6)
+    # the policy did change between the epochs (so the check above can tell them apart)
+    assert not np.allclose(np.asarray(agent1.actor_params["out"]["kernel"]),
+                           np.asarray(agent0.actor_params["out"]["kernel"]))
+
+
+def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained, finetuned):
+    out, carry, rows = finetuned
+    record = json.loads((out / "config.json").read_text())
+    assert record["algo"] == "finetune" and record["init_from"]["parts"] == list(
+        __import__("jaxrl.train.finetune", fromlist=["x"]).FINETUNE_PARTS)
+    assert rows[-1]["env_steps"] == FT.prefill + 2 * EPOCH  # real steps only
+    last = rows[-1]
+    for k in ("model_val_error", "critic_loss", "alpha", "eval_return"):
+        assert np.isfinite(last[k]), (k, last)
+    assert last["horizon"] == FT.horizon_max and last["rounds"] == FT.rounds_max
+    # α restarted from exp(-7.13) and moved only by a few α steps of lr 3e-4
+    assert abs(float(carry.agent.log_alpha) + 7.13) < 0.05
+    img = carry.imagined
+    valid = np.asarray(img.data["valid"])[: int(img.size)]
+    assert valid.any()
+    rewards = np.asarray(img.data["tr"].reward)[: int(img.size)][valid]
+    assert np.all((rewards >= 0) & (rewards <= 1))  # Cartpole's own reward on predicted states
+    # the run continues like any other: export its deterministic policy
+    assert lifecycle.export_run(out, "npz").exists()
+
+
+def test_bad_finetuning_requests_are_refused_before_compiling(pretrained, tmp_path):
+    with pytest.raises(ValueError, match="pay for no finetuning epoch"):
+        run.finetune(pretrained, "CartpoleBalanceHeavyPole", real_steps=FT.prefill + EPOCH - 1, config=FT,
+                     progress=False)
+    fake = tmp_path / "ppo_run"
+    fake.mkdir()
+    (fake / "config.json").write_text(json.dumps({"algo": "ppo", "config": {}}))
+    with pytest.raises(ValueError, match="loads a large-batch SAC agent"):
+        run.finetune(fake, "CartpoleBalance", real_steps=100, progress=False)
+    with pytest.raises(ValueError, match="prefill"):
+        FT.replace(prefill=2)
+    # a checkpoint whose observation / action layout is not the target's
+    with pytest.raises(ValueError, match=r"layout differs .* action: \(1,\) vs \(6,\);.* state: \(5,\) vs \(17,\)"):
+        run.finetune(pretrained, "CheetahRunHeavyTorso", real_steps=FT.prefill + EPOCH, config=FT,
+                     progress=False)
+    # ... and, caught later, another network than the pretraining run's: the field and both shapes
+    with pytest.raises(CheckpointMismatchError, match="actor_params"):
+        run.finetune(pretrained, "CartpoleBalanceHeavyPole", real_steps=FT.prefill + EPOCH, progress=False,
+                     config=FT.replace(sac=FT.sac.replace(actor_hidden=(8, 8))))
+
+
+class _Opaque:
+    """A task stepping its physics some other way (neither Playground's `mjx_env.step` nor a
+    `physics_step` method): the world model cannot stand in for it."""
+
+    def __init__(self, task):
+        self._task = task
+        self.mj_model, self.mjx_model = task.mj_model, task.mjx_model
+        self.observation_size, self.action_size = task.observation_size, task.action_size
+
+    def reset(self, key):
+        return self._task.reset(key)
+
+    def step(self, state, action):
+        return self._task.step(state, action)
+
+
+def test_a_target_without_imaginable_physics_is_refused(pretrained):
+    from envs import registry as env_registry
+
+    envs.register("OpaqueCartpole")(lambda **kw: _Opaque(envs.make("CartpoleBalance").env))
+    try:
+        with pytest.raises(TypeError, match="implement `physics_step` for your task"):
+            run.finetune(pretrained, "OpaqueCartpole", real_steps=100, config=FT, progress=False)
+    finally:
+        env_registry.unregister("OpaqueCartpole")
+
+
+def test_variants_change_the_physics_not_the_task():
+    nominal = envs.make("CartpoleBalance", num_envs=1).env
+    heavy = envs.make("CartpoleBalanceHeavyPole", num_envs=1).env
+    assert "CartpoleBalanceHeavyPole" in envs.list_envs("jaxrl")
+    i = 2  # pole_1
+    assert heavy.mj_model.body_mass[i] == pytest.approx(3 * nominal.mj_model.body_mass[i])
+    assert float(heavy.mjx_model.body_mass[i]) == pytest.approx(3 * float(nominal.mjx_model.body_mass[i]))
+    assert heavy.observation_size == nominal.observation_size and heavy.action_size == nominal.action_size
+
+
+def test_the_mujoco_c_target_is_the_nominal_task_stepped_by_mujoco_c():
+    """``CartpoleBalanceInMuJoCoC``: reset, observation and reward are the nominal task's, every
+    step is MuJoCo C's (host calls counted), and its states stay close to MJX's from the same
+    state and action (float64 C vs float32 MJX)."""
+    c_env = envs.make("CartpoleBalanceInMuJoCoC", num_envs=1)
+    mjx_env = envs.make("CartpoleBalance", num_envs=1)
+    task = c_env.env
+    assert task.nominal.mj_model is not None and c_env.spec.obs == mjx_env.spec.obs
+    s = c_env.reset(jax.random.PRNGKey(0))
+    calls = task.physics.calls
+    a = jnp.full((1, 1), 0.4)
+    c_next, m_next = c_env.step(s, a), mjx_env.step(s, a)
+    assert task.physics.calls > calls
+    np.testing.assert_allclose(np.asarray(c_next.obs["state"]), np.asarray(m_next.obs["state"]), atol=1e-3)
+    assert float(c_next.reward[0]) == pytest.approx(float(m_next.reward[0]), abs=1e-3)
