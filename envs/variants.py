@@ -3,7 +3,9 @@
 A finetuning target is the same task — same observations, actions, reward and termination — in
 a world that differs from the one the policy was pretrained in.  Each variant here loads the
 nominal Playground task and edits its MuJoCo model before MJX sees it, so the task's own code
-(and its MJX model) run unchanged on the new physics.
+(and its MJX model) run unchanged on the new physics.  Every target carries the unchanged task as
+``.nominal``: what a finetuning run may know about the world (the world model's physics prior
+is the nominal model; the difference is what it learns from real transitions).
 
 Registered names (``envs.make(name, num_envs)``, listed by ``jaxrl list-envs``):
 
@@ -52,7 +54,11 @@ def scale_masses(env: Any, factors: dict[str, float]) -> Any:
 def _variant(name: str, base: str, factors: dict[str, float]) -> Callable[..., Any]:
     def make(impl: str | None = None, **overrides):
         env, _ = _load_playground(base, impl, None, overrides)
-        return scale_masses(env, factors)
+        env = scale_masses(env, factors)
+        # What the agent is told about the world: the nominal task (a world model's physics prior
+        # must not know the changed masses; it learns the difference from real data).
+        env.nominal = _load_playground(base, impl, None, overrides)[0]
+        return env
 
     make.__doc__ = f"{base} with body masses scaled {factors}."
     return make

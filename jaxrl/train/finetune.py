@@ -178,8 +178,9 @@ class FinetuneLoop(HostLoop):
             raise ValueError("finetuning runs on one device (a few real envs); pass devices=1 or None")
         self.setup(env, eval_env, seed, 1, seeds, {})
         self.cfg = cfg
-        # The world model imagines with the task's MJX definition, also when the target env steps
-        # another simulator (`envs.variants.CTask`: MuJoCo C).
+        # The world model's physics prior and imagination use the NOMINAL task when the target
+        # has one (`envs.variants`: the changed masses, or MuJoCo C as the simulator, are what the
+        # model must learn from real data, not be told).
         self.task = getattr(env.env, "nominal", env.env)
         wm.check_imaginable(self.task)  # reward / termination on predicted states, before compiling
         self.model = wm.WorldModel(cfg.world_model, wm.SmoothDynamics.of_task(self.task))

@@ -92,6 +92,9 @@ def test_the_target_env_only_ever_receives_the_deterministic_policy(pretrained, 
 
 def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained, finetuned):
     out, carry, rows = finetuned
+    loop = run.rebuild(run.read_record(out), with_eval=False)[3]
+    nominal = envs.make("CartpoleBalance", num_envs=1).env
+    assert loop.model.dyn.mass_diag == pytest.approx(wm.SmoothDynamics.of_task(nominal).mass_diag)  # the prior
     record = json.loads((out / "config.json").read_text())
     assert record["algo"] == "finetune" and record["init_from"]["parts"] == list(
         __import__("jaxrl.train.finetune", fromlist=["x"]).FINETUNE_PARTS)
@@ -167,6 +170,8 @@ def test_variants_change_the_physics_not_the_task():
     assert heavy.mj_model.body_mass[i] == pytest.approx(3 * nominal.mj_model.body_mass[i])
     assert float(heavy.mjx_model.body_mass[i]) == pytest.approx(3 * float(nominal.mjx_model.body_mass[i]))
     assert heavy.observation_size == nominal.observation_size and heavy.action_size == nominal.action_size
+    # what finetuning may know: the nominal masses (the world model's prior), not the changed ones
+    assert heavy.nominal.mj_model.body_mass[i] == pytest.approx(nominal.mj_model.body_mass[i])
 
 
 def test_the_mujoco_c_target_is_the_nominal_task_stepped_by_mujoco_c():
