@@ -110,6 +110,8 @@ def test_rows_report_solver_limit_hits_and_both_loops_share_the_row_keys(runs):
     ("ppo", "paper", "PushToSlot"),
     ("sac", "lift", "T1JoystickFlatTerrain"),
     ("sac", "cpu", "CartpoleBalance"),
+    ("finetune", "cpu", "CartpoleBalanceHeavyPole"),
+    ("finetune", "paper", "CartpoleSwingupInMuJoCoC"),
 ])
 def test_every_preset_traces_its_training_chunk_on_abstract_shapes(algo, preset, task):
     """GPU-sized presets are checked on CPU: the chunk is lowered on `jax.eval_shape` shapes,
@@ -120,6 +122,8 @@ def test_every_preset_traces_its_training_chunk_on_abstract_shapes(algo, preset,
     assert cfg.replace() == cfg  # the uniform config API
     env = envs.make(task, num_envs=cfg.num_envs)
     steps = getattr(cfg, "min_buffer", 0) + 4 * cfg.num_envs * getattr(cfg, "unroll_length", 1)
+    if algo == "finetune":  # a budget of real steps: the prefill and one epoch
+        steps = cfg.prefill + cfg.real_steps_per_epoch
     loop = spec.make_loop(cfg, env, None, steps, 0, 1)
     carry = jax.eval_shape(loop.init_carry)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(carry))
