@@ -12,14 +12,24 @@ Registered names (``envs.make(name, num_envs)``, listed by ``jaxrl list-envs``):
 * ``CartpoleBalanceHeavyPole`` / ``CartpoleSwingupHeavyPole`` — the pole 3× heavier (mass and
   inertia), so a pretrained policy over- or under-pushes the cart;
 * ``CheetahRunHeavyTorso`` — the torso carries a 50% payload (mass and inertia ×1.5);
+* humanoids (LIFT's finetuning settings), for T1 and G1 on flat terrain:
+  ``…Fast`` — walk forward at 1.0–1.5 m/s (the commanded forward speed; no sideways or turning
+  command; the task's 10% "stand still" commands stay);
+  ``…Payload`` — 5 kg strapped to the trunk / torso (about 15% of the robot's mass);
+  ``…Slippery`` — every contact's sliding friction halved (the floor is what the feet touch;
+  scaling every geom and contact pair halves it whatever MuJoCo's friction-mixing rule picks);
 * ``CartpoleBalanceInMuJoCoC`` / ``CartpoleSwingupInMuJoCoC`` / ``CheetahRunInMuJoCoC`` — the
   nominal task simulated by MuJoCo C (float64, its own solver and collision code) instead of MJX:
   the "another simulator" gap LIFT finetunes across, and the closest thing to a real robot that
   runs here (`CTask`).  Every env step is a host call: use few envs.
+
+A change of command (``…Fast``) changes the task, not the world: its ``.nominal`` carries the
+same command ranges (imagined rewards must score the target's commands), with the physics unedited.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -27,40 +37,77 @@ import jax
 
 from envs.registry import _load_playground, register
 
-# name -> (nominal task, {body name: mass factor})
-VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
-    "CartpoleBalanceHeavyPole": ("CartpoleBalance", {"pole_1": 3.0}),
-    "CartpoleSwingupHeavyPole": ("CartpoleSwingup", {"pole_1": 3.0}),
-    "CheetahRunHeavyTorso": ("CheetahRun", {"torso": 1.5}),
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """How a target differs from its nominal task."""
+
+    base: str  # the nominal registered task
+    masses: dict[str, float] = dataclasses.field(default_factory=dict)  # body -> mass & inertia factor
+    payload_kg: dict[str, float] = dataclasses.field(default_factory=dict)  # body -> added mass (inertia scaled alike)
+    friction: float = 1.0  # factor on every contact's sliding friction
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # task config overrides (commands)
+
+
+_FORWARD_FAST = {"lin_vel_x": [1.0, 1.5], "lin_vel_y": [0.0, 0.0], "ang_vel_yaw": [0.0, 0.0]}
+VARIANTS: dict[str, Change] = {
+    "CartpoleBalanceHeavyPole": Change("CartpoleBalance", masses={"pole_1": 3.0}),
+    "CartpoleSwingupHeavyPole": Change("CartpoleSwingup", masses={"pole_1": 3.0}),
+    "CheetahRunHeavyTorso": Change("CheetahRun", masses={"torso": 1.5}),
+    "T1JoystickFlatTerrainFast": Change("T1JoystickFlatTerrain", config=_FORWARD_FAST),
+    "T1JoystickFlatTerrainPayload": Change("T1JoystickFlatTerrain", payload_kg={"Trunk": 5.0}),
+    "T1JoystickFlatTerrainSlippery": Change("T1JoystickFlatTerrain", friction=0.5),
+    "G1JoystickFlatTerrainFast": Change("G1JoystickFlatTerrain", config=_FORWARD_FAST),
+    "G1JoystickFlatTerrainPayload": Change("G1JoystickFlatTerrain", payload_kg={"torso_link": 5.0}),
+    "G1JoystickFlatTerrainSlippery": Change("G1JoystickFlatTerrain", friction=0.5),
 }
 
 
-def scale_masses(env: Any, factors: dict[str, float]) -> Any:
-    """``env`` with the named bodies' mass and inertia multiplied (MuJoCo and MJX models both)."""
+def _body(mj: Any, env: Any, body: str) -> int:
     import mujoco
+
+    i = mujoco.mj_name2id(mj, mujoco.mjtObj.mjOBJ_BODY, body)
+    if i < 0:
+        raise ValueError(f"{type(env).__name__} has no body {body!r} to make heavier")
+    return i
+
+
+def edit_physics(env: Any, change: Change) -> Any:
+    """``env`` with its MuJoCo model edited as ``change`` says, and its MJX model rebuilt from it."""
     from mujoco import mjx
 
     mj = env.mj_model
-    for body, factor in factors.items():
-        i = mujoco.mj_name2id(mj, mujoco.mjtObj.mjOBJ_BODY, body)
-        if i < 0:
-            raise ValueError(f"{type(env).__name__} has no body {body!r} to make heavier")
+    for body, factor in change.masses.items():
+        i = _body(mj, env, body)
         mj.body_mass[i] *= factor
         mj.body_inertia[i] *= factor
+    for body, kg in change.payload_kg.items():
+        i = _body(mj, env, body)
+        factor = (mj.body_mass[i] + kg) / mj.body_mass[i]
+        mj.body_mass[i] += kg
+        mj.body_inertia[i] *= factor
+    if change.friction != 1.0:
+        mj.geom_friction[:, 0] *= change.friction
+        mj.pair_friction[:, :2] *= change.friction
     env._mjx_model = mjx.put_model(mj, impl=env.mjx_model.impl)
     return env
 
 
-def _variant(name: str, base: str, factors: dict[str, float]) -> Callable[..., Any]:
+def scale_masses(env: Any, factors: dict[str, float]) -> Any:
+    """``env`` with the named bodies' mass and inertia multiplied (MuJoCo and MJX models both)."""
+    return edit_physics(env, Change("", masses=factors))
+
+
+def _variant(name: str, change: Change) -> Callable[..., Any]:
     def make(impl: str | None = None, **overrides):
-        env, _ = _load_playground(base, impl, None, overrides)
-        env = scale_masses(env, factors)
-        # What the agent is told about the world: the nominal task (a world model's physics prior
-        # must not know the changed masses; it learns the difference from real data).
-        env.nominal = _load_playground(base, impl, None, overrides)[0]
+        overrides = {**change.config, **overrides}
+        env = edit_physics(_load_playground(change.base, impl, None, overrides)[0], change)
+        # What the agent is told about the world: the nominal physics (a world model's prior must
+        # not know the changed masses or friction; it learns the difference from real data).
+        env.nominal = _load_playground(change.base, impl, None, overrides)[0]
         return env
 
-    make.__doc__ = f"{base} with body masses scaled {factors}."
+    make.__doc__ = f"{change.base} changed: {change}."
     return make
 
 
@@ -102,7 +149,7 @@ def _c_target(base: str) -> Callable[..., Any]:
     return make
 
 
-for _name, (_base, _factors) in VARIANTS.items():
-    register(_name, episode_length=1000)(_variant(_name, _base, _factors))
+for _name, _change in VARIANTS.items():
+    register(_name, episode_length=1000)(_variant(_name, _change))
 for _name, _base in C_TARGETS.items():
     register(_name, episode_length=1000)(_c_target(_base))

@@ -108,6 +108,14 @@ def _select(mask: jax.Array, new: Any, old: Any) -> Any:
 PHYSICS_MATMUL_PRECISION = "highest"
 
 
+class _TaskOnly:
+    """What `VecEnv._env_call` reads of its VecEnv (the task), and nothing else: the per-task
+    jitted functions must not keep a VecEnv alive."""
+
+    def __init__(self, env: Any):
+        self.env = env
+
+
 class VecEnv:
     """``num_envs`` copies of a task stepped in lock-step; see the module docstring."""
 
@@ -203,12 +211,35 @@ class VecEnv:
         # sensitive to the TF32 / bf16 matmuls a GPU uses by default (the NaNs reported for
         # Playground humanoids), while learners keep the precision their config asks for.
         with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            one = self._one_env(fn_name, model_batch is not None)
             if model_batch is None:
-                return jax.vmap(lambda *a: self._env_call(fn_name, None, *a))(*args)
-            return jax.vmap(
-                lambda m, *a: self._env_call(fn_name, m, *a),
-                in_axes=(self._model_axes,) + (0,) * len(args),
-            )(model_batch, *args)
+                return jax.vmap(one)(*args)
+            return jax.vmap(one, in_axes=(self._model_axes,) + (0,) * len(args))(model_batch, *args)
+
+    def _one_env(self, fn_name: str, with_model: bool) -> Callable:
+        """The task's reset / step for ONE env, jitted and kept on the task object: every VecEnv
+        over the same task (the training envs and their evaluation envs, any num_envs, any
+        device split) vmaps this one trace instead of re-tracing MJX (seconds per trace on CPU,
+        a minute for a humanoid).  vmap of a jitted function batches its jaxpr, it does not
+        re-run Python."""
+        try:
+            memo = self.env.__dict__.setdefault("_jaxrl_one_env", {})
+        except AttributeError:  # a task without a __dict__: no sharing, still correct
+            memo = {}
+        if (fn_name, with_model) not in memo:
+            env = self.env
+            call = VecEnv._env_call.__get__(_TaskOnly(env))
+            memo[fn_name, with_model] = (jax.jit(lambda m, *a: call(fn_name, m, *a)) if with_model
+                                         else jax.jit(lambda *a: call(fn_name, None, *a)))
+        return memo[fn_name, with_model]
+
+    def with_num_envs(self, num_envs: int, seed: int) -> VecEnv:
+        """Another VecEnv over the SAME task object (same config, same episode length and
+        randomiser), e.g. a run's evaluation envs: it shares the task's traced reset / step."""
+        other = VecEnv(self.env, num_envs, self.episode_length, name=self.name, seed=seed,
+                       randomization_fn=self._randomization_fn)
+        other.state_in_privileged = self.state_in_privileged
+        return other
 
     # -------------------------------------------------------------- devices
     def distribute(self, mesh: Any) -> VecEnv:

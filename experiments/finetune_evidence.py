@@ -29,7 +29,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-import envs
 from jaxrl.algos import sac
 from jaxrl.io import lifecycle, runfolder
 from jaxrl.train import run
@@ -38,18 +37,6 @@ from jaxrl.train.finetune import FINETUNE_PARTS, FinetuneConfig
 
 def curve(rows: list[dict]) -> list[list[float]]:
     return [[r["env_steps"], r["eval_return"]] for r in rows if "eval_return" in r]
-
-
-def pretrained_return(pre: Path, variant: str, seed: int, episodes: int = 16) -> float:
-    """The unchanged pretrained policy on the variant (deterministic, ``episodes`` episodes)."""
-    record = run.read_record(pre)
-    _, _, _, agent, _ = lifecycle.load_run(pre)
-    env = envs.make(variant, num_envs=episodes, seed=seed + 1, **record["env_kwargs"])
-    from jaxrl.train.evaluate import evaluation
-
-    cfg = runfolder.config_from_dict(sac.SACConfig, record["config"])
-    act = lambda s, o, k: sac.act(s, o, None, cfg, deterministic=True)[0]
-    return float(jax.jit(evaluation(env, act))(agent, jax.random.PRNGKey(seed))["eval_return"])
 
 
 def main() -> None:
@@ -78,7 +65,8 @@ def main() -> None:
     ft_cfg = FinetuneConfig.cpu(runfolder.config_from_dict(sac.SACConfig, run.read_record(pre)["config"]))
     results["world_model_config"] = runfolder.config_to_dict(ft_cfg)
     for seed in a.seeds:
-        arms = {"pretrained": pretrained_return(pre, a.variant, seed)}
+        arms = {"pretrained": lifecycle.evaluate_run(pre, episodes=16, seed=seed + 1, env=a.variant,
+                                                    write=False)["mean_return"]}
         t = time.perf_counter()
         _, rows = run.finetune(pre, a.variant, real_steps=a.real_steps, config=ft_cfg, seed=seed,
                                out_dir=runs / f"wm_{seed}", overwrite=True, num_evals=ft_cfg.epochs(a.real_steps),

@@ -261,6 +261,7 @@ class EvalArgs:
     checkpoint: Literal["latest", "best"] = "latest"
     seed: int = 0  # seed of the evaluation episodes' initial states
     seed_index: int | None = None  # a run of K seeds: whose policy (0..K-1)
+    env: str | None = None  # evaluate on another task of the same layout (a finetuning target); default the run's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         a = tyro.cli(EvalArgs, args=_with_run_dir(rest), prog="jaxrl eval RUN_DIR")
         report = lifecycle.evaluate_run(a.run_dir, episodes=a.episodes, which=a.checkpoint, seed=a.seed,
                                         video=a.video, grid=a.grid, height=a.height, width=a.width,
-                                        camera=_camera(a.camera), seed_index=a.seed_index)
+                                        camera=_camera(a.camera), seed_index=a.seed_index, env=a.env)
         print(json.dumps(report, indent=1))
     elif cmd == "sim2sim":
         from jaxrl.io import sim2sim

@@ -107,8 +107,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "latest", seed: int = 0,
                  video: str | Path | None = None, grid: int = 1, height: int = 240, width: int = 320,
                  camera: str | int | None = None, write: bool = True,
-                 seed_index: int | None = None) -> dict:
+                 seed_index: int | None = None, env: str | None = None) -> dict:
     """Deterministic policy of a run on ``episodes`` fresh episodes (one per env, in parallel).
+
+    ``env`` evaluates on another registered task with the same observation/action layout (a
+    finetuning target: how the pretrained policy does in the changed world); default the run's.
 
     Returns (and writes ``RUN_DIR/eval.json``) the per-episode returns and lengths.  With
     ``video`` it also renders the first ``grid`` episodes with MuJoCo's renderer into one video
@@ -124,7 +127,12 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         raise ValueError(f"grid must be between 1 and episodes={episodes}, got {grid}")
     record, algo, config, agent, _ = load_run(run_dir, which, seed_index)
     policy = export.to_jax(algo.policy_layers(agent, config))
-    env = envs.make(record["env"], num_envs=episodes, seed=seed, **(record.get("env_kwargs") or {}))
+    name = env or record["env"]
+    if name != record["env"]:
+        from jaxrl.train import run
+
+        run.check_same_layout(record, name, record.get("env_kwargs") or {}, "evaluate")
+    env = envs.make(name, num_envs=episodes, seed=seed, **(record.get("env_kwargs") or {}))
     k = grid if video is not None else 0
 
     def frame(s):  # what the video needs of the first k envs
@@ -139,7 +147,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     ret, length, frames = rollout(jax.random.PRNGKey(seed))
     ret, length = np.asarray(ret, float), np.asarray(length).astype(int)
     report = {
-        "env": record["env"], "checkpoint": which, "episodes": episodes, "seed": seed,
+        "env": name, "checkpoint": which, "episodes": episodes, "seed": seed,
         "returns": ret.tolist(), "lengths": length.tolist(),
         "mean_return": float(ret.mean()), "std_return": float(ret.std()),
     }

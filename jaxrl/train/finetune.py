@@ -322,26 +322,29 @@ class FinetuneLoop(HostLoop):
         _, _, imagined = jax.lax.fori_loop(0, horizon, body, (inner, alive, carry.imagined))
         return carry.replace(imagined=imagined)
 
-    def _batch(self, carry: FinetuneCarry, key: jax.Array) -> Transition:
+    def _imagined_weights(self, img: replay.ReplayState) -> jax.Array:
+        """Sampling probabilities over the imagined buffer's flat rows: uniform over the valid
+        ones (filled, and not after an imagined termination)."""
+        filled = (jnp.arange(img.rows) < img.size)[:, None]
+        valid = (img.data["valid"] & filled).reshape(-1).astype(jnp.float32)
+        return valid / jnp.maximum(valid.sum(), 1.0)
+
+    def _batch(self, carry: FinetuneCarry, weights: jax.Array, key: jax.Array) -> Transition:
         """``imagined_batch`` valid imagined + ``real_batch`` real transitions."""
         k_i, k_r = jax.random.split(key)
-        img = carry.imagined
-        valid = img.data["valid"].reshape(-1).astype(jnp.float32)
-        filled = (jnp.arange(img.rows) < img.size)[:, None]
-        valid = valid * jnp.broadcast_to(filled, img.data["valid"].shape).reshape(-1)
-        idx = jax.random.choice(k_i, valid.shape[0], (self.cfg.imagined_batch,),
-                                p=valid / jnp.maximum(valid.sum(), 1.0))
-        imagined = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[idx], img.data["tr"])
+        idx = jax.random.choice(k_i, weights.shape[0], (self.cfg.imagined_batch,), p=weights)
+        imagined = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[idx], carry.imagined.data["tr"])
         real = replay.sample(carry.real, k_r, self.cfg.real_batch)["tr"]
         return jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), imagined, real)
 
     def _round(self, carry: FinetuneCarry, horizon: jax.Array, key: jax.Array):
         k_img, k_upd = jax.random.split(key)
         carry = self._imagine(carry, horizon, k_img)
+        weights = self._imagined_weights(carry.imagined)  # once per round, not per update
 
         def update(agent, k):
             k_b, k_u = jax.random.split(k)
-            return sac.update(agent, self._batch(carry, k_b), k_u, self.cfg.sac)
+            return sac.update(agent, self._batch(carry, weights, k_b), k_u, self.cfg.sac)
 
         agent, metrics = jax.lax.scan(update, carry.agent, jax.random.split(k_upd, self.cfg.updates_per_round))
         return carry.replace(agent=agent), jax.tree.map(jnp.mean, metrics)
@@ -368,21 +371,9 @@ class FinetuneLoop(HostLoop):
         return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32))
 
     # ------------------------------------------------------------------ host
-    def init_carry(self, agent: Any = None) -> FinetuneCarry:
-        """The fresh run (a freshly initialised agent unless ``agent``: `run.train` loads the
-        pretrained parts into it with ``init_from``)."""
-        if "init" not in self._compiled:
-            self._compiled["init"] = jax.jit(self._lift(self._init))
-        carry = self._compiled["init"](self._keys())
-        if agent is not None:
-            carry = carry.replace(agent=agent)
-        return carry
-
-    def refill(self, carry: FinetuneCarry) -> FinetuneCarry:
-        """After a restore without the imagined buffer: nothing to do (the next rounds refill
-        it; sampling weighs only valid imagined rows, and the real batch is always there)."""
-        return carry
-
+    # init_carry: the base's (a fresh agent; `run.train` loads the pretrained parts into it).
+    # refill: the base's no-op. A restore without the imagined buffer needs nothing: the next
+    # rounds refill it, sampling weighs only valid imagined rows, and the real batch is always there.
     def env_steps(self, carry: FinetuneCarry) -> int:
         return self.counter(carry.iteration) * self.env.num_envs
 

@@ -73,17 +73,21 @@ _ENVS: dict[str, VecEnv] = {}  # the last few envs runs were built on (see `_mak
 
 
 def _make_env(name: str, num_envs: int, seed: int, env_kwargs: dict) -> VecEnv:
-    """`envs.make`, reusing the env of an earlier run in this process with the same arguments:
-    its traced reset / step are reused too (tracing MJX takes seconds per program on CPU), so
-    re-running a notebook cell, a sweep over budgets or a resume traces the physics once.  Runs
-    never modify their envs."""
+    """`envs.make`, reusing what an earlier call in this process built: the same arguments give
+    the same env (its traced reset / step reused: tracing MJX takes seconds per program on CPU, so
+    re-running a notebook cell, a sweep over budgets or a resume traces the physics once), and
+    the same task with another ``num_envs`` / ``seed`` (a run's evaluation envs) gets a VecEnv
+    over the same task object, which shares its per-env trace.  Runs never modify their envs."""
     import json
 
-    key = json.dumps([name, num_envs, seed, env_kwargs], sort_keys=True, default=repr)
+    task_key = json.dumps([name, env_kwargs], sort_keys=True, default=repr)
+    key = json.dumps([task_key, num_envs, seed])
     if key not in _ENVS:
         if len(_ENVS) >= 8:
             _ENVS.pop(next(iter(_ENVS)))
-        _ENVS[key] = envs.make(name, num_envs=num_envs, seed=seed, **env_kwargs)
+        sibling = next((e for k, e in _ENVS.items() if json.loads(k)[0] == task_key), None)
+        _ENVS[key] = (sibling.with_num_envs(num_envs, seed) if sibling is not None
+                      else envs.make(name, num_envs=num_envs, seed=seed, **env_kwargs))
     return _ENVS[key]
 
 
@@ -215,7 +219,7 @@ def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = No
         raise ValueError(f"{run_dir} is a {record['algo']!r} run: world-model finetuning loads a large-batch "
                          "SAC agent (train one with `jaxrl train sac`)")
     pretrained = runfolder.config_from_dict(sac_algo.SACConfig, record["config"])
-    _check_same_layout(record, env, kwargs.get("env_kwargs") or {})
+    check_same_layout(record, env, kwargs.get("env_kwargs") or {})
     if config is None:
         if preset not in ("cpu", "paper"):
             raise ValueError(f"finetune preset must be 'cpu' or 'paper', got {preset!r}")
@@ -225,17 +229,17 @@ def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = No
                  init_parts=list(FINETUNE_PARTS), **kwargs)
 
 
-def _check_same_layout(record: dict, target: str, target_kwargs: dict) -> None:
-    """The pretraining run's observations and actions must be the target's (a policy cannot be
-    finetuned across layouts): a ValueError naming what differs, before anything compiles."""
+def check_same_layout(record: dict, target: str, target_kwargs: dict, purpose: str = "finetune") -> None:
+    """The run's observations and actions must be the target's (a policy cannot be finetuned or
+    evaluated across layouts): a ValueError naming what differs, before anything compiles."""
     src = _make_env(record["env"], 1, record["seed"], record["env_kwargs"]).spec
     dst = _make_env(target, 1, record["seed"], target_kwargs).spec
     have = {k: v.shape for k, v in src.obs.items()} | {"action": src.action.shape}
     want = {k: v.shape for k, v in dst.obs.items()} | {"action": dst.action.shape}
     diff = [f"{k}: {have.get(k)} vs {want.get(k)}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
     if diff:
-        raise ValueError(f"cannot finetune the {record['env']} policy on {target}: observation / action layout "
-                         f"differs (pretraining run vs target) — {'; '.join(diff)}. Finetune on a variant of "
+        raise ValueError(f"cannot {purpose} the {record['env']} policy on {target}: observation / action layout "
+                         f"differs (the run vs target) — {'; '.join(diff)}. Use a variant of "
                          f"{record['env']} (same observations and actions), e.g. from `jaxrl list-envs --source jaxrl`")
 
 

@@ -110,12 +110,12 @@ def test_rows_report_solver_limit_hits_and_both_loops_share_the_row_keys(runs):
     ("ppo", "paper", "PushToSlot"),
     ("sac", "lift", "T1JoystickFlatTerrain"),
     ("sac", "cpu", "CartpoleBalance"),
-    ("finetune", "cpu", "CartpoleBalanceHeavyPole"),
     ("finetune", "paper", "CartpoleSwingupInMuJoCoC"),
 ])
 def test_every_preset_traces_its_training_chunk_on_abstract_shapes(algo, preset, task):
     """GPU-sized presets are checked on CPU: the chunk is lowered on `jax.eval_shape` shapes,
-    nothing of the 10M-transition buffer or 16k envs is allocated."""
+    nothing of the 10M-transition buffer or 16k envs is allocated.  (finetune's cpu preset is
+    not traced here: tests/train/test_finetune.py runs its chunk, with small overrides, for real.)"""
     spec = registry.get(algo)
     assert set(spec.presets) >= {"cpu", "paper"}
     cfg = spec.preset(preset, task)

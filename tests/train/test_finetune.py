@@ -135,6 +135,17 @@ def test_bad_finetuning_requests_are_refused_before_compiling(pretrained, tmp_pa
                      config=FT.replace(sac=FT.sac.replace(actor_hidden=(8, 8))))
 
 
+def test_eval_scores_a_run_on_a_finetuning_target(pretrained):
+    """`jaxrl eval RUN --env TARGET`: the pretrained policy in the changed world (the arm
+    "pretrained, unchanged" of the evidence); a target of another layout is refused."""
+    nominal = lifecycle.evaluate_run(pretrained, episodes=2, write=False)
+    heavy = lifecycle.evaluate_run(pretrained, episodes=2, write=False, env="CartpoleBalanceHeavyPole")
+    assert heavy["env"] == "CartpoleBalanceHeavyPole" and np.isfinite(heavy["mean_return"])
+    assert heavy["returns"] != nominal["returns"]  # the same initial states, another pole
+    with pytest.raises(ValueError, match=r"cannot evaluate the CartpoleBalance policy on CheetahRunHeavyTorso"):
+        lifecycle.evaluate_run(pretrained, episodes=2, write=False, env="CheetahRunHeavyTorso")
+
+
 class _Opaque:
     """A task stepping its physics some other way (neither Playground's `mjx_env.step` nor a
     `physics_step` method): the world model cannot stand in for it."""

@@ -1,0 +1,53 @@
+"""Finetuning targets (`envs.variants`): the named change is in the model MJX steps, and nowhere
+else (the ``.nominal`` task the world model is told about keeps the pretraining physics)."""
+
+import jax
+import numpy as np
+import pytest
+
+import envs
+from envs import variants
+
+
+def _bodies(env, name):
+    import mujoco
+
+    return mujoco.mj_name2id(env.mj_model, mujoco.mjtObj.mjOBJ_BODY, name)
+
+
+def test_humanoid_targets_change_command_payload_and_friction():
+    # Fast: forward 1.0-1.5 m/s (or the task's own 10% stand-still), never sideways or turning
+    fast = envs.make("T1JoystickFlatTerrainFast", num_envs=1).env
+    cmd = np.asarray(jax.vmap(fast.sample_command)(jax.random.split(jax.random.PRNGKey(0), 400)))
+    moving = np.abs(cmd).sum(1) > 0
+    assert 0.8 < moving.mean() < 0.97  # ~10% zero commands
+    assert np.all((cmd[moving, 0] >= 1.0) & (cmd[moving, 0] <= 1.5)) and np.all(cmd[:, 1:] == 0)
+    assert list(fast.nominal._config.lin_vel_x) == [1.0, 1.5]  # a task change: the nominal knows it
+
+    # Payload: +5 kg on the trunk in the MuJoCo and MJX models; inertia scaled alike; nominal as before
+    heavy = envs.make("T1JoystickFlatTerrainPayload", num_envs=1).env
+    i = _bodies(heavy, "Trunk")
+    m0 = heavy.nominal.mj_model.body_mass[i]
+    assert heavy.mj_model.body_mass[i] == pytest.approx(m0 + 5.0)
+    assert float(heavy.mjx_model.body_mass[i]) == pytest.approx(m0 + 5.0, rel=1e-6)
+    np.testing.assert_allclose(heavy.mj_model.body_inertia[i], heavy.nominal.mj_model.body_inertia[i] * (m0 + 5) / m0)
+    others = np.arange(heavy.mj_model.nbody) != i
+    np.testing.assert_array_equal(heavy.mj_model.body_mass[others], heavy.nominal.mj_model.body_mass[others])
+
+    # Slippery (G1: its feet touch the floor through explicit contact pairs): every sliding
+    # friction halved, torsional and rolling unchanged
+    slip = envs.make("G1JoystickFlatTerrainSlippery", num_envs=1).env
+    nom = slip.nominal.mj_model
+    assert nom.npair > 0
+    np.testing.assert_allclose(slip.mj_model.geom_friction[:, 0], nom.geom_friction[:, 0] / 2)
+    np.testing.assert_allclose(slip.mj_model.pair_friction[:, :2], nom.pair_friction[:, :2] / 2)
+    np.testing.assert_array_equal(slip.mj_model.geom_friction[:, 1:], nom.geom_friction[:, 1:])
+    np.testing.assert_allclose(np.asarray(slip.mjx_model.geom_friction[:, 0]), nom.geom_friction[:, 0] / 2, rtol=1e-6)
+
+    assert set(variants.VARIANTS) | set(variants.C_TARGETS) <= set(envs.list_envs(source="jaxrl"))
+
+
+def test_a_change_naming_a_missing_body_is_refused():
+    env = envs.make("CartpoleBalance", num_envs=1).env
+    with pytest.raises(ValueError, match="has no body 'Trunk'"):
+        variants.edit_physics(env, variants.Change("CartpoleBalance", payload_kg={"Trunk": 5.0}))
