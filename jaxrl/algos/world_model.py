@@ -508,16 +508,22 @@ def check_imaginable(task: Any) -> bool:
 
 
 def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
-    """``step(env_state, action) -> env_state`` of ``task`` with its physics replaced by the world
-    model's mean prediction; everything else — action → ctrl, observation, reward, termination,
-    the task's ``info`` bookkeeping — is the task's own ``step`` on the predicted state.
+    """``step(env_state, action, key=None) -> env_state`` of ``task`` with its physics replaced by
+    the world model's mean prediction; everything else — action → ctrl, observation, reward,
+    termination, the task's ``info`` bookkeeping — is the task's own ``step`` on the predicted state.
 
     After the prediction the full model's kinematics are recomputed (``mjx.forward``), so rewards
     and terminations read the predicted state, not start-of-step kinematics (the official code's
-    imagined rewards do the latter).  Works for MuJoCo Playground tasks (physics through
-    ``mjx_env.step``) and jaxrl tasks (a ``physics_step(data)`` method); any other task raises a
-    TypeError naming what to implement.  Trace the returned function (jit / vmap) as usual: the
-    physics swap is active only while it traces.
+    imagined rewards do the latter).  With a ``key``, the model's predicted noise
+    N(0, exp(logvar)) (normalised state units, so scaled by the scaler's std) is added to the
+    state that what the ACTOR observes (``obs["state"]``, or a flat observation) is computed
+    from; the state carried on, the reward, the termination and the critic's
+    ``privileged_state`` stay the mean's (LIFT: imagination propagates the mean).
+
+    Works for MuJoCo Playground tasks (physics through ``mjx_env.step``) and jaxrl tasks (a
+    ``physics_step(data)`` method); any other task raises a TypeError naming what to implement.
+    Trace the returned function (jit / vmap) as usual: the physics swap is active only while it
+    traces.
     """
     from mujoco import mjx
     from mujoco_playground._src import mjx_env
@@ -525,27 +531,38 @@ def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
     own = check_imaginable(task)
     dyn = model.dyn
 
-    def predicted(full_model, data, ctrl):
-        nxt, _ = model.predict(state.params, state.scaler, dyn.state_of(data), ctrl)
+    def predicted(full_model, data, ctrl, key):
+        nxt, logvar = model.predict(state.params, state.scaler, dyn.state_of(data), ctrl)
+        if key is not None:
+            nxt = nxt + jax.random.normal(key, nxt.shape) * jnp.exp(0.5 * logvar) * state.scaler.x_std
         qpos, qvel, act = dyn.split(nxt)
         d = data.replace(qpos=qpos, qvel=qvel, act=act, ctrl=ctrl, time=data.time + dyn.dt)
         return mjx.forward(full_model, d)
 
-    if own:
-        def own_step(env_state, action):
-            task.physics_step = lambda data: predicted(task.mjx_model, data, data.ctrl)
+    def swapped(env_state, action, key):
+        if own:
+            task.physics_step = lambda data: predicted(task.mjx_model, data, data.ctrl, key)
             try:
                 return task.step(env_state, action)
             finally:
                 del task.physics_step
-        return own_step
-
-    def step(env_state, action):
         original = mjx_env.step
-        mjx_env.step = lambda m, data, ctrl, n_substeps=1: predicted(m, data, ctrl)
+        mjx_env.step = lambda m, data, ctrl, n_substeps=1: predicted(m, data, ctrl, key)
         try:
             return task.step(env_state, action)
         finally:
             mjx_env.step = original
+
+    def step(env_state, action, key=None):
+        mean = swapped(env_state, action, None)
+        if key is None:
+            return mean
+        seen = swapped(env_state, action, key).obs  # (only its observation is used: the rest is
+        obs = mean.obs                              # dead code under jit)
+        if hasattr(obs, "keys") and "state" in obs:
+            obs = {**obs, "state": seen["state"]}
+        else:
+            obs = seen
+        return mean.replace(obs=obs)
 
     return step

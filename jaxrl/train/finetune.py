@@ -14,7 +14,9 @@ One epoch (one iteration of the host loop's chunk, Dyna style, all jitted):
 3. ``rounds`` times (ramped ``rounds_min`` → ``rounds_max`` over ``rounds_ramp_epochs``): from
    ``starts`` real start states, roll the model ``horizon`` steps (ramped ``horizon_min`` →
    ``horizon_max`` over ``horizon_ramp_epochs``) with the stochastic policy into the imagined
-   buffer — rewards and terminations are the task's own, evaluated on the predicted state — then
+   buffer — the model's mean is rolled on, its predicted noise is added only to what the actor
+   observes (``observation_noise``); rewards and terminations are the task's own, evaluated on
+   the predicted state — then
    ``updates_per_round`` SAC updates, each on ``imagined_batch`` imagined plus ``real_batch``
    real transitions (LIFT: 5120 + 300, ≈6% real).
 
@@ -74,6 +76,7 @@ class FinetuneConfig:
     horizon_max: int = 20  # ... ramped linearly to this (LIFT: 20)
     horizon_ramp_epochs: int = 10  # epochs of the horizon ramp (LIFT: 0-10)
     imagined_buffer: int = 400_000  # imagined transitions kept (FIFO; LIFT keeps ~50 rounds' worth)
+    observation_noise: bool = True  # the model's predicted noise on what the actor observes; the state stays the mean (LIFT)
     # --- SAC updates
     updates_per_round: int = 20  # SAC updates after each round (LIFT: 20; ≤ 20k per 1000 real steps)
     imagined_batch: int = 5120  # imagined transitions per update (LIFT: 256·20)
@@ -309,8 +312,10 @@ class FinetuneLoop(HostLoop):
         def body(i, c):
             inner, alive, buf = c
             obs = split_obs(inner.obs)
-            action = sac.act(carry.agent, obs, jax.random.fold_in(key, i), cfg)[0]
-            nxt = step(inner, action)
+            k_act, k_noise = jax.random.split(jax.random.fold_in(key, i))
+            action = sac.act(carry.agent, obs, k_act, cfg)[0]
+            nxt = (step(inner, action, jax.random.split(k_noise, self.cfg.starts))
+                   if self.cfg.observation_noise else step(inner, action))
             done = nxt.done > 0.5
             tr = Transition(obs=obs, action=action, reward=nxt.reward.astype(jnp.float32),
                             next_obs=split_obs(nxt.obs), terminated=done,

@@ -105,6 +105,32 @@ def test_imagined_step_is_the_tasks_own_step_on_the_predicted_state(monkeypatch)
         st = nxt
 
 
+def test_imagination_rolls_the_mean_and_the_actor_observes_the_predicted_noise():
+    """With a key, the observation is the task's own observation of mean + ε·exp(½ logvar)·std
+    (ε from that key), while the state carried on, the reward and the termination are the mean
+    step's: compared with the mean step and with the noise drawn here from the same key."""
+    task = envs.make("CartpoleBalance", num_envs=1).env
+    dyn = wm.SmoothDynamics.of_task(task)
+    model = wm.WorldModel(wm.WorldModelConfig.cpu(), dyn)
+    s = dyn.state_size
+    data = wm.Sequences(jnp.ones((4, 1, s)), jnp.ones((4, 1, dyn.nu)), jnp.ones((4, 1, s)) * 1.1,
+                        jnp.zeros((4, 1)))
+    state = _zero_force_state(model, data)  # zero network: the mean is the smooth dynamics
+    state = state.replace(scaler=state.scaler.replace(x_std=jnp.full((s,), 0.1)))  # visible noise
+    step = jax.jit(wm.imagined_step(task, model, state))
+    st, a, key = task.reset(jax.random.PRNGKey(0)), jnp.array([0.4]), jax.random.PRNGKey(7)
+    mean, noisy = step(st, a), step(st, a, key)
+    for field in ("qpos", "qvel"):
+        np.testing.assert_array_equal(np.asarray(getattr(noisy.data, field)), np.asarray(getattr(mean.data, field)))
+    assert float(noisy.reward) == float(mean.reward) and float(noisy.done) == float(mean.done)
+    assert float(mean.obs[0]) == pytest.approx(float(mean.data.qpos[0]))  # obs[0]: the cart position
+    _, logvar = model.predict(state.params, state.scaler, dyn.state_of(st.data), a)
+    eps = jax.random.normal(key, (s,))
+    want = float(mean.data.qpos[0] + eps[0] * jnp.exp(0.5 * logvar[0]) * 0.1)
+    assert float(noisy.obs[0]) == pytest.approx(want, abs=1e-5)
+    assert abs(want - float(mean.data.qpos[0])) > 1e-3  # the check can tell noise from none
+
+
 def test_tasks_without_a_physics_hook_and_bad_configs_are_refused():
     class Opaque:
         mj_model = None
