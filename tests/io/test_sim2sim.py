@@ -41,6 +41,18 @@ def test_c_physics_tracks_mjx_on_the_same_model(cheetah):
     assert physics.calls == 1 + len(actions)  # the 200-substep settle in reset, then one per step
     gap = np.abs(c_q - mjx_q).max()
     assert 0 < gap < 1e-3, gap  # float64 C vs float32 MJX: close, not bit-identical
+    # the host calls converted MjData without mjx.put_data's device transfer, and that conversion
+    # equals put_data's on the last state (the cheetah touching the floor: contacts, constraint rows)
+    from mujoco import mjx
+
+    from envs.mujoco_c import _put_data_numpy
+
+    assert physics.fast_conversion is True and physics.data.ncon > 0
+    official = mjx.put_data(task.mj_model, physics.data, impl="jax")
+    fast = _put_data_numpy(task.mj_model, physics.data)
+    assert jax.tree.structure(fast) == jax.tree.structure(official)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(official)):
+        np.testing.assert_array_equal(a, np.asarray(b))
 
 
 def test_a_changed_c_model_changes_the_trajectory(cheetah):
