@@ -84,12 +84,15 @@ def main() -> None:
         results["seeds"][str(seed)] = arms
         print(seed, json.dumps({k: v for k, v in arms.items() if not isinstance(v, list)}),
               "wm", arms["world_model"][-1], "sac", arms["sac"][-1], flush=True)
-    results["wall_s"] = time.perf_counter() - t0
-    out = Path(a.out)
+        results["wall_s"] = time.perf_counter() - t0
+        write(results, Path(a.out))  # after every seed: a long run interrupted keeps what it measured
+    print(a.out)
+
+
+def write(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     plot(results, out.with_suffix(".png"))
-    print(out)
 
 
 def plot(results: dict, path: Path) -> None:
