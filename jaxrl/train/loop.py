@@ -66,6 +66,23 @@ def repeat(body: Callable, carry: Any, n: jax.Array) -> tuple[Any, Any]:
     return carry, jax.tree.map(lambda t: t / jnp.maximum(n, 1).astype(jnp.float32), total)
 
 
+def skip_when(pred: jax.Array, fn: Callable, state: Any, *args) -> tuple[Any, Any]:
+    """``fn(state, *args) -> (state, metrics)``, or ``(state, zero metrics)`` where ``pred``:
+    a `lax.cond` whose skip branch takes the metrics' shapes from ``fn``'s one trace."""
+    from jax.extend.core import jaxpr_as_fun
+
+    jaxpr, shapes = jax.make_jaxpr(fn, return_shape=True)(state, *args)
+    run, tree = jaxpr_as_fun(jaxpr), jax.tree.structure(shapes)
+
+    def do(operands):
+        return jax.tree.unflatten(tree, run(*jax.tree.leaves(operands)))
+
+    def skip(operands):
+        return operands[0], jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1])
+
+    return jax.lax.cond(pred, skip, do, (state, *args))
+
+
 def episode_metrics(before: Any, after: Any) -> dict:
     """Training episodes that ended between two `EpisodeStats` and their mean return
     (NaN when none ended: "no value", not a failure).  Traced inside a chunk."""

@@ -21,7 +21,7 @@ from flax import struct
 from envs.wrappers import VecEnv
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, notice, repeat
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, notice, repeat, skip_when
 
 
 class OffPolicyAgent(NamedTuple):
@@ -80,7 +80,12 @@ class OffPolicyCarry:
 
 
 class OffPolicyLoop(HostLoop):
-    """Builds the jitted warm-up and training chunks for one (env, agent, settings)."""
+    """Builds the jitted chunk for one (env, agent, settings).
+
+    The warm-up (uniform random actions, no updates, until ``min_buffer`` transitions) runs in
+    the same compiled chunk as training: each iteration branches on its counter, so a run
+    compiles and traces the env step, replay insert and agent once instead of twice (a second
+    program cost ~7 s of compilation per run on CPU)."""
 
     # Carry subtrees a checkpoint may leave out (too big for the disk); `refill` rebuilds them.
     optional_state = (".buffer",)
@@ -108,7 +113,6 @@ class OffPolicyLoop(HostLoop):
         self._state_prefix = (spec["state"].shape[-1] if getattr(env, "state_in_privileged", False)
                               and "privileged_state" in spec else None)
         self.make_evaluate(agent.act)
-        self._warmup = self.program(self._warmup_fn)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
 
     @staticmethod
@@ -204,42 +208,42 @@ class OffPolicyLoop(HostLoop):
             iteration=carry.iteration + 1,
         )
 
-    def _sample(self, carry: OffPolicyCarry, key: jax.Array, rows: int) -> Transition:
+    def _sample(self, buffer: replay.ReplayState, key: jax.Array, rows: int) -> Transition:
         """``rows`` uniform transitions (each device draws its share from its own envs')."""
-        return self._unpack(replay.sample(carry.buffer, key, rows, self.mesh))
-
-    def _warmup_fn(self, carry: OffPolicyCarry, n: jax.Array) -> OffPolicyCarry:
-        def body(_, c):
-            key, k = jax.random.split(c.key)
-            c = c.replace(key=key)
-            return self._env_step(c, self.env.random_action_fn(k), c.agent)
-
-        return jax.lax.fori_loop(0, n, body, carry)
+        return self._unpack(replay.sample(buffer, key, rows, self.mesh))
 
     def _iteration(self, carry: OffPolicyCarry, _):
+        """One vector step and its updates; while ``iteration < warmup_iters``: a uniform random
+        action and no update (`lax.cond`: one program serves warm-up and training)."""
         key, k_act, k_upd = jax.random.split(carry.key, 3)
-        action, agent = self.agent.explore(carry.agent, carry.env_state.obs, k_act)
+        warm = carry.iteration < self.warmup_iters
+        action, agent = jax.lax.cond(
+            warm,
+            lambda: (self.env.random_action_fn(k_act), carry.agent),
+            lambda: self.agent.explore(carry.agent, carry.env_state.obs, k_act),
+        )
         carry = self._env_step(carry.replace(key=key), action, agent)
+        agent, metrics = skip_when(warm, self._updates, carry.agent, carry.buffer, k_upd)
+        return carry.replace(agent=agent), metrics
 
+    def _updates(self, agent: Any, buffer: replay.ReplayState, key: jax.Array) -> tuple[Any, dict]:
+        """``updates_per_step`` gradient steps -> (agent, metrics averaged over them)."""
         if self.s.sample_once:
-            agent, metrics = self._updates_from_one_sample(carry, k_upd)
+            agent, metrics = self._updates_from_one_sample(agent, buffer, key)
         else:
             def one_update(agent, k):
                 k_s, k_u = jax.random.split(k)
-                return self.agent.update(agent, self._sample(carry, k_s, self.s.batch_size), k_u)
+                return self.agent.update(agent, self._sample(buffer, k_s, self.s.batch_size), k_u)
 
-            agent, metrics = jax.lax.scan(
-                one_update, carry.agent, jax.random.split(k_upd, self.s.updates_per_step)
-            )
-        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-        return carry.replace(agent=agent), metrics
+            agent, metrics = jax.lax.scan(one_update, agent, jax.random.split(key, self.s.updates_per_step))
+        return agent, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-    def _updates_from_one_sample(self, carry: OffPolicyCarry, key: jax.Array):
+    def _updates_from_one_sample(self, agent: Any, buffer: replay.ReplayState, key: jax.Array):
         """``sample_once``: one uniform draw of U x B rows (with replacement), reshaped to
         [U, B, ...], then U updates scanned over its slices."""
         u, b = self.s.updates_per_step, self.s.batch_size
         k_s, k_u = jax.random.split(key)
-        rows = self._sample(carry, k_s, u * b)
+        rows = self._sample(buffer, k_s, u * b)
         # [U·B] -> [B, U] -> [U, B]: each update's batch keeps rows of every device.
         batches = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((b, u) + x.shape[1:]), 0, 1), rows)
 
@@ -247,7 +251,7 @@ class OffPolicyLoop(HostLoop):
             batch, k = xs
             return self.agent.update(agent, batch, k)
 
-        return jax.lax.scan(one_update, carry.agent, (batches, jax.random.split(k_u, u)))
+        return jax.lax.scan(one_update, agent, (batches, jax.random.split(k_u, u)))
 
     def _chunk_fn(self, carry: OffPolicyCarry, n: jax.Array):
         before = carry.env_state
@@ -265,8 +269,9 @@ class OffPolicyLoop(HostLoop):
         uniform random actions (as the warm-up did) so updates never sample an empty buffer.  The
         budget counter is left where it was; the run is then no longer bit-identical to an
         uninterrupted one."""
-        iteration = self.counter(carry.iteration)  # host copy: the warm-up donates the carry
-        carry = self._call("warmup", self._warmup, carry, jnp.int32(self.warmup_iters))
+        iteration = self.counter(carry.iteration)  # host copy: the chunk donates the carry
+        carry = carry.replace(iteration=jnp.zeros_like(carry.iteration))  # warm-up iterations again
+        carry, _ = self._call("chunk", self._chunk, carry, jnp.int32(self.warmup_iters))
         return carry.replace(iteration=jnp.full_like(carry.iteration, iteration))
 
     # ------------------------------------------------------------------ host
@@ -277,7 +282,10 @@ class OffPolicyLoop(HostLoop):
         return self.counter(carry.iteration) >= self.total_iters
 
     def _advance(self, carry: OffPolicyCarry) -> tuple[OffPolicyCarry, dict]:
-        """Warm-up (first call) or one training chunk."""
-        if self.counter(carry.iteration) < self.warmup_iters:
-            return self._call("warmup", self._warmup, carry, jnp.int32(self.warmup_iters)), {}
+        """Warm-up (first call: the chunk program run for the warm-up iterations) or one
+        training chunk."""
+        done = self.counter(carry.iteration)
+        if done < self.warmup_iters:
+            carry, _ = self._call("chunk", self._chunk, carry, jnp.int32(self.warmup_iters - done))
+            return carry, {}
         return self._call("chunk", self._chunk, carry, jnp.int32(self.chunk_iters))

@@ -491,9 +491,10 @@ def test_sample_once_scans_the_updates_over_slices_of_one_uniform_sample(cartpol
     settings = OffPolicySettings(total_steps=64, batch_size=b, updates_per_step=u, buffer_size=64,
                                  min_buffer=32, num_evals=1, sample_once=True)
     loop = OffPolicyLoop(cartpole4, agent, settings)
-    carry = loop._warmup(loop.init_carry(), loop.warmup_iters)
+    carry, _ = loop.run_chunk(loop.init_carry())  # the warm-up
+    assert int(carry.agent) == 0  # no update during the warm-up
     key = jax.random.PRNGKey(3)
-    count, m = loop._updates_from_one_sample(carry, key)
+    count, m = loop._updates_from_one_sample(carry.agent, carry.buffer, key)
     rows = replay.sample(carry.buffer, jax.random.split(key)[0], u * b)
     assert int(count) == u and m["r"].shape == (u, b)
     np.testing.assert_array_equal(m["r"], np.asarray(rows.reward).reshape(b, u).T)
