@@ -48,7 +48,7 @@ from jaxrl.algos import sac
 from jaxrl.algos import world_model as wm
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, repeat
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, repeat, skip_when
 
 # The agent parts a finetuning run loads from its pretraining run: everything but α (and its
 # optimiser), which LIFT re-initialises.
@@ -192,7 +192,6 @@ class FinetuneLoop(HostLoop):
         self.chunk_iters, total_epochs = chunk_plan(epochs, num_evals)
         self.total_iters = self.prefill_iters + total_epochs * self.epoch_iters
         self.make_evaluate(self.deploy)
-        self._warmup = self.program(self._warmup_fn)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
 
     # ------------------------------------------------------------------ policy
@@ -236,7 +235,7 @@ class FinetuneLoop(HostLoop):
         dyn = self.model.dyn
         shape = wm.Sequences(jnp.zeros((2, 1, dyn.state_size)), jnp.zeros((2, 1, dyn.nu)),
                              jnp.zeros((2, 1, dyn.state_size)), jnp.zeros((2, 1)))
-        model = self.model.init(key, shape)  # its scaler is set from the prefill (`_warmup_fn`)
+        model = self.model.init(key, shape)  # its scaler is set from the prefill (`_epoch`)
         return FinetuneCarry(agent=agent, model=model, real=real, imagined=imagined, env_state=env_state,
                              key=key, iteration=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32))
 
@@ -270,13 +269,6 @@ class FinetuneLoop(HostLoop):
         ok = jnp.broadcast_to(inside[:, None, :], (t, real.data["ok"].shape[1], h)).reshape(-1, h)
         ok = ok & win(d["ok"])
         return wm.Sequences(win(d["x"]), win(d["ctrl"]), win(d["x_next"]), ~win(d["ok"]), valid=ok)
-
-    def _warmup_fn(self, carry: FinetuneCarry, n: jax.Array) -> FinetuneCarry:
-        """The prefill: ``n`` deterministic real steps, then the model's scaler from them."""
-        carry = self._collect(carry, n)
-        key, k = jax.random.split(carry.key)
-        model = self.model.init(k, self.real_sequences(carry.real))
-        return carry.replace(model=model, key=key)
 
     def _starts(self, carry: FinetuneCarry, key: jax.Array):
         """``starts`` uniformly drawn real start states, their MJX data rebuilt from x."""
@@ -355,17 +347,25 @@ class FinetuneLoop(HostLoop):
         return carry.replace(agent=agent), jax.tree.map(jnp.mean, metrics)
 
     def _epoch(self, carry: FinetuneCarry):
+        """One epoch: fit the model, collect real steps, imagine and update.  The first call is
+        the prefill instead (``prefill`` real steps, then the model's scaler from them): the same
+        program with the fit and the rounds skipped, so the env step is compiled once."""
         cfg = self.cfg
-        key, k_fit, k_rounds = jax.random.split(carry.key, 3)
-        model, fit = self.model.fit(carry.model, self.real_sequences(carry.real), k_fit)
-        carry = self._collect(carry.replace(model=model, key=key), jnp.int32(self.epoch_iters))
+        prefill = carry.iteration < self.prefill_iters
+        key, k_fit, k_rounds, k_model = jax.random.split(carry.key, 4)
+        model, fit = skip_when(prefill, self.model.fit, carry.model, self.real_sequences(carry.real), k_fit)
+        n = jnp.where(prefill, self.prefill_iters, self.epoch_iters).astype(jnp.int32)
+        carry = self._collect(carry.replace(model=model, key=key), n)
+        model = jax.lax.cond(prefill, lambda: self.model.init(k_model, self.real_sequences(carry.real)),
+                             lambda: carry.model)
+        carry = carry.replace(model=model)
         rounds = ramp(carry.epoch, cfg.rounds_min, cfg.rounds_max, cfg.rounds_ramp_epochs)
         horizon = ramp(carry.epoch, cfg.horizon_min, cfg.horizon_max, cfg.horizon_ramp_epochs)
-        carry, metrics = repeat(lambda c: self._round(c, horizon, jax.random.fold_in(k_rounds, c.agent.step)),
-                                carry, rounds)
+        carry, metrics = skip_when(prefill, lambda c: repeat(
+            lambda c: self._round(c, horizon, jax.random.fold_in(k_rounds, c.agent.step)), c, rounds), carry)
         metrics = {**metrics, "model_val_error": fit["best_val"], "model_fit_epochs": fit["epochs"],
                    "rounds": rounds, "horizon": horizon}
-        return carry.replace(epoch=carry.epoch + 1), metrics
+        return carry.replace(epoch=carry.epoch + (~prefill).astype(jnp.int32)), metrics
 
     def _chunk_fn(self, carry: FinetuneCarry, n: jax.Array):
         before = carry.env_state
@@ -386,6 +386,7 @@ class FinetuneLoop(HostLoop):
         return self.counter(carry.iteration) >= self.total_iters
 
     def _advance(self, carry: FinetuneCarry):
-        if self.counter(carry.iteration) < self.prefill_iters:
-            return self._call("warmup", self._warmup, carry, jnp.int32(self.prefill_iters)), {}
+        if self.counter(carry.iteration) < self.prefill_iters:  # the prefill: one chunk "epoch"
+            carry, _ = self._call("chunk", self._chunk, carry, jnp.int32(1))
+            return carry, {}
         return self._call("chunk", self._chunk, carry, jnp.int32(self.chunk_iters))

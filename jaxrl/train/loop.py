@@ -117,8 +117,9 @@ class HostLoop:
     A subclass writes ONE seed's run on ONE device's view of the data, as pure functions:
 
         _init(key) -> carry               the whole state of a fresh run
-        _chunk_fn(carry, n) -> carry, metrics  one chunk of ``n`` iterations (`repeat`)
-        _warmup_fn(carry, n) -> carry     optional: ``n`` random-action warm-up iterations
+        _chunk_fn(carry, n) -> carry, metrics  one chunk of ``n`` iterations (`repeat`); a warm-up
+                                          or prefill is the same program, branching on the carry's
+                                          counter (one compiled program per run)
         _evaluate_fn(agent, key) -> dict  optional: deterministic evaluation (set ``evaluate``)
 
     and the host side (``finished``, ``env_steps``, ``_advance``).  `setup` then lifts them:
