@@ -1,11 +1,14 @@
 """Render MuJoCo states to frames and write them as a video (``jaxrl eval --video``, notebooks).
 
 Rendering is offscreen: on a headless machine with ``MUJOCO_GL`` unset, ``make_renderer`` falls
-back to EGL, then OSMesa, instead of letting GLFW abort the process.
+back to EGL, then OSMesa, instead of letting GLFW abort the process.  The shadow map is sized to
+the frame (`shadow_map_size`): with software GL, a model's 2048-4096 texel shadow map cost most
+of every frame.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import secrets
@@ -25,9 +28,19 @@ GL_HELP = (
 _CODECS = {".mp4": "h264", ".gif": "gif"}
 
 
+def shadow_map_size(model: mujoco.MjModel, height: int, width: int) -> int:
+    """Shadow map edge for ``height`` x ``width`` frames: the power of two >= twice the longer
+    edge, at most the model's own.  Measured with software GL (Mesa EGL, 2 CPU cores): a
+    cartpole frame of 48x64 took 14.4 ms with the model's 2048 map and 5.9 ms with 256; 240x320
+    took 24.2 ms and 15.5 ms with 1024.  A shadow finer than twice the pixel grid is not seen."""
+    edge = 1 << math.ceil(math.log2(2 * max(height, width, 1)))
+    return min(model.vis.quality.shadowsize, edge)
+
+
 def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
-    """A ``mujoco.Renderer``.  An oversized request is a ValueError here (the model is not
-    enlarged behind the caller's back); a missing GL backend is a RuntimeError with GL_HELP."""
+    """A ``mujoco.Renderer`` with a `shadow_map_size` shadow map (on a copy: the caller's model
+    is left as it is).  An oversized request is a ValueError here (the model is not enlarged
+    behind the caller's back); a missing GL backend is a RuntimeError with GL_HELP."""
     vis = model.vis.global_
     if height > vis.offheight or width > vis.offwidth:
         raise ValueError(
@@ -37,6 +50,10 @@ def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Rend
             f'offheight="{max(height, vis.offheight)}"/></visual> '
             "(or set model.vis.global_.offwidth/offheight before rendering)."
         )
+    shadow = shadow_map_size(model, height, width)
+    if shadow < model.vis.quality.shadowsize:
+        model = copy.copy(model)
+        model.vis.quality.shadowsize = shadow
     from mujoco.rendering.classic import gl_context
 
     errors = []
