@@ -227,8 +227,7 @@ class VecEnv:
         except AttributeError:  # a task without a __dict__: no sharing, still correct
             memo = {}
         if (fn_name, with_model) not in memo:
-            env = self.env
-            call = VecEnv._env_call.__get__(_TaskOnly(env))
+            call = VecEnv._env_call.__get__(_TaskOnly(self.env))
             memo[fn_name, with_model] = (jax.jit(lambda m, *a: call(fn_name, m, *a)) if with_model
                                          else jax.jit(lambda *a: call(fn_name, None, *a)))
         return memo[fn_name, with_model]

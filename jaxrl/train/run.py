@@ -69,7 +69,7 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
     return train_env, eval_env, env
 
 
-_ENVS: dict[str, VecEnv] = {}  # the last few envs runs were built on (see `_make_env`)
+_ENVS: dict[tuple[str, int, int], VecEnv] = {}  # the last few envs runs were built on (see `_make_env`)
 
 
 def _make_env(name: str, num_envs: int, seed: int, env_kwargs: dict) -> VecEnv:
@@ -80,12 +80,12 @@ def _make_env(name: str, num_envs: int, seed: int, env_kwargs: dict) -> VecEnv:
     over the same task object, which shares its per-env trace.  Runs never modify their envs."""
     import json
 
-    task_key = json.dumps([name, env_kwargs], sort_keys=True, default=repr)
-    key = json.dumps([task_key, num_envs, seed])
+    task_key = json.dumps([name, env_kwargs], sort_keys=True, default=repr)  # kwargs may hold lists
+    key = (task_key, num_envs, seed)
     if key not in _ENVS:
         if len(_ENVS) >= 8:
             _ENVS.pop(next(iter(_ENVS)))
-        sibling = next((e for k, e in _ENVS.items() if json.loads(k)[0] == task_key), None)
+        sibling = next((e for k, e in _ENVS.items() if k[0] == task_key), None)
         _ENVS[key] = (sibling.with_num_envs(num_envs, seed) if sibling is not None
                       else envs.make(name, num_envs=num_envs, seed=seed, **env_kwargs))
     return _ENVS[key]

@@ -32,3 +32,20 @@ def test_a_folder_without_a_run_is_used_as_is(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     runfolder.claim(tmp_path, overwrite=False)  # no error
     runfolder.claim(tmp_path / "new", overwrite=False)
+
+
+def test_runs_in_one_process_share_their_envs_and_the_tasks_trace():
+    """`run.make_envs`: the same arguments give the same VecEnv; a run's evaluation envs (16, seed
+    + 1) and another num_envs of the same task and kwargs wrap the SAME task object (its traced
+    single-env reset / step are shared); other kwargs build another task."""
+    from jaxrl.train import run
+
+    kw = {"episode_length": 30}
+    train, evals, name = run.make_envs("CartpoleBalance", 4, 0, kw)
+    again, evals_again, _ = run.make_envs("CartpoleBalance", 4, 0, dict(kw))
+    assert name == "CartpoleBalance" and again is train and evals_again is evals
+    assert evals.num_envs == run.NUM_EVAL_ENVS and evals.env is train.env
+    other, _, _ = run.make_envs("CartpoleBalance", 8, 3, kw)
+    assert other.num_envs == 8 and other.env is train.env and other is not train
+    longer, _, _ = run.make_envs("CartpoleBalance", 4, 0, {"episode_length": 40})
+    assert longer.env is not train.env and longer.episode_length == 40
