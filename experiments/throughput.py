@@ -89,13 +89,14 @@ def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int) -
             "first_call_s": first}
 
 
-def measure_loop(trainer: str, task: str, devices: int, seeds: int) -> dict:
+def measure_loop(trainer: str, task: str, devices: int, seeds: int, steps: int | None = None) -> dict:
     import jax  # noqa: F401
 
     from jaxrl.train import registry, run
 
     compiled = _compile_counter()
-    name, expr, steps, evals = TRAINERS[trainer]
+    name, expr, default_steps, evals = TRAINERS[trainer]
+    steps = steps or default_steps
     algo = registry.get(name)
     cfg = eval(expr, {"cfg": algo.config})
     t0 = time.perf_counter()
@@ -113,7 +114,7 @@ def measure_loop(trainer: str, task: str, devices: int, seeds: int) -> dict:
             "final_eval_return": rows[-1].get("eval_return"), "env_steps": rows[-1]["env_steps"]}
 
 
-def measure_brax(trainer: str, task: str) -> dict:
+def measure_brax(trainer: str, task: str, steps: int | None = None) -> dict:
     sys.path.insert(0, str(HERE))
     import _compare
     import brax_compat
@@ -121,7 +122,8 @@ def measure_brax(trainer: str, task: str) -> dict:
     from jaxrl.train import registry
 
     brax_compat.patch()
-    name, expr, steps, evals = TRAINERS[trainer]
+    name, expr, default_steps, evals = TRAINERS[trainer]
+    steps = steps or default_steps
     cfg = eval(expr, {"cfg": registry.get(name).config})
     if trainer == "ppo":
         import ppo_vs_brax
@@ -143,7 +145,7 @@ def _subprocess(kind: str, **kw) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "JAXRL_COMPILATION_CACHE": cache, "PYTHONPATH": str(HERE)}
         cmd = [sys.executable, __file__, "--one", json.dumps({"kind": kind, **kw})]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+        out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=3600)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode or not lines:
         return {"error": (out.stderr or out.stdout)[-3000:]}
@@ -158,9 +160,17 @@ def main() -> None:
     p.add_argument("--no-brax", action="store_true")
     p.add_argument("--raw-only", nargs="*", default=[], metavar="TASK",
                    help="tasks measured for raw simulation only (no trainer loops)")
+    p.add_argument("--steps", nargs="*", default=[], metavar="TRAINER=N",
+                   help="env-step budget of a trainer's measured runs, ours and Brax's (default: TRAINERS)")
     p.add_argument("--out", default="experiments/results/throughput_cpu.json")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
+    budget = {}
+    for item in a.steps:
+        trainer, _, n = item.partition("=")
+        if trainer not in TRAINERS or not n.isdigit() or int(n) < 1:
+            p.error(f"--steps {item!r}: give TRAINER=N with TRAINER in {sorted(TRAINERS)} and N >= 1")
+        budget[trainer] = int(n)
     if a.one:
         spec = json.loads(a.one)
         kind = spec.pop("kind")
@@ -174,7 +184,8 @@ def main() -> None:
 
     results = {"meta": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                         "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "trainers": {k: v[1] for k, v in TRAINERS.items()}},
+                        "machine": platform.machine(), "trainers": {k: v[1] for k, v in TRAINERS.items()},
+                        "steps": {k: budget.get(k, v[2]) for k, v in TRAINERS.items()}},
                "rows": []}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,12 +205,13 @@ def main() -> None:
         for trainer in ([] if task in a.raw_only else a.trainers):
             n = 256 if trainer == "ppo" else 16
             for devices, seeds in ((1, 1), (2, 1), (2, 4)):
-                r = _subprocess("loop", trainer=trainer, task=task, devices=devices, seeds=seeds)
+                r = _subprocess("loop", trainer=trainer, task=task, devices=devices, seeds=seeds,
+                                steps=budget.get(trainer))
                 if "env_steps_per_s" in r and raw.get((n, devices, "shard_map")):
                     r["loop_over_raw"] = r["env_steps_per_s"] / raw[n, devices, "shard_map"]
                 record({"task": task, "what": "loop", "trainer": trainer, "devices": devices, "seeds": seeds, **r})
             if not a.no_brax:
-                r = _subprocess("brax", trainer=trainer, task=task)
+                r = _subprocess("brax", trainer=trainer, task=task, steps=budget.get(trainer))
                 record({"task": task, "what": "brax", "trainer": trainer, **r})
 
 
