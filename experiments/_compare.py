@@ -43,15 +43,21 @@ def compile_seconds() -> float:
     return _compile_s[0]
 
 
-def parse_args(doc: str, tasks: list[str], steps: int, out: str) -> argparse.Namespace:
-    """The command line every comparison script takes (--tasks --steps --seed --num-evals --out)."""
+def parse_args(doc: str, tasks: list[str], steps: int, out: str, seeds: bool = False) -> argparse.Namespace:
+    """The command line every comparison script takes (--tasks --steps --seed --num-evals --out;
+    ``seeds``: also --seeds K, seeds per side)."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=tasks)
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-evals", type=int, default=5)
     p.add_argument("--out", default=out)
-    return p.parse_args()
+    if seeds:
+        p.add_argument("--seeds", type=int, default=1, help="seeds per side (>= 2: means and intervals)")
+    a = p.parse_args()
+    if seeds and a.seeds < 1:
+        p.error(f"--seeds {a.seeds}: give K >= 1")
+    return a
 
 
 def run_ours(train: Callable, task: str, cfg, steps: int, seed: int, num_evals: int) -> dict:

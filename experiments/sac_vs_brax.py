@@ -11,6 +11,15 @@ size, and 16 eval envs.  The runs go one after the other in this process.  Write
 (eval returns at every evaluation and at equal env steps, wall and compile seconds, env steps/s,
 the time per env step ours / Brax, both sides' settings, machine and JAX versions) and
 `<out>.png` (both learning curves per task).
+
+    python experiments/sac_vs_brax.py --tasks CartpoleSwingup --steps 40000 --seeds 8 \
+        --out experiments/results/sac_vs_brax_cpu_8seeds
+
+``--seeds K``: K seeds per side instead of one, because one seed ranks nothing at this budget
+(final returns of single runs differ by hundreds).  Ours trains its K seeds as one vmapped
+program (``seeds=K``), Brax runs seeds ``seed … seed+K-1`` one after the other.  The JSON then
+holds every seed's return at each evaluation, both means with 95% Student-t intervals, and
+Welch's t-test of the final returns; the PNG draws means, intervals and seeds.
 """
 
 from __future__ import annotations
@@ -38,10 +47,74 @@ def extra(cfg: sac.SACConfig):
     return fields
 
 
+def brax_seed_rows(runs: list[list[dict]]) -> list[dict]:
+    """Brax's per-seed rows joined into rows of a several-seed run (as ours: mean, interval,
+    ``seed{i}/eval_return``), at the evaluations all seeds share."""
+    from jaxrl.train.loop import seed_summary
+
+    out = []
+    for rows in zip(*runs):
+        steps = {r["env_steps"] for r in rows}
+        assert len(steps) == 1, f"Brax seeds evaluated at different env steps: {steps}"
+        out.append({"env_steps": steps.pop(), **seed_summary({"eval_return": [r["eval_return"] for r in rows]},
+                                                              len(rows))})
+    return out
+
+
+def compare_seeds(a, cfg: sac.SACConfig) -> None:
+    """``--seeds K``: K seeds a side; final returns compared by means, intervals and Welch's t."""
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    from scipy import stats
+
+    from jaxrl.io.metrics import plot_learning_curve
+    from jaxrl.train.loop import confidence_interval
+
+    k = a.seeds
+    results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, seeds=k, num_evals=a.num_evals,
+                                     sac_config="SACConfig.cpu()", sac_settings=dataclasses.asdict(cfg)),
+               "tasks": {}}
+    curves = {}
+    for task in a.tasks:
+        t0 = time.perf_counter()
+        _, ours = sac.train(task, cfg, steps=a.steps, seed=a.seed, seeds=k, num_evals=a.num_evals, progress=False)
+        ours_wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        brax_runs = [_compare.run_brax(task, cfg, a.steps, a.seed + i, a.num_evals) for i in range(k)]
+        brax_wall = time.perf_counter() - t0
+        brax = brax_seed_rows([r["rows"] for r in brax_runs])
+        final = min(ours[-1]["env_steps"], brax[-1]["env_steps"])
+        last_ours = [r for r in ours if r["env_steps"] <= final and "eval_return" in r][-1]
+        last_brax = [r for r in brax if r["env_steps"] <= final][-1]
+        mine = [last_ours[f"seed{i}/eval_return"] for i in range(k)]
+        theirs = [last_brax[f"seed{i}/eval_return"] for i in range(k)]
+        welch = stats.ttest_ind(mine, theirs, equal_var=False)
+        res = {"compared_at_env_steps": final,
+               "jaxrl_sac_final_returns": mine, "brax_sac_final_returns": theirs,
+               "jaxrl_sac_mean": float(np.mean(mine)), "brax_sac_mean": float(np.mean(theirs)),
+               "jaxrl_sac_ci95": confidence_interval(mine), "brax_sac_ci95": confidence_interval(theirs),
+               "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue),
+               "wall_s_jaxrl_all_seeds_one_program": ours_wall, "wall_s_brax_all_seeds_in_turn": brax_wall,
+               "jaxrl_rows": ours, "brax_rows": brax}
+        results["tasks"][task] = res
+        print(json.dumps({k_: v for k_, v in res.items() if not k_.endswith("_rows")} | {"task": task},
+                         default=float), flush=True)
+        curves[f"{task} jaxrl SAC ({k} seeds)"] = ours
+        curves[f"{task} Brax SAC ({k} seeds)"] = brax
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{a.out}.json").write_text(json.dumps(results, indent=1, default=float))
+    plot_learning_curve(curves, f"{a.out}.png")
+
+
 def main() -> None:
     a = _compare.parse_args(__doc__, ["CartpoleSwingup", "CheetahRun"], 40_000,
-                            "experiments/results/sac_vs_brax_cpu")
+                            "experiments/results/sac_vs_brax_cpu", seeds=True)
     cfg = sac.SACConfig.cpu()
+    if a.seeds > 1:
+        return compare_seeds(a, cfg)
     results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, num_evals=a.num_evals,
                                      sac_config="SACConfig.cpu()", sac_settings=dataclasses.asdict(cfg)),
                "tasks": {}}

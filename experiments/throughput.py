@@ -3,6 +3,9 @@ devices and with 1 or 4 seeds in one program.
 
     python experiments/throughput.py --tasks CartpoleBalance CheetahRun \
         --out experiments/results/throughput_cpu.json
+    # only some trainers / layouts, raw rows taken from an earlier file:
+    python experiments/throughput.py --tasks CheetahRun --trainers sac ppo --layouts 1x1 \
+        --raw-from experiments/results/throughput_cpu_cheetah.json --out ...
 
 Every measurement runs in a fresh subprocess with an EMPTY compilation cache, so its compile
 seconds are what a first run pays.  Per task:
@@ -12,9 +15,12 @@ seconds are what a first run pays.  Per task:
   design rejected — the same vmapped step left to GSPMD);
 * each trainer (FlashSAC cpu, SAC cpu, PPO cpu at 256 envs): steady env-steps/s of the whole
   training loop (chunks after the first; evaluation excluded), gradient steps/s, compile
-  seconds, on 1 device, 2 devices, and 4 seeds on 2 devices; loop / raw ratio;
+  seconds (the run's own: tracing, lowering and XLA compile of its programs; and XLA's backend
+  compile alone), on 1 device, 2 devices, and 4 seeds on 2 devices; loop / raw ratio;
 * Brax's own trainer on the same task and settings: SAC (num_envs, batch, updates per step,
-  replay sizes equal to ours) and PPO (num_envs equal).
+  replay sizes equal to ours) and PPO (num_envs equal).  Both sides are compared by the same
+  steady rate: env steps between the second and the last evaluation over the wall time between
+  them (evaluation included, 16 eval envs each), and by backend compile seconds.
 
 Writes ``--out`` (JSON: every row plus machine and versions).  On CPU only the ratios mean
 much (DESIGN.md, "Measuring"); absolute numbers only from a GPU, with the device named.
@@ -43,16 +49,29 @@ TRAINERS = {
 
 # ------------------------------------------------------------------ one measurement (subprocess)
 def _compile_counter():
+    """[backend compile s, all compile events s].  Only XLA's backend compile is summed for the
+    comparison: jaxpr-trace events nest (a jit traced inside another reports both), so summing
+    every `/jax/core/compile/` event overcounts (kept as ``compile_events_s``, for reference)."""
     import jax
 
-    total = [0.0]
+    total = [0.0, 0.0]
 
     def listen(event, seconds, **_):
         if event.startswith("/jax/core/compile/"):
-            total[0] += seconds
+            total[1] += seconds
+            if event.endswith("backend_compile_duration"):
+                total[0] += seconds
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     return total
+
+
+def steady_rate(steps: list[float], times: list[float]) -> float | None:
+    """Env-steps/s between the second and the last evaluation (evaluation time included): the
+    rate once every program is compiled, measured the same way for our loop and Brax's."""
+    if len(steps) < 3:
+        return None
+    return (steps[-1] - steps[1]) / max(times[-1] - times[1], 1e-9)
 
 
 def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int) -> dict:
@@ -85,7 +104,7 @@ def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int) -
         t0 = time.perf_counter()
         state = jax.block_until_ready(fn(state, jax.random.PRNGKey(2 + i)))
         runs.append(time.perf_counter() - t0)
-    return {"env_steps_per_s": num_envs * steps / min(runs), "compile_s": compiled[0],
+    return {"env_steps_per_s": num_envs * steps / min(runs), "backend_compile_s": compiled[0],
             "first_call_s": first}
 
 
@@ -109,8 +128,13 @@ def measure_loop(trainer: str, task: str, devices: int, seeds: int, steps: int |
     env_steps = sum(r["sps"] * r["chunk_s"] for r in steady)  # sps counts every seed's steps
     updates_per_env_step = (cfg.updates_per_step / cfg.num_envs if name != "ppo"
                             else cfg.num_epochs * cfg.num_minibatches / cfg.batch_size)
+    evals = [r for r in rows if "eval_return" in r and r in train_rows]
     return {"env_steps_per_s": env_steps / step_s, "grad_steps_per_s": env_steps / step_s * updates_per_env_step / seeds,
-            "compile_s": compiled[0], "wall_s": wall, "num_envs": cfg.num_envs,
+            # As Brax's rate below: between evaluations, evaluation included (K seeds: all seeds).
+            "env_steps_per_s_with_eval": seeds * (steady_rate([r["env_steps"] for r in evals],
+                                                              [r["wall_s"] for r in evals]) or float("nan")),
+            "compile_s": rows[-1]["compile_s"], "backend_compile_s": compiled[0],
+            "compile_events_s": compiled[1], "wall_s": wall, "num_envs": cfg.num_envs,
             "final_eval_return": rows[-1].get("eval_return"), "env_steps": rows[-1]["env_steps"]}
 
 
@@ -125,18 +149,19 @@ def measure_brax(trainer: str, task: str, steps: int | None = None) -> dict:
     name, expr, default_steps, evals = TRAINERS[trainer]
     steps = steps or default_steps
     cfg = eval(expr, {"cfg": registry.get(name).config})
+    compiled = _compile_counter()
     if trainer == "ppo":
         import ppo_vs_brax
 
         res = ppo_vs_brax.run_brax(task, steps, cfg.num_envs, evals, 16, 0)
-        wall, compile_s, env_steps = res["wall_s"], res.get("jax_compile_s"), res["steps"][-1]
-        if compile_s is None:
-            compile_s = _compare.compile_seconds()
+        curve = (res["steps"], res["eval_times_s"])
     else:
         res = _compare.run_brax(task, cfg, steps, 0, evals)
-        wall, compile_s, env_steps = res["wall_s"], res["jax_compile_s"], res["rows"][-1]["env_steps"]
-    return {"env_steps_per_s": env_steps / max(wall - compile_s, 1e-9), "compile_s": compile_s,
-            "wall_s": wall, "env_steps": env_steps, "num_envs": cfg.num_envs}
+        curve = ([r["env_steps"] for r in res["rows"]], [r["wall_s"] for r in res["rows"]])
+    # Brax evaluates once before training: its second evaluation follows the first training epoch.
+    return {"env_steps_per_s_with_eval": steady_rate(curve[0][1:], curve[1][1:]),
+            "backend_compile_s": compiled[0], "compile_events_s": compiled[1], "wall_s": res["wall_s"],
+            "env_steps": curve[0][-1], "num_envs": cfg.num_envs}
 
 
 # ------------------------------------------------------------------ driver
@@ -162,6 +187,10 @@ def main() -> None:
                    help="tasks measured for raw simulation only (no trainer loops)")
     p.add_argument("--steps", nargs="*", default=[], metavar="TRAINER=N",
                    help="env-step budget of a trainer's measured runs, ours and Brax's (default: TRAINERS)")
+    p.add_argument("--layouts", nargs="+", default=["1x1", "2x1", "2x4"], metavar="DxK",
+                   help="trainer runs on D devices with K seeds (default: 1x1 2x1 2x4)")
+    p.add_argument("--raw-from", metavar="JSON",
+                   help="take the raw-simulation rows from an earlier results file instead of measuring")
     p.add_argument("--out", default="experiments/results/throughput_cpu.json")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -171,6 +200,11 @@ def main() -> None:
         if trainer not in TRAINERS or not n.isdigit() or int(n) < 1:
             p.error(f"--steps {item!r}: give TRAINER=N with TRAINER in {sorted(TRAINERS)} and N >= 1")
         budget[trainer] = int(n)
+    try:
+        layouts = [tuple(int(x) for x in item.split("x")) for item in a.layouts]
+        assert all(len(t) == 2 and min(t) >= 1 for t in layouts)
+    except (ValueError, AssertionError):
+        p.error(f"--layouts {a.layouts}: give DEVICESxSEEDS items such as 1x1 2x4")
     if a.one:
         spec = json.loads(a.one)
         kind = spec.pop("kind")
@@ -195,16 +229,18 @@ def main() -> None:
         print(json.dumps(row, default=float), flush=True)
         out.write_text(json.dumps(results, indent=1, default=float))
 
+    earlier = json.loads(Path(a.raw_from).read_text())["rows"] if a.raw_from else []
     for task in a.tasks + a.raw_only:
-        raw = {}
-        for n in sorted({256 if t == "ppo" else 16 for t in a.trainers}):
+        raw = {(r["num_envs"], r["devices"], r["mode"]): r.get("env_steps_per_s")
+               for r in earlier if r.get("task") == task and r.get("what") == "raw"}
+        for n in sorted({256 if t == "ppo" else 16 for t in a.trainers}) if not a.raw_from else []:
             for devices, mode in ((1, "shard_map"), (2, "shard_map"), (2, "gspmd")):
                 r = _subprocess("raw", task=task, num_envs=n, devices=devices, mode=mode, steps=a.raw_steps)
                 raw[n, devices, mode] = r.get("env_steps_per_s")
                 record({"task": task, "what": "raw", "num_envs": n, "devices": devices, "mode": mode, **r})
         for trainer in ([] if task in a.raw_only else a.trainers):
             n = 256 if trainer == "ppo" else 16
-            for devices, seeds in ((1, 1), (2, 1), (2, 4)):
+            for devices, seeds in layouts:
                 r = _subprocess("loop", trainer=trainer, task=task, devices=devices, seeds=seeds,
                                 steps=budget.get(trainer))
                 if "env_steps_per_s" in r and raw.get((n, devices, "shard_map")):
@@ -212,6 +248,11 @@ def main() -> None:
                 record({"task": task, "what": "loop", "trainer": trainer, "devices": devices, "seeds": seeds, **r})
             if not a.no_brax:
                 r = _subprocess("brax", trainer=trainer, task=task, steps=budget.get(trainer))
+                ours = [x for x in results["rows"] if x.get("trainer") == trainer and x.get("task") == task
+                        and x.get("devices") == 1 and x.get("seeds") == 1 and "env_steps_per_s_with_eval" in x]
+                if ours and r.get("env_steps_per_s_with_eval"):  # < 1: ours takes less time per env step
+                    r["ours_time_per_env_step_over_brax"] = (r["env_steps_per_s_with_eval"]
+                                                             / ours[0]["env_steps_per_s_with_eval"])
                 record({"task": task, "what": "brax", "trainer": trainer, **r})
 
 

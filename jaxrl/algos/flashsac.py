@@ -601,6 +601,22 @@ def _no_actor_metrics(state: FlashSACState) -> dict:
             "actor_lr": _lr(state.actor_opt)}
 
 
+def _actor_and_temperature(state: FlashSACState, batch: Transition, key: jax.Array,
+                           cfg: FlashSACConfig) -> tuple[dict, dict]:
+    state, m = actor_step(state, batch, key, cfg)
+    state, m_alpha = temperature_step(state, m["entropy"], cfg)
+    return _actor_part(state), {**m, **m_alpha}
+
+
+def _critic_and_polyak(state: FlashSACState, batch: Transition, key: jax.Array, cfg: FlashSACConfig,
+                       a_metrics: dict, did_actor: jax.Array) -> tuple[FlashSACState, dict]:
+    state, c_metrics = critic_step(state, batch, key, cfg)
+    state = polyak_step(state, cfg).replace(step=state.step + 1)
+    metrics = {**c_metrics, **a_metrics, "alpha": jnp.exp(state.log_alpha),
+               "actor_updated": jnp.asarray(did_actor, jnp.float32)}
+    return state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
 def update(
     state: FlashSACState, batch: Transition, key: jax.Array, cfg: FlashSACConfig
 ) -> tuple[FlashSACState, dict[str, jax.Array]]:
@@ -612,26 +628,38 @@ def update(
     """
     k_actor, k_critic = jax.random.split(key)
     do_actor = state.step % cfg.actor_update_every == 0
-
-    def actor_and_temperature(s):
-        s, m = actor_step(s, batch, k_actor, cfg)
-        s, m_alpha = temperature_step(s, m["entropy"], cfg)
-        return _actor_part(s), {**m, **m_alpha}
-
     # The branches return only the fields they change; the critic's buffers stay outside.
     part, a_metrics = jax.lax.cond(
-        do_actor, actor_and_temperature, lambda s: (_actor_part(s), _no_actor_metrics(s)), state
+        do_actor, lambda s: _actor_and_temperature(s, batch, k_actor, cfg),
+        lambda s: (_actor_part(s), _no_actor_metrics(s)), state
     )
+    return _critic_and_polyak(state.replace(**part), batch, k_critic, cfg, a_metrics, do_actor)
+
+
+def update_period(
+    state: FlashSACState, batches: Transition, keys: jax.Array, cfg: FlashSACConfig
+) -> tuple[FlashSACState, dict[str, jax.Array]]:
+    """``actor_update_every`` consecutive `update`s starting on an actor step (``batches`` and
+    ``keys`` [P, ...]) -> (state, metrics [P]): the same steps, keys and order, but the actor
+    and temperature step taken once up front and the critic steps scanned — no branch on the
+    step counter.  Under the seed vmap that counter is per seed, so `update`'s `lax.cond` turns
+    into a select that runs the actor step on every update; here it runs on every P-th only.
+    The off-policy loop uses this when ``updates_per_step`` is a multiple of P (every preset)."""
+    first = jax.tree.map(lambda x: x[0], batches)
+    split = jax.vmap(jax.random.split)(keys)  # [P, 2, key]: each update's (actor, critic) keys
+    part, a_metrics = _actor_and_temperature(state, first, split[0, 0], cfg)
     state = state.replace(**part)
-    state, c_metrics = critic_step(state, batch, k_critic, cfg)
-    state = polyak_step(state, cfg).replace(step=state.step + 1)
-    metrics = {
-        **c_metrics,
-        **a_metrics,
-        "alpha": jnp.exp(state.log_alpha),
-        "actor_updated": do_actor.astype(jnp.float32),
-    }
-    return state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    p = cfg.actor_update_every
+    idle = _no_actor_metrics(state)
+    per_step = {k: jnp.stack([v] + [jnp.broadcast_to(idle[k], jnp.shape(v))] * (p - 1))
+                for k, v in a_metrics.items()}
+    per_step["actor_lr"] = jnp.broadcast_to(a_metrics["actor_lr"], (p,))  # as `update` reports it
+
+    def critic(s, xs):
+        batch, k, a_m, did = xs
+        return _critic_and_polyak(s, batch, k, cfg, a_m, did)
+
+    return jax.lax.scan(critic, state, (batches, split[:, 1], per_step, jnp.arange(p) == 0))
 
 
 # ============================================================================ export

@@ -346,12 +346,11 @@ class FinetuneLoop(HostLoop):
         agent, metrics = jax.lax.scan(update, carry.agent, jax.random.split(k_upd, self.cfg.updates_per_round))
         return carry.replace(agent=agent), jax.tree.map(jnp.mean, metrics)
 
-    def _epoch(self, carry: FinetuneCarry):
+    def _epoch(self, carry: FinetuneCarry, prefill: jax.Array):
         """One epoch: fit the model, collect real steps, imagine and update.  The first call is
         the prefill instead (``prefill`` real steps, then the model's scaler from them): the same
         program with the fit and the rounds skipped, so the env step is compiled once."""
         cfg = self.cfg
-        prefill = carry.iteration < self.prefill_iters
         key, k_fit, k_rounds, k_model = jax.random.split(carry.key, 4)
         model, fit = skip_when(prefill, self.model.fit, carry.model, self.real_sequences(carry.real), k_fit)
         n = jnp.where(prefill, self.prefill_iters, self.epoch_iters).astype(jnp.int32)
@@ -367,13 +366,10 @@ class FinetuneLoop(HostLoop):
                    "rounds": rounds, "horizon": horizon}
         return carry.replace(epoch=carry.epoch + (~prefill).astype(jnp.int32)), metrics
 
-    def _chunk_fn(self, carry: FinetuneCarry, n: jax.Array):
+    def _chunk_fn(self, carry: FinetuneCarry, n: jax.Array, prefill: jax.Array):
         before = carry.env_state
-        carry, metrics = repeat(self._epoch, carry, n)
+        carry, metrics = repeat(lambda c: self._epoch(c, prefill), carry, n)
         return carry, {**metrics, **chunk_counters(before, carry.env_state)}
-
-    def lower_chunk(self, carry):
-        return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32))
 
     # ------------------------------------------------------------------ host
     # init_carry: the base's (a fresh agent; `run.train` loads the pretrained parts into it).
@@ -387,6 +383,6 @@ class FinetuneLoop(HostLoop):
 
     def _advance(self, carry: FinetuneCarry):
         if self.counter(carry.iteration) < self.prefill_iters:  # the prefill: one chunk "epoch"
-            carry, _ = self._call("chunk", self._chunk, carry, jnp.int32(1))
+            carry, _ = self.chunk(carry, 1, warm=True)
             return carry, {}
-        return self._call("chunk", self._chunk, carry, jnp.int32(self.chunk_iters))
+        return self.chunk(carry, self.chunk_iters)

@@ -117,9 +117,9 @@ class HostLoop:
     A subclass writes ONE seed's run on ONE device's view of the data, as pure functions:
 
         _init(key) -> carry               the whole state of a fresh run
-        _chunk_fn(carry, n) -> carry, metrics  one chunk of ``n`` iterations (`repeat`); a warm-up
-                                          or prefill is the same program, branching on the carry's
-                                          counter (one compiled program per run)
+        _chunk_fn(carry, n, warm) -> carry, metrics  one chunk of ``n`` iterations (`repeat`); a
+                                          warm-up or prefill (``warm``) is the same program taking
+                                          the other branch of a `lax.cond` (one compiled program)
         _evaluate_fn(agent, key) -> dict  optional: deterministic evaluation (set ``evaluate``)
 
     and the host side (``finished``, ``env_steps``, ``_advance``).  `setup` then lifts them:
@@ -164,12 +164,16 @@ class HostLoop:
         """The seeds of this run: ``seed, seed + 1, ...`` (one per vmapped run)."""
         return [self.seed + i for i in range(self.num_seeds)]
 
-    def _lift(self, fn: Callable, counted: bool = False) -> Callable:
-        """``fn`` vmapped over the seed axis when there are several seeds (``counted``: its
-        second argument, an iteration count, is shared by all seeds)."""
+    def _lift(self, fn: Callable, shared: bool = False) -> Callable:
+        """``fn`` vmapped over the seed axis when there are several seeds (``shared``: every
+        argument after the first — a chunk's iteration count and warm-up flag — is the same for
+        all seeds and stays unbatched, so a `lax.cond` on it still skips its branch under vmap
+        instead of computing both and selecting)."""
         if self.num_seeds == 1:
             return fn
-        return jax.vmap(fn, in_axes=(0, None)) if counted else jax.vmap(fn)
+        if shared:
+            return lambda carry, *args: jax.vmap(lambda c: fn(c, *args))(carry)
+        return jax.vmap(fn)
 
     def _keys(self) -> jax.Array:
         keys = [jax.random.PRNGKey(s) for s in self.seeds]
@@ -199,9 +203,10 @@ class HostLoop:
         return parallel.shardings(abstract, self.mesh, rule)
 
     def program(self, fn: Callable, carry_out: bool = True) -> Callable:
-        """``fn(carry, n) -> carry`` or ``-> (carry, metrics)`` (``n``: a traced iteration count)
-        lifted over seeds and jitted with a donated carry that keeps its shardings."""
-        lifted = self._lift(fn, counted=True)
+        """``fn(carry, *shared) -> carry`` or ``-> (carry, metrics)`` (``shared``: traced scalars
+        common to all seeds, e.g. an iteration count) lifted over seeds and jitted with a donated
+        carry that keeps its shardings."""
+        lifted = self._lift(fn, shared=True)
         if self.mesh is None:
             return jax.jit(lifted, donate_argnums=0)
         sharding = self.carry_sharding()
@@ -306,10 +311,15 @@ class HostLoop:
             self.compile_s += time.perf_counter() - t0
         return self._compiled[name](*args)
 
-    def lower_chunk(self, carry: Any) -> Any:
+    def chunk(self, carry: Any, n: int, warm: bool = False) -> tuple[Any, dict]:
+        """Run the compiled chunk (``self._chunk``, made by `program` from ``_chunk_fn``) for
+        ``n`` iterations, as warm-up / prefill when ``warm``."""
+        return self._call("chunk", self._chunk, carry, jnp.int32(n), jnp.bool_(warm))
+
+    def lower_chunk(self, carry: Any, warm: bool = False) -> Any:
         """The training chunk lowered for ``carry`` (real or `jax.ShapeDtypeStruct`s): lets tests
         and tools trace GPU-sized presets on abstract shapes without allocating them."""
-        raise NotImplementedError
+        return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32), jnp.bool_(warm))
 
 
 def seed_summary(metrics: dict[str, Any], num_seeds: int) -> dict[str, float]:

@@ -32,6 +32,12 @@ class OffPolicyAgent(NamedTuple):
     act: Callable[[Any, dict, jax.Array], jax.Array]  # deterministic action for evaluation
     observe: Callable[[Any, Transition], Any]  # per-step statistics (e.g. reward scaling)
     update: Callable[[Any, Transition, jax.Array], tuple[Any, dict]]  # one gradient step
+    # Updates whose schedule repeats every ``period`` steps (FlashSAC: an actor step every 2nd)
+    # can come as ``update_period(state, batches [P], keys [P]) -> (state, metrics [P])``: the
+    # loop then scans whole periods, with no branch on the agent's step counter (under the seed
+    # vmap such a branch becomes a select that computes both sides).
+    period: int = 1
+    update_period: Callable[[Any, Transition, jax.Array], tuple[Any, dict]] | None = None
     # agent-state paths with a leading env axis (e.g. FlashSAC's per-env return and held noise):
     # split over the devices with the envs instead of replicated
     per_env: tuple[str, ...] = ()
@@ -212,11 +218,10 @@ class OffPolicyLoop(HostLoop):
         """``rows`` uniform transitions (each device draws its share from its own envs')."""
         return self._unpack(replay.sample(buffer, key, rows, self.mesh))
 
-    def _iteration(self, carry: OffPolicyCarry, _):
-        """One vector step and its updates; while ``iteration < warmup_iters``: a uniform random
-        action and no update (`lax.cond`: one program serves warm-up and training)."""
+    def _iteration(self, carry: OffPolicyCarry, warm: jax.Array):
+        """One vector step and its updates; in the warm-up (``warm``): a uniform random action
+        and no update (`lax.cond`: one program serves warm-up and training)."""
         key, k_act, k_upd = jax.random.split(carry.key, 3)
-        warm = carry.iteration < self.warmup_iters
         action, agent = jax.lax.cond(
             warm,
             lambda: (self.env.random_action_fn(k_act), carry.agent),
@@ -228,40 +233,50 @@ class OffPolicyLoop(HostLoop):
 
     def _updates(self, agent: Any, buffer: replay.ReplayState, key: jax.Array) -> tuple[Any, dict]:
         """``updates_per_step`` gradient steps -> (agent, metrics averaged over them)."""
-        if self.s.sample_once:
-            agent, metrics = self._updates_from_one_sample(agent, buffer, key)
-        else:
-            def one_update(agent, k):
-                k_s, k_u = jax.random.split(k)
-                return self.agent.update(agent, self._sample(buffer, k_s, self.s.batch_size), k_u)
-
-            agent, metrics = jax.lax.scan(one_update, agent, jax.random.split(key, self.s.updates_per_step))
+        agent, metrics = self._scan_updates(agent, buffer, key)
         return agent, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-    def _updates_from_one_sample(self, agent: Any, buffer: replay.ReplayState, key: jax.Array):
-        """``sample_once``: one uniform draw of U x B rows (with replacement), reshaped to
-        [U, B, ...], then U updates scanned over its slices."""
+    def _scan_updates(self, agent: Any, buffer: replay.ReplayState, key: jax.Array) -> tuple[Any, dict]:
+        """``updates_per_step`` = U gradient steps -> (agent, metrics of each [U, ...]).
+
+        ``sample_once``: one uniform draw of U x B rows (with replacement) reshaped to [U, B] and
+        scanned (Brax / LIFT); otherwise each update samples its own batch.  Updates run in whole
+        periods (`OffPolicyAgent.update_period`) when U is a multiple of the agent's period."""
         u, b = self.s.updates_per_step, self.s.batch_size
-        k_s, k_u = jax.random.split(key)
-        rows = self._sample(buffer, k_s, u * b)
-        # [U·B] -> [B, U] -> [U, B]: each update's batch keeps rows of every device.
-        batches = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((b, u) + x.shape[1:]), 0, 1), rows)
+        if self.s.sample_once:
+            k_s, k_u = jax.random.split(key)
+            rows = self._sample(buffer, k_s, u * b)
+            # [U·B] -> [B, U] -> [U, B]: each update's batch keeps rows of every device.
+            batches = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((b, u) + x.shape[1:]), 0, 1), rows)
+            xs = (batches, jax.random.split(k_u, u))
 
-        def one_update(agent, xs):
-            batch, k = xs
-            return self.agent.update(agent, batch, k)
+            def draw(x):
+                return x
+        else:
+            xs = jax.random.split(key, u)
 
-        return jax.lax.scan(one_update, agent, (batches, jax.random.split(k_u, u)))
+            def draw(k):
+                k_s, k_u = jax.random.split(k)
+                return self._sample(buffer, k_s, b), k_u
 
-    def _chunk_fn(self, carry: OffPolicyCarry, n: jax.Array):
+        p = self.agent.period
+        if p > 1 and u % p == 0 and self.agent.update_period is not None:
+            def one_period(agent, group):
+                pairs = [draw(jax.tree.map(lambda a: a[i], group)) for i in range(p)]
+                batches, keys = jax.tree.map(lambda *a: jnp.stack(a), *pairs)
+                return self.agent.update_period(agent, batches, keys)
+
+            groups = jax.tree.map(lambda a: a.reshape((u // p, p) + a.shape[1:]), xs)
+            agent, metrics = jax.lax.scan(one_period, agent, groups)
+            return agent, jax.tree.map(lambda m: m.reshape((u,) + m.shape[2:]), metrics)
+        return jax.lax.scan(lambda a, x: self.agent.update(a, *draw(x)), agent, xs)
+
+    def _chunk_fn(self, carry: OffPolicyCarry, n: jax.Array, warm: jax.Array):
         before = carry.env_state
         # The learner's precision for acting and updating; the env step inside keeps 'highest'.
         with jax.default_matmul_precision(self.s.learner_precision):
-            carry, metrics = repeat(lambda c: self._iteration(c, None), carry, n)
+            carry, metrics = repeat(lambda c: self._iteration(c, warm), carry, n)
         return carry, {**metrics, **chunk_counters(before, carry.env_state)}
-
-    def lower_chunk(self, carry):
-        return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32))
 
     # -------------------------------------------------------------- resuming
     def refill(self, carry: OffPolicyCarry) -> OffPolicyCarry:
@@ -270,8 +285,7 @@ class OffPolicyLoop(HostLoop):
         budget counter is left where it was; the run is then no longer bit-identical to an
         uninterrupted one."""
         iteration = self.counter(carry.iteration)  # host copy: the chunk donates the carry
-        carry = carry.replace(iteration=jnp.zeros_like(carry.iteration))  # warm-up iterations again
-        carry, _ = self._call("chunk", self._chunk, carry, jnp.int32(self.warmup_iters))
+        carry, _ = self.chunk(carry, self.warmup_iters, warm=True)
         return carry.replace(iteration=jnp.full_like(carry.iteration, iteration))
 
     # ------------------------------------------------------------------ host
@@ -286,6 +300,6 @@ class OffPolicyLoop(HostLoop):
         training chunk."""
         done = self.counter(carry.iteration)
         if done < self.warmup_iters:
-            carry, _ = self._call("chunk", self._chunk, carry, jnp.int32(self.warmup_iters - done))
+            carry, _ = self.chunk(carry, self.warmup_iters - done, warm=True)
             return carry, {}
-        return self._call("chunk", self._chunk, carry, jnp.int32(self.chunk_iters))
+        return self.chunk(carry, self.chunk_iters)

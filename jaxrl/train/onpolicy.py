@@ -107,7 +107,8 @@ class OnPolicyLoop(HostLoop):
         return OnPolicyCarry(agent=agent, env_state=env_state, key=key,
                              iteration=carry.iteration + 1), metrics
 
-    def _chunk_fn(self, carry: OnPolicyCarry, n: jax.Array):
+    def _chunk_fn(self, carry: OnPolicyCarry, n: jax.Array, warm: jax.Array):
+        del warm  # PPO has no warm-up
         before = carry.env_state
         # The learner's precision for acting and updating; the env step inside keeps 'highest'.
         with jax.default_matmul_precision(self.cfg.matmul_precision):
@@ -116,11 +117,8 @@ class OnPolicyLoop(HostLoop):
         metrics["lr"] = carry.agent.lr
         return carry, {**metrics, **chunk_counters(before, carry.env_state)}
 
-    def lower_chunk(self, carry):
-        return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32))
-
     def _advance(self, carry):
-        return self._call("chunk", self._chunk, carry, jnp.int32(self.chunk_iters))
+        return self.chunk(carry, self.chunk_iters)
 
     def env_steps(self, carry: OnPolicyCarry) -> int:
         """Env steps taken so far (host int; no int32 overflow at billions of steps)."""

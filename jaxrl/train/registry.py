@@ -59,6 +59,8 @@ def flashsac_agent(cfg: flashsac_algo.FlashSACConfig, env: VecEnv) -> OffPolicyA
         act=act,
         observe=functools.partial(flashsac_algo.observe, cfg=cfg),
         update=functools.partial(flashsac_algo.update, cfg=cfg),
+        period=cfg.actor_update_every,
+        update_period=functools.partial(flashsac_algo.update_period, cfg=cfg),
         per_env=(".reward_stats.G", ".explore.noise"),
     )
 

@@ -163,6 +163,23 @@ def test_actor_and_alpha_step_on_updates_0_2_4_only(history):
         assert _max_abs_diff(a[0].critic_params, b[0].critic_params) > 0
 
 
+def test_update_period_equals_consecutive_updates_and_has_no_branch(history):
+    """`update_period` (the loop's path when updates_per_step is a multiple of the actor period)
+    gives the states and metrics of `update` applied twice from step 0, with the same batches and
+    keys, to float tolerance; its program has no `cond` (the seed vmap would make it a select)."""
+    batches = jax.tree.map(lambda *x: jnp.stack(x), *[_batch(jax.random.PRNGKey(2 * i + 1)) for i in range(2)])
+    keys = jnp.stack([jax.random.PRNGKey(2 * i + 2) for i in range(2)])
+    fn = functools.partial(fs.update_period, cfg=CFG)
+    state, metrics = jax.jit(fn)(history[0][0], batches, keys)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(history[2][0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+    for i in range(2):
+        for k, v in history[i + 1][1].items():
+            np.testing.assert_allclose(float(metrics[k][i]), float(v), rtol=1e-5, atol=1e-6, err_msg=k)
+    assert "cond[" not in str(jax.make_jaxpr(fn)(history[0][0], batches, keys))
+
+
 def test_update_order_is_actor_then_alpha_then_critic_on_the_new_actor_then_polyak(states):
     """update == the hand-composed sequence; composing the critic first gives another result, so
     the comparison can tell the orders apart."""

@@ -494,7 +494,7 @@ def test_sample_once_scans_the_updates_over_slices_of_one_uniform_sample(cartpol
     carry, _ = loop.run_chunk(loop.init_carry())  # the warm-up
     assert int(carry.agent) == 0  # no update during the warm-up
     key = jax.random.PRNGKey(3)
-    count, m = loop._updates_from_one_sample(carry.agent, carry.buffer, key)
+    count, m = loop._scan_updates(carry.agent, carry.buffer, key)
     rows = replay.sample(carry.buffer, jax.random.split(key)[0], u * b)
     assert int(count) == u and m["r"].shape == (u, b)
     np.testing.assert_array_equal(m["r"], np.asarray(rows.reward).reshape(b, u).T)

@@ -195,7 +195,7 @@ def tiny_loop():
 def test_chunk_donates_its_carry_and_equals_the_copying_path(tiny_loop):
     loop = tiny_loop
     carry, _ = loop.run_chunk(loop.init_carry())  # warm-up; flat task: state IS privileged_state
-    reference, _ = jax.jit(loop._chunk_fn)(jax.tree.map(jnp.copy, carry), loop.chunk_iters)  # no donation
+    reference, _ = jax.jit(loop._chunk_fn)(jax.tree.map(jnp.copy, carry), loop.chunk_iters, False)  # no donation
     buffer_in = jax.tree.leaves(carry.buffer)
     out, _ = loop.run_chunk(carry)
     assert all(x.is_deleted() for x in buffer_in)  # updated in place, not copied
@@ -210,11 +210,32 @@ def test_one_compiled_chunk_serves_every_chunk_length(tiny_loop):
     loop = tiny_loop
     carry, _ = loop.run_chunk(loop.init_carry())  # warm-up
     chunk = loop._compiled["chunk"] if "chunk" in loop._compiled else loop.lower_chunk(carry).compile()
-    twice, _ = chunk(chunk(jax.tree.map(jnp.copy, carry), jnp.int32(1))[0], jnp.int32(1))
-    once, metrics = chunk(carry, jnp.int32(2))
+    no = jnp.bool_(False)  # not the warm-up
+    twice, _ = chunk(chunk(jax.tree.map(jnp.copy, carry), jnp.int32(1), no)[0], jnp.int32(1), no)
+    once, metrics = chunk(carry, jnp.int32(2), no)
     for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(twice)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(once.iteration) == loop.warmup_iters + 2 and np.isfinite(float(metrics["critic_loss"]))
+
+
+def test_warm_up_branch_is_skipped_not_selected_with_several_seeds():
+    """The warm-up flag is an argument shared by all seeds, not each seed's counter: under the
+    seed vmap its `lax.cond`s stay conditionals (the updates are skipped during the warm-up)
+    instead of turning into selects that compute both branches.  Traced only."""
+    cfg = registry.get("sac").config.cpu().replace(  # SAC: no per-seed branches of its own
+        num_envs=4, batch_size=16, buffer_size=512, min_buffer=16, updates_per_step=1,
+        actor_hidden=(8,), critic_hidden=(8,))
+
+    def conds(seeds: int) -> int:
+        loop = registry.get("sac").make_loop(cfg, envs.make("CartpoleBalance", 4, **ENV), None,
+                                             STEPS["flashsac"], 0, 2, seeds=seeds)
+        carry = jax.eval_shape(loop._lift(loop._init), loop._keys())
+        lifted = loop._lift(loop._chunk_fn, shared=True)
+        return str(jax.make_jaxpr(lifted)(carry, jnp.int32(1), jnp.bool_(True))).count("cond[")
+
+    # Two warm-up branches (action, updates); a seed's own branches (the physics' per-seed
+    # solver branch) may become selects, the warm-up ones must not (with the counter: 0 left).
+    assert conds(1) >= 3 and conds(2) >= 2
 
 
 def _dot_precisions(text: str) -> list[str]:
