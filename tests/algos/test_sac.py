@@ -376,15 +376,16 @@ def test_critic_layer_norm_and_activation_change_only_what_they_name():
 # --------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_sac_cpu_preset_learns_cartpole_balance():
-    """cpu preset, CartpoleBalance: deterministic eval return >= 800 within 32k env steps.
+    """cpu preset, CartpoleBalance: deterministic eval return >= 800 within 48k env steps.
 
-    Measured (seed 0, one CPU device), jax 0.9: 292 (random warm-up policy) / 456 / 307 / 823 /
-    856 / 978 at 2k / 7k / 12k / 16k / 21k / 26k env steps, 999 at 40k; jax 0.12 (other random
-    streams): 292 / 467 / 192 / 531 / 412 / 852 / 936 / 963 at 2k / 6k / 11k / 15k / 19k / 23k /
-    28k / 32k (733 was its best within 24k); ~90 s with compilation alone."""
+    Measured (seed 0, one CPU device, jax 0.9.2, 2026-12-02): 292 (random warm-up policy) / 372 /
+    459 / 350 / 412 / 530 / 555 / 681 / 846 / 818 / 844 / 921 / 993 every ~3.8k env steps from 2k
+    to 48k: first >= 800 at 33k, five evaluations above it.  The former budget (32k; 823 at 16k in
+    an older environment) failed after a dependency refresh (best 710 within 32k): one seed's
+    crossing point moves by 10k+ steps between random streams, so the budget keeps a margin."""
     import jaxrl.sac as sac_entry
 
-    _, rows = sac_entry.train("CartpoleBalance", sac.SACConfig.cpu(), steps=32_000, num_evals=8,
+    _, rows = sac_entry.train("CartpoleBalance", sac.SACConfig.cpu(), steps=48_000, num_evals=12,
                               progress=False)
     best = max(r["eval_return"] for r in rows if "eval_return" in r)
     assert best >= 800, [r.get("eval_return") for r in rows]
