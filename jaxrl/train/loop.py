@@ -35,6 +35,9 @@ from jaxrl.train import guards
 _EVAL_STREAM = 0xE7A1
 
 
+SEED_AXIS = "seed"  # the name of the seed vmap (`HostLoop._lift`), for decisions shared by all seeds
+
+
 def chunk_plan(total_iters: int, num_chunks: int) -> tuple[int, int]:
     """(iterations per chunk, iterations in all) for a budget of ``total_iters`` split into
     ``num_chunks`` equal chunks, rounded up so that one compiled chunk serves the whole run."""
@@ -158,6 +161,12 @@ class HostLoop:
         if eval_env is not None:
             ok = self.mesh is not None and eval_env.num_envs % self.devices == 0
             self.eval_env = eval_env.distribute(self.mesh if ok else None)
+        if self.num_seeds > 1:
+            # The auto-reset branch decided across seeds (`VecEnv.across`), so it stays a
+            # branch under the seed vmap (inside `shard_map` too: each device for its envs).
+            self.env = self.env.across(SEED_AXIS)
+            if self.eval_env is not None:
+                self.eval_env = self.eval_env.across(SEED_AXIS)
 
     @property
     def seeds(self) -> list[int]:
@@ -172,8 +181,8 @@ class HostLoop:
         if self.num_seeds == 1:
             return fn
         if shared:
-            return lambda carry, *args: jax.vmap(lambda c: fn(c, *args))(carry)
-        return jax.vmap(fn)
+            return lambda carry, *args: jax.vmap(lambda c: fn(c, *args), axis_name=SEED_AXIS)(carry)
+        return jax.vmap(fn, axis_name=SEED_AXIS)
 
     def _keys(self) -> jax.Array:
         keys = [jax.random.PRNGKey(s) for s in self.seeds]

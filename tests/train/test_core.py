@@ -226,16 +226,20 @@ def test_warm_up_branch_is_skipped_not_selected_with_several_seeds():
         num_envs=4, batch_size=16, buffer_size=512, min_buffer=16, updates_per_step=1,
         actor_hidden=(8,), critic_hidden=(8,))
 
-    def conds(seeds: int) -> int:
+    def conds(seeds: int, devices: int = 1) -> int:
         loop = registry.get("sac").make_loop(cfg, envs.make("CartpoleBalance", 4, **ENV), None,
-                                             STEPS["flashsac"], 0, 2, seeds=seeds)
+                                             STEPS["flashsac"], 0, 2, seeds=seeds, devices=devices)
         carry = jax.eval_shape(loop._lift(loop._init), loop._keys())
         lifted = loop._lift(loop._chunk_fn, shared=True)
         return str(jax.make_jaxpr(lifted)(carry, jnp.int32(1), jnp.bool_(True))).count("cond[")
 
-    # Two warm-up branches (action, updates); a seed's own branches (the physics' per-seed
-    # solver branch) may become selects, the warm-up ones must not (with the counter: 0 left).
-    assert conds(1) >= 3 and conds(2) >= 2
+    # Two warm-up branches (action, updates) and the env's auto-reset (decided across seeds,
+    # `VecEnv.across`): every branch of the one-seed program is still a branch with two seeds
+    # (with a per-seed counter the warm-up ones became selects; without `across` the reset did,
+    # and CheetahRun's 200-step reset ran every step).
+    assert conds(1) >= 3 and conds(2) == conds(1), (conds(1), conds(2))
+    if len(jax.devices()) >= 2:  # the envs stepped inside `shard_map` on 2 devices
+        assert conds(2, devices=2) == conds(1, devices=2) >= 3
 
 
 def _dot_precisions(text: str) -> list[str]:
