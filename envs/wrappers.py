@@ -262,7 +262,7 @@ class VecEnv:
             env._reset_jit = jax.jit(env._reset)
             env._step_jit = jax.jit(env._step)
             env.__dict__.pop("_inner_specs", None)
-            env._distributed = {}
+            env._distributed, env._across = {}, {}
             memo[key] = env
         return memo[key]
 
