@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The physics swap lives with the envs (the finetuning targets simulated by MuJoCo C use it too).
+from envs._runtime import short_program_options
 from envs.mujoco_c import CPhysics, mujoco_physics
 
 
@@ -60,8 +61,9 @@ def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: ja
     # Fresh closures (a jit of the bound method could reuse a trace made without the swap), and
     # the whole loop inside the context: a re-trace (e.g. reset and step states differing in
     # weak types) must see the swap too.
-    reset = jax.jit(lambda key: task.reset(key))
-    step = jax.jit(lambda s, a: task.step(s, a))
+    quick = short_program_options()  # a few hundred steps: compiling dominates
+    reset = jax.jit(lambda key: task.reset(key), compiler_options=quick)
+    step = jax.jit(lambda s, a: task.step(s, a), compiler_options=quick)
     returns, lengths = [], []
     with ctx:
         for key in keys:
