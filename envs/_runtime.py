@@ -8,8 +8,7 @@
   (`envs.wrappers.PHYSICS_MATMUL_PRECISION`) and learners use their config's precision, so a GPU
   learner can still use TF32 / bf16.
 * Short programs compile the quick way: `short_program_options` gives the XLA options that
-  programs which run briefly after compiling (a run's evaluation, sim2sim's single-env steps)
-  are compiled with.
+  programs which run briefly after compiling (sim2sim's single-env reset and step) use.
 * A quiet console: MJX-Warp's per-step overflow prints and warp's module-load lines are off
   unless ``JAXRL_VERBOSE=1`` or `set_verbose(True)` (CLI ``--verbose``).
 * One CPU device per core: XLA:CPU shows one device by default, so a data-parallel program
@@ -47,12 +46,12 @@ def default_cache_dir() -> Path | None:
 def short_program_options() -> dict | None:
     """XLA compiler options for programs that run for moments after compiling: on CPU, XLA's
     loop emitters instead of its newer fusion emitters (``xla_cpu_use_fusion_emitters=False``).
-    Measured (2-core AMD EPYC, jax 0.9.2, tiny FlashSAC on CartpoleBalance, empty cache): the
-    evaluation compiles in 5.0 s instead of 7.2 (the warm-up init would: 7.6 s instead of 10.2,
-    but JAX refuses compiler options on a jit that may run nested, e.g. under `jax.eval_shape`).
-    Training chunks keep XLA's default: the same switch made their compile 40% shorter but the
-    cpu presets' updates ~20% slower (SAC 15.7 vs 12.5 s, FlashSAC 12.9 vs 10.6 s per 200
-    iterations).  None (XLA's defaults) on GPU/TPU or with ``JAXRL_SHORT_PROGRAM_OPTIONS=0``."""
+    Measured 2026-12-02 (2-core AMD EPYC with AVX-512, jax 0.9.2, empty cache): sim2sim's T1
+    single-env reset compiles in 17.5 s instead of 25.2, its step in 20.7 instead of 27.4.  Not
+    for the rest: the cpu presets' updates ran ~20% slower this way (SAC 15.7 vs 12.5 s, FlashSAC
+    12.9 vs 10.6 s per 200 iterations) and evaluations 25-70% slower (PPO 64 envs 0.48 vs 0.38 s,
+    SAC 16 envs 0.31 vs 0.18 s per evaluation) for compile savings of 0-2 s.  None (XLA's
+    defaults) on GPU/TPU or with ``JAXRL_SHORT_PROGRAM_OPTIONS=0``."""
     if os.environ.get("JAXRL_SHORT_PROGRAM_OPTIONS", "1") == "0" or jax.default_backend() != "cpu":
         return None
     return {"xla_cpu_use_fusion_emitters": False}

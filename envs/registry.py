@@ -8,7 +8,7 @@ MJX implementation (``impl``): Playground defaults every task to ``"warp"``.  Me
 results/impl_speed_cpu_16envs.json): jax is faster everywhere in steady state -- CartpoleBalance
 jax 53.9k vs warp 1.6k env-steps/s, CheetahRun 18.7k vs 737, T1JoystickFlatTerrain 797 vs 42 --
 but compiles slower (T1: 60 s vs 17 s).  (Older numbers that favoured warp timed a recompilation, see
-`envs.wrappers._strong`.)  So the CPU default is ``"jax"`` except for the humanoids in
+`envs.wrappers.strong_types`.)  So the CPU default is ``"jax"`` except for the humanoids in
 `CPU_WARP_TASKS`, kept on warp until the test suite's T1 runs are re-budgeted for jax's longer
 compile; on GPU/TPU we keep Playground's own default.  Pass ``impl=`` to override.  Where
 warp-lang is not installed (many offline GPU boxes), a warp default falls back to ``"jax"`` with

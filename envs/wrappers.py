@@ -85,7 +85,7 @@ def split_obs(obs: Any) -> Obs:
     return {"state": obs, "privileged_state": obs}
 
 
-def _strong(tree: Any) -> Any:
+def strong_types(tree: Any) -> Any:
     """``tree`` without weak types.  MJX's reset leaves ``data.time`` weakly typed while a step
     returns it strongly typed (and T1's step makes some reward metrics weak that its reset makes
     strong); without this every jitted function fed a fresh state, then a stepped one, compiles
@@ -324,7 +324,7 @@ class VecEnv:
         return self._reset_jit(key)
 
     def _reset_envs(self, model: Any, _inner: Any, keys: jax.Array) -> Any:
-        return _strong(self._vmapped("reset", model, keys))
+        return strong_types(self._vmapped("reset", model, keys))
 
     def _reset(self, key: jax.Array) -> EnvState:
         key, sub = jax.random.split(key)
@@ -398,7 +398,7 @@ class VecEnv:
                  step: jax.Array):
         """The per-env part of `step` (each device's envs under `distribute`): the task's step,
         its end-of-episode flags, and a fresh reset for the envs that ended."""
-        stepped = _strong(self._vmapped("step", model, inner, action))
+        stepped = strong_types(self._vmapped("step", model, inner, action))
         reward = stepped.reward.astype(jnp.float32)
         done_raw = stepped.done
         terminated = done_raw.astype(bool) if done_raw.dtype == bool else done_raw > 0.5

@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The physics swap lives with the envs (the finetuning targets simulated by MuJoCo C use it too).
 from envs._runtime import short_program_options
+
+# The physics swap lives with the envs (the finetuning targets simulated by MuJoCo C use it too).
 from envs.mujoco_c import CPhysics, mujoco_physics
+from envs.wrappers import strong_types
 
 
 def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -50,6 +52,17 @@ def _state_obs(obs: Any) -> np.ndarray:
     return np.asarray(obs["state"] if hasattr(obs, "keys") else obs, np.float32)
 
 
+def _programs(task: Any) -> tuple[Callable, Callable]:
+    """Fresh jitted single-env (reset, step) of ``task``.  Both return strong types
+    (`envs.wrappers.strong_types`), so a reset state and a stepped one share one signature and the
+    step compiles once, not twice (T1, impl=jax, CPU: the second compile took 20-25 s).  They run
+    a few hundred steps, so compiling dominates: `short_program_options`."""
+    quick = short_program_options()
+    reset = jax.jit(lambda key: strong_types(task.reset(key)), compiler_options=quick)
+    step = jax.jit(lambda s, a: strong_types(task.step(s, a)), compiler_options=quick)
+    return reset, step
+
+
 def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: jax.Array,
                  episode_length: int, physics: CPhysics | None = None) -> dict:
     """Run one episode per key with ``policy`` (numpy in, numpy out) on the single-env ``task``.
@@ -61,9 +74,7 @@ def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: ja
     # Fresh closures (a jit of the bound method could reuse a trace made without the swap), and
     # the whole loop inside the context: a re-trace (e.g. reset and step states differing in
     # weak types) must see the swap too.
-    quick = short_program_options()  # a few hundred steps: compiling dominates
-    reset = jax.jit(lambda key: task.reset(key), compiler_options=quick)
-    step = jax.jit(lambda s, a: task.step(s, a), compiler_options=quick)
+    reset, step = _programs(task)
     returns, lengths = [], []
     with ctx:
         for key in keys:

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs._runtime import short_program_options
 from envs.wrappers import EnvState
 from jaxrl.train import guards
 
@@ -295,7 +294,7 @@ class HostLoop:
         if self.evaluate is not None:
             keys = [eval_key(s, steps) for s in self.seeds]
             key = keys[0] if self.num_seeds == 1 else jnp.stack(keys)
-            ev = self._call("evaluate", self.evaluate, carry.agent, key, donate=False, quick=True)
+            ev = self._call("evaluate", self.evaluate, carry.agent, key, donate=False)
             ev = {k: parallel.host_value(v) for k, v in ev.items()}
             guards.check_finite({"eval_return": ev["eval_return"]}, steps)
             metrics.update(ev)
@@ -310,17 +309,14 @@ class HostLoop:
             self.evaluate = jax.jit(self._lift(evaluation(self.eval_env, act)))
 
     # ------------------------------------------------------------------ helpers
-    def _call(self, name: str, fn: Callable, *args, donate: bool = True, quick: bool = False):
+    def _call(self, name: str, fn: Callable, *args, donate: bool = True):
         """Call jitted ``fn``, compiling it ahead of time on first use to time compilation.
-        Chunks donate their carry: the replay buffer and env state are updated in place.
-        ``quick``: a program that runs for moments (evaluation), compiled with
-        `envs._runtime.short_program_options`."""
+        Chunks donate their carry: the replay buffer and env state are updated in place."""
         if donate:
             args = (unalias(args[0]),) + args[1:]
         if name not in self._compiled:
             t0 = time.perf_counter()
-            options = short_program_options() if quick else None
-            self._compiled[name] = fn.lower(*args).compile(compiler_options=options)
+            self._compiled[name] = fn.lower(*args).compile()
             self.compile_s += time.perf_counter() - t0
         return self._compiled[name](*args)
 

@@ -14,15 +14,17 @@ from jaxrl.io import lifecycle, sim2sim
 
 
 def _trajectory(task, actions, physics=None):
-    """qpos after each step from the same reset, MJX physics (None) or MuJoCo C."""
+    """qpos after each step from the same reset, MJX physics (None) or MuJoCo C, through
+    sim2sim's own programs — whose step compiles once although MJX's reset state is weakly typed
+    where a stepped one is not (CheetahRun's ``data.time``)."""
     ctx = sim2sim.mujoco_physics(task, physics) if physics else contextlib.nullcontext()
     with ctx:
-        reset = jax.jit(lambda k: task.reset(k))
-        step = jax.jit(lambda s, a: task.step(s, a))
+        reset, step = sim2sim._programs(task)
         state, out = reset(jax.random.PRNGKey(0)), []
         for a in actions:
             state = step(state, a)
             out.append(np.asarray(state.data.qpos))
+        assert step._cache_size() == 1  # one signature: no second compile of the step
     return np.array(out)
 
 
