@@ -34,6 +34,59 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _compile_profiler(out_dir: str):
+    """`JAXRL_TEST_PROFILE=DIR pytest ...` writes, per test, the programs compiled (name, seconds,
+    cache hit or not) and the tracing/lowering seconds to DIR/<worker>.jsonl: where the suite's
+    time goes on CPU is compilation, and this says which test pays for which program."""
+    import json
+    import pathlib
+    import time
+
+    from jax import monitoring
+
+    current: dict = {}
+    hits = [0]
+
+    def on_duration(event, secs, **kw):
+        if not current:
+            return
+        if event.endswith("backend_compile_duration"):
+            if secs >= 0.5:  # the programs worth naming; the rest summed
+                current["compiles"].append((kw.get("fun_name", "?"), round(secs, 1), hits[0] > 0))
+            else:
+                current["small_compiles_s"] += secs
+            hits[0] = 0
+        elif event.endswith(("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration")):
+            current["trace_s"] += secs
+
+    def on_event(event, **kw):
+        if event == "/jax/compilation_cache/cache_hits":
+            hits[0] += 1
+
+    monitoring.register_event_duration_secs_listener(on_duration)
+    monitoring.register_event_listener(on_event)
+    path = pathlib.Path(out_dir) / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        current.clear()
+        current.update(test=item.nodeid, compiles=[], small_compiles_s=0.0, trace_s=0.0, start=time.time())
+        yield
+        current["wall_s"] = round(time.time() - current.pop("start"), 2)
+        for k in ("trace_s", "small_compiles_s"):
+            current[k] = round(current[k], 2)
+        with path.open("a") as f:
+            f.write(json.dumps(current) + "\n")
+        current.clear()
+
+    return pytest_runtest_protocol
+
+
+if os.environ.get("JAXRL_TEST_PROFILE"):
+    pytest_runtest_protocol = _compile_profiler(os.environ["JAXRL_TEST_PROFILE"])
+
+
 @pytest.fixture(scope="session")
 def cartpole4():
     return envs.make("CartpoleBalance", num_envs=4, episode_length=5, seed=0)
