@@ -510,13 +510,15 @@ class CheckpointManager:
         return jax.tree_util.tree_unflatten(treedef, restored), metadata, step
 
 
-    def restore_matching(self, target: Any, select: Callable[[str], bool], step: int | None = None
-                         ) -> tuple[Any, dict, int, list[str]]:
+    def restore_matching(self, target: Any, select: Callable[[str], bool], step: int | None = None,
+                         check_only: bool = False) -> tuple[Any, dict, int, list[str]]:
         """Leaves of ``target`` whose `path_str` ``select`` accepts, read from a checkpoint of
         ANOTHER run (found by path, not position: that run's carry may differ elsewhere, e.g. a
         bigger replay buffer); the others keep ``target``'s values.  Returns (tree, metadata,
         step, loaded paths).  A selected leaf the checkpoint lacks, or whose shape / dtype
-        differs, raises `CheckpointMismatchError` naming the field and both layouts."""
+        differs, raises `CheckpointMismatchError` naming the field and both layouts.
+        ``check_only``: those checks alone, nothing read (``target`` may be abstract: a run
+        checks its ``init_from`` before compiling anything); returns ``target`` unchanged."""
         import orbax.checkpoint as ocp
 
         step = self._good_step(step)
@@ -550,6 +552,9 @@ class CheckpointManager:
             pairs.append((j, i))
         if not pairs:
             raise CheckpointMismatchError(f"{self.directory} step {step}: nothing of this run's state was selected")
+        loaded = [path_str(with_path[j][0]) for j, _ in pairs]
+        if check_only:
+            return target, metadata, step, loaded
         leaves = [leaf for _, leaf in with_path]
         abstract = {f"leaf_{i:05d}": _abstract(leaves[j]) for j, i in pairs if np.size(leaves[j]) != 0}
         try:
@@ -561,7 +566,6 @@ class CheckpointManager:
         for j, i in pairs:
             leaves[j] = (_from_stored(leaves[j], arrays[f"leaf_{i:05d}"]) if np.size(leaves[j]) != 0
                          else _empty_like(leaves[j]))
-        loaded = [path_str(with_path[j][0]) for j, _ in pairs]
         return jax.tree_util.tree_unflatten(treedef, leaves), metadata, step, loaded
 
 

@@ -48,7 +48,7 @@ from jaxrl.algos import sac
 from jaxrl.algos import world_model as wm
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, repeat, skip_when
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, init_keys, repeat, skip_when
 
 # The agent parts a finetuning run loads from its pretraining run: everything but α (and its
 # optimiser), which LIFT re-initialises.
@@ -220,12 +220,12 @@ class FinetuneLoop(HostLoop):
         return {"tr": tr, "valid": s((), jnp.bool_)}
 
     def _init_agent(self, key: jax.Array) -> sac.SACState:
-        return sac.init(jax.random.split(key, 3)[0], self.env.spec, self.cfg.sac)
+        return sac.init(init_keys(key)[0], self.env.spec, self.cfg.sac)
 
-    def _init(self, key: jax.Array, agent: Any = None) -> FinetuneCarry:
-        k_agent, k_env, key = jax.random.split(key, 3)
+    def _init(self, key: jax.Array, agent: Any = None, env_state: Any = None) -> FinetuneCarry:
+        k_agent, k_env, key = init_keys(key)
         agent = sac.init(k_agent, self.env.spec, self.cfg.sac) if agent is None else agent
-        env_state = self.env.reset(k_env)
+        env_state = self.env.reset(k_env) if env_state is None else env_state
         zero_action = jnp.zeros((self.env.num_envs, self.env.action_size), jnp.float32)
         row = jax.eval_shape(lambda s: self._real_row(s, zero_action, s), env_state)
         row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), row)

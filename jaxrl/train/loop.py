@@ -86,6 +86,12 @@ def skip_when(pred: jax.Array, fn: Callable, state: Any, *args) -> tuple[Any, An
     return jax.lax.cond(pred, skip, do, (state, *args))
 
 
+def init_keys(key: jax.Array) -> jax.Array:
+    """A fresh run's key split (agent, envs, the loop's own stream): one rule for every loop,
+    so `HostLoop.initial_env_state` resets the envs exactly as ``_init`` would."""
+    return jax.random.split(key, 3)
+
+
 def episode_metrics(before: Any, after: Any) -> dict:
     """Training episodes that ended between two `EpisodeStats` and their mean return
     (NaN when none ended: "no value", not a failure).  Traced inside a chunk."""
@@ -222,10 +228,25 @@ class HostLoop:
         return jax.jit(lifted, donate_argnums=0, out_shardings=sharding if carry_out else (sharding, None))
 
     # ------------------------------------------------------------------ protocol
-    def _init(self, key: jax.Array, agent: Any = None) -> Any:
+    def _init(self, key: jax.Array, agent: Any = None, env_state: Any = None) -> Any:
         """The fresh carry of one seed; ``agent`` (from `_init_agent` of the same key) or None
-        to initialise it here."""
+        to initialise it here; ``env_state`` (`initial_env_state` of the same key) or None to
+        reset the envs here.  Keys: ``init_keys(key)``."""
         raise NotImplementedError
+
+    def initial_env_state(self, keys: jax.Array) -> Any:
+        """The envs' first state for the run's key(s), as ``_init`` would reset them: its own
+        program, kept on the env object.  Compiling the physics reset takes seconds on CPU; apart
+        from ``_init`` it is compiled once per env (and cached on disk) instead of once per
+        agent configuration, and runs in one process on the same env reuse its trace."""
+        # Keyed by the env's id too: the env's copies (`VecEnv.distribute` / `across`) share its
+        # __dict__ entries, and each entry's program holds its env, so an id is never reused.
+        memo = self.env.__dict__.setdefault("_jaxrl_initial_state", {})
+        key = (id(self.env), self.num_seeds)
+        if key not in memo:
+            env = self.env
+            memo[key] = jax.jit(self._lift(lambda k: env.reset(init_keys(k)[1])))
+        return memo[key](keys)
 
     def _init_agent(self, key: jax.Array) -> Any:
         """The fresh agent `_init` would make from ``key``."""
@@ -239,10 +260,11 @@ class HostLoop:
         batched LAPACK kernels (QR of orthogonal initialisers) deadlock when several CPU devices
         run them at once (see `envs._runtime`), and initialising once is cheaper anyway."""
         keys = self._keys()
+        env_state = self.initial_env_state(keys)
         if self.mesh is None:
             if "init" not in self._compiled:
-                self._compiled["init"] = jax.jit(self._lift(self._init))
-            return self._compiled["init"](keys)
+                self._compiled["init"] = jax.jit(self._lift(lambda k, e: self._init(k, None, e)))
+            return self._compiled["init"](keys, env_state)
         from jaxrl.train import parallel
 
         if "init" not in self._compiled:
@@ -254,7 +276,7 @@ class HostLoop:
         # available on every backend).
         agent = self._compiled["init_agent"](jax.device_put(keys, jax.local_devices()[0]))
         agent = jax.device_put(jax.device_get(agent), parallel.replicated(self.mesh))
-        return self._compiled["init"](keys, agent)
+        return self._compiled["init"](keys, agent, env_state)
 
     def finished(self, carry: Any) -> bool:
         raise NotImplementedError
@@ -314,6 +336,11 @@ class HostLoop:
         Chunks donate their carry: the replay buffer and env state are updated in place."""
         if donate:
             args = (unalias(args[0]),) + args[1:]
+        if self.mesh is None:
+            # Committed to the run's device: a fresh carry (uncommitted) and one restored from a
+            # checkpoint (orbax commits) would otherwise lower to different programs, and a
+            # resume or `init_from` run would miss the compilation cache (CPU: 10-20 s a chunk).
+            args = jax.device_put(args, jax.local_devices()[0])
         if name not in self._compiled:
             t0 = time.perf_counter()
             self._compiled[name] = fn.lower(*args).compile()

@@ -21,7 +21,15 @@ from flax import struct
 from envs.wrappers import VecEnv
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, notice, repeat, skip_when
+from jaxrl.train.loop import (
+    HostLoop,
+    chunk_counters,
+    chunk_plan,
+    init_keys,
+    notice,
+    repeat,
+    skip_when,
+)
 
 
 class OffPolicyAgent(NamedTuple):
@@ -182,11 +190,11 @@ class OffPolicyLoop(HostLoop):
                f"{where}; device free memory {free}")
 
     def _init_agent(self, key: jax.Array) -> Any:
-        return self.agent.init(jax.random.split(key, 3)[0])
+        return self.agent.init(init_keys(key)[0])
 
-    def _init(self, key: jax.Array, agent: Any = None) -> OffPolicyCarry:
-        k_agent, k_env, key = jax.random.split(key, 3)
-        env_state = self.env.reset(k_env)
+    def _init(self, key: jax.Array, agent: Any = None, env_state: Any = None) -> OffPolicyCarry:
+        k_agent, k_env, key = init_keys(key)
+        env_state = self.env.reset(k_env) if env_state is None else env_state
         return OffPolicyCarry(
             agent=self.agent.init(k_agent) if agent is None else agent,
             buffer=replay.init(self._example(env_state.obs), self.s.buffer_size, self.env.num_envs,
@@ -262,7 +270,7 @@ class OffPolicyLoop(HostLoop):
         p = self.agent.period
         if p > 1 and u % p == 0 and self.agent.update_period is not None:
             def one_period(agent, group):
-                pairs = [draw(jax.tree.map(lambda a: a[i], group)) for i in range(p)]
+                pairs = [draw(jax.tree.map(lambda a, i=i: a[i], group)) for i in range(p)]
                 batches, keys = jax.tree.map(lambda *a: jnp.stack(a), *pairs)
                 return self.agent.update_period(agent, batches, keys)
 

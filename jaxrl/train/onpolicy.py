@@ -26,7 +26,7 @@ from flax import struct
 
 from envs.wrappers import VecEnv
 from jaxrl.algos import ppo
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, repeat
+from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, init_keys, repeat
 
 
 @struct.dataclass
@@ -88,14 +88,14 @@ class OnPolicyLoop(HostLoop):
         self.make_evaluate(lambda state, obs, key: ppo.act(state, obs, key, cfg, deterministic=True)[0])
 
     def _init_agent(self, key: jax.Array) -> ppo.PPOState:
-        return ppo.init(jax.random.split(key, 3)[0], self.env.spec, self.cfg)
+        return ppo.init(init_keys(key)[0], self.env.spec, self.cfg)
 
-    def _init(self, key: jax.Array, agent: ppo.PPOState | None = None) -> OnPolicyCarry:
-        k_agent, k_env, k_loop = jax.random.split(key, 3)
+    def _init(self, key: jax.Array, agent: ppo.PPOState | None = None, env_state: Any = None) -> OnPolicyCarry:
+        k_agent, k_env, k_loop = init_keys(key)
         if agent is None:
             agent = ppo.init(k_agent, self.env.spec, self.cfg)
         return OnPolicyCarry(agent=agent,
-                             env_state=self.env.reset(k_env), key=k_loop,
+                             env_state=self.env.reset(k_env) if env_state is None else env_state, key=k_loop,
                              iteration=jnp.zeros((), jnp.int32))
 
     def _iteration(self, carry: OnPolicyCarry, _):

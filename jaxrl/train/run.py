@@ -191,6 +191,8 @@ def train(
                           seeds=seeds)
     record["devices"] = loop.devices  # information only: not part of the run's identity
     _preflight(loop)
+    if init_from is not None:  # a layout mismatch is refused before anything compiles
+        load_parts(jax.eval_shape(loop._lift(loop._init), loop._keys()), init_from, init_parts, check_only=True)
     carry = loop.init_carry()
     if init_from is not None:
         carry, record["init_from"] = load_parts(carry, init_from, init_parts)
@@ -243,12 +245,14 @@ def check_same_layout(record: dict, target: str, target_kwargs: dict, purpose: s
                          f"{record['env']} (same observations and actions), e.g. from `jaxrl list-envs --source jaxrl`")
 
 
-def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None) -> tuple[Any, dict]:
+def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None,
+               check_only: bool = False) -> tuple[Any, dict]:
     """``carry`` with the agent subtrees ``parts`` read from ``run_dir``'s newest verified
     checkpoint (layout checked leaf by leaf); returns it and the provenance for config.json.
 
     A part is an agent field (``actor_params``), a field prefix (``actor`` = every ``actor_*``
-    field) or a dotted path inside one (``params.actor``); None loads the whole agent."""
+    field) or a dotted path inside one (``params.actor``); None loads the whole agent.
+    ``check_only``: the checks alone on a ``carry`` of shapes (`jax.eval_shape`), nothing read."""
     from jaxrl.io.checkpoint import path_str
 
     paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(carry.agent)[0]]
@@ -267,7 +271,7 @@ def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None) -> 
         return path.startswith("agent.") and any(covers(part, path[len("agent."):]) for part in parts)
 
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
-    carry, meta, step, loaded = ckpt.restore_matching(carry, select)
+    carry, meta, step, loaded = ckpt.restore_matching(carry, select, check_only=check_only)
     return carry, {"run": str(Path(run_dir).absolute()), "step": int(step), "parts": parts,
                    "algo": meta.get("algo"), "env": meta.get("env"),
                    "config_hash": meta.get("config_hash"), "leaves": len(loaded)}
