@@ -94,9 +94,9 @@ def test_imagined_step_is_the_tasks_own_step_on_the_predicted_state(monkeypatch)
     imagine = jax.jit(wm.imagined_step(task, model, _zero_force_state(model, data)))
     physics = mjx_env.step
     monkeypatch.setattr(mjx_env, "step", lambda m, d, c, n=1: mjx.forward(m, physics(m, d, c, n)))
-    real = jax.jit(task.step).lower(task.reset(jax.random.PRNGKey(0)), jnp.zeros(1)).compile()
+    real = jax.jit(task.step).lower(jax.eval_shape(task.reset, jax.random.PRNGKey(0)), jnp.zeros(1)).compile()
     monkeypatch.setattr(mjx_env, "step", physics)
-    st = task.reset(jax.random.PRNGKey(0))
+    st = jax.jit(task.reset)(jax.random.PRNGKey(0))  # compiled: MJX op by op compiles dozens of kernels
     for i in range(5):
         a = jnp.array([0.3 if i % 2 else -0.5])
         nxt, im = real(st, a), imagine(st, a)
@@ -118,7 +118,7 @@ def test_imagination_rolls_the_mean_and_the_actor_observes_the_predicted_noise()
     state = _zero_force_state(model, data)  # zero network: the mean is the smooth dynamics
     state = state.replace(scaler=state.scaler.replace(x_std=jnp.full((s,), 0.1)))  # visible noise
     step = jax.jit(wm.imagined_step(task, model, state))
-    st, a, key = task.reset(jax.random.PRNGKey(0)), jnp.array([0.4]), jax.random.PRNGKey(7)
+    st, a, key = jax.jit(task.reset)(jax.random.PRNGKey(0)), jnp.array([0.4]), jax.random.PRNGKey(7)
     mean, noisy = step(st, a), step(st, a, key)
     for field in ("qpos", "qvel"):
         np.testing.assert_array_equal(np.asarray(getattr(noisy.data, field)), np.asarray(getattr(mean.data, field)))

@@ -56,7 +56,7 @@ def test_auto_reset_keeps_final_obs_and_flags_truncation(cartpole4):
     state = env.reset(jax.random.PRNGKey(3))
     actions = [jnp.full((4, 1), 0.3 * (-1) ** i) for i in range(6)]
     # Reference computed another way: the raw single-env task stepped without our wrapper.
-    raw = jax.vmap(env.unwrapped.reset)(jax.random.split(jax.random.split(jax.random.PRNGKey(3))[1], 4))
+    raw = jax.jit(jax.vmap(env.unwrapped.reset))(jax.random.split(jax.random.split(jax.random.PRNGKey(3))[1], 4))
     raw_step = jax.jit(jax.vmap(env.unwrapped.step))
     ret = np.zeros(4)
     for i in range(5):
