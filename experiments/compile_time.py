@@ -1,0 +1,98 @@
+"""Compile time per trainer with an EMPTY compilation cache, program by program.
+
+    python experiments/compile_time.py --tasks CartpoleBalance CheetahRun \
+        --out experiments/results/compile_time_cpu.json
+
+Each (trainer, task) runs in a fresh Python process with a fresh cache folder: the cpu preset,
+one device, one seed, a budget of one chunk (the off-policy warm-up, then two training
+iterations; PPO: one iteration) and one evaluation.  `jax.monitoring` records every XLA backend
+compile (program name, seconds) and the tracing / lowering seconds; the row gives their sums and
+the programs over 0.5 s, plus the process's wall time to the end of the run (imports excluded).
+The scale issue's target is "compile <= 30 s per trainer on dm_control tasks, empty cache";
+compile time only means something on the machine it was measured on (named in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ALGOS = ("flashsac", "ppo", "sac")
+
+
+def child(algo: str, task: str) -> dict:
+    from jax import monitoring
+
+    compiles: list[tuple[str, float]] = []
+    trace = [0.0]
+
+    def on_duration(event, secs, **kw):
+        if event.endswith("backend_compile_duration"):
+            compiles.append((kw.get("fun_name", "?"), secs))
+        elif event.endswith(("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration")):
+            trace[0] += secs
+
+    monitoring.register_event_duration_secs_listener(on_duration)
+    import jax
+
+    from jaxrl.train import registry, run
+
+    spec = registry.get(algo)
+    cfg = spec.preset("cpu", task)
+    if algo == "ppo":
+        steps = cfg.num_envs * cfg.unroll_length
+    else:
+        steps = cfg.min_buffer + 2 * cfg.num_envs
+    t0 = time.perf_counter()
+    run.train(algo, task, cfg, steps=steps, num_evals=1, progress=False, devices=1)
+    wall = time.perf_counter() - t0
+    big = sorted(((n, round(s, 2)) for n, s in compiles if s >= 0.5), key=lambda x: -x[1])
+    return {"algo": algo, "task": task, "steps": steps, "backend_compile_s": round(sum(s for _, s in compiles), 2),
+            "tracing_s": round(trace[0], 2), "programs": big, "wall_s": round(wall, 2),
+            "jax": jax.__version__}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=["CartpoleBalance", "CheetahRun"])
+    p.add_argument("--algos", nargs="+", default=list(ALGOS))
+    p.add_argument("--out", default="experiments/results/compile_time_cpu.json")
+    p.add_argument("--child", nargs=2, metavar=("ALGO", "TASK"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print("ROW " + json.dumps(child(*args.child)), flush=True)
+        return
+    rows = []
+    for task in args.tasks:
+        for algo in args.algos:
+            with tempfile.TemporaryDirectory() as cache:
+                env = {**os.environ, "JAXRL_COMPILATION_CACHE": cache, "JAXRL_CPU_DEVICES": "1"}
+                out = subprocess.run([sys.executable, __file__, "--child", algo, task], env=env, check=True,
+                                     capture_output=True, text=True).stdout
+            row = json.loads(next(line for line in out.splitlines() if line.startswith("ROW "))[4:])
+            print(row, flush=True)
+            rows.append(row)
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "cpu_model": _cpu_model(), "note": "empty compilation cache per row; tracing_s counts "
+              "nested traces once per level (an upper bound)", "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
