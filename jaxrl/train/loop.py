@@ -331,16 +331,21 @@ class HostLoop:
             self.evaluate = jax.jit(self._lift(evaluation(self.eval_env, act)))
 
     # ------------------------------------------------------------------ helpers
+    def place(self, args: tuple, donate: bool = True) -> tuple:
+        """A program's arguments as `_call` passes them: a donated carry unaliased, and on one
+        device everything committed to it — a fresh carry (uncommitted) and one restored from a
+        checkpoint (orbax commits) would otherwise lower to different programs, and a resume or
+        `init_from` run would miss the compilation cache (CPU: 10-20 s a chunk)."""
+        if donate:
+            args = (unalias(args[0]),) + tuple(args[1:])
+        if self.mesh is None:
+            args = jax.device_put(tuple(args), jax.local_devices()[0])
+        return tuple(args)
+
     def _call(self, name: str, fn: Callable, *args, donate: bool = True):
         """Call jitted ``fn``, compiling it ahead of time on first use to time compilation.
         Chunks donate their carry: the replay buffer and env state are updated in place."""
-        if donate:
-            args = (unalias(args[0]),) + args[1:]
-        if self.mesh is None:
-            # Committed to the run's device: a fresh carry (uncommitted) and one restored from a
-            # checkpoint (orbax commits) would otherwise lower to different programs, and a
-            # resume or `init_from` run would miss the compilation cache (CPU: 10-20 s a chunk).
-            args = jax.device_put(args, jax.local_devices()[0])
+        args = self.place(args, donate)
         if name not in self._compiled:
             t0 = time.perf_counter()
             self._compiled[name] = fn.lower(*args).compile()

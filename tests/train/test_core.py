@@ -172,6 +172,22 @@ def test_init_from_loads_only_the_chosen_parts_and_records_them(runs, tmp_path):
     assert record["init_from"]["parts"] == ["actor", "critic"]
 
 
+def test_a_restored_carry_lowers_to_the_program_of_a_fresh_one(runs):
+    """Resume and `init_from` find the fresh run's programs in the compilation cache: the chunk's
+    arguments, as the loop passes them (`HostLoop.place`), lower to the same module for a fresh
+    carry and for one restored from a checkpoint (orbax's arrays are committed to a device)."""
+    src = runs["flashsac", 4][0]
+    loop = registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
+                                              None, STEPS["flashsac"], 0, 2)
+    fresh = loop.init_carry()
+    restored, _ = run.load_parts(loop.init_carry(), src, None)
+    assert any(x.committed for x in jax.tree.leaves(restored.agent))  # what made them differ
+    n, warm = jnp.int32(loop.chunk_iters), jnp.bool_(False)
+    texts = [loop._chunk.lower(*loop.place((c, n, warm), donate=False)).as_text(debug_info=False)
+             for c in (fresh, restored)]
+    assert texts[0] == texts[1]
+
+
 def test_init_from_a_run_with_another_layout_names_the_field_and_both_shapes(runs):
     src = runs["flashsac", 2][0]
     wide = TINY["flashsac"].replace(actor_width=16)
