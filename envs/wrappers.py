@@ -16,7 +16,8 @@ and adds, all inside jit:
 * an optional domain-randomisation hook (one randomised model per env).
 
 The auto-reset runs under ``lax.cond(any(done))``: tasks with fixed-length episodes (every env
-finishes at the same step) pay for resets once per episode, not every step.
+finishes at the same step) pay for resets once per episode, not every step.  Rollouts of exactly
+one episode (evaluation) step `VecEnv.without_auto_reset` instead: no reset physics in the step.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class VecEnv:
         # replay then stores privileged_state alone.
         self.state_in_privileged = not self.spec.has_privileged_state
         self.seed_axis: str | None = None  # a named vmap axis the auto-reset decides across
+        self.no_auto_reset = False  # `without_auto_reset`: one-episode rollouts need none
         self._reset_jit = jax.jit(self._reset)
         self._step_jit = jax.jit(self._step)
 
@@ -246,25 +248,13 @@ class VecEnv:
         """This env with its env axis split over ``mesh`` (`jaxrl.train.parallel`): each device
         resets and steps its own ``num_envs / mesh.size`` envs under `jax.shard_map`; counters
         stay global sums.  None (or a one-device mesh): an undistributed copy."""
-        import copy
-
         size = 1 if mesh is None else mesh.size
         if self.num_envs % size:
             raise ValueError(f"{self.name}: num_envs={self.num_envs} cannot be split over {size} "
                              f"devices; use a multiple of {size} envs or fewer devices")
         # One copy per mesh, kept: every loop built on this env (and the same mesh) then reuses
         # its traced reset / step instead of re-tracing MJX.
-        memo = self.__dict__.setdefault("_distributed", {})
-        key = None if size == 1 else mesh
-        if key not in memo:
-            env = copy.copy(self)
-            env.mesh = key
-            env._reset_jit = jax.jit(env._reset)
-            env._step_jit = jax.jit(env._step)
-            env.__dict__.pop("_inner_specs", None)
-            env._distributed, env._across = {}, {}
-            memo[key] = env
-        return memo[key]
+        return self._variant("_distributed", None if size == 1 else mesh, "mesh")
 
     def across(self, axis_name: str) -> VecEnv:
         """This env stepped under a `jax.vmap` named ``axis_name`` (the trainers' seed axis):
@@ -273,17 +263,34 @@ class VecEnv:
         batched and the cond becomes a select that resets every step: a task whose reset is
         costly (CheetahRun settles its start pose with hundreds of physics steps) ran 400x
         slower per step with 8 seeds.  Only valid inside such a vmap."""
+        return self._variant("_across", axis_name, "seed_axis")
+
+    def without_auto_reset(self) -> VecEnv:
+        """This env with a ``step`` that never resets: for rollouts of exactly one episode
+        (evaluation, `jaxrl.io.lifecycle.evaluate`), which mask every step after an env's episode
+        ended anyway.  Their programs then hold the task's reset physics once (the first reset)
+        instead of twice (CheetahRun settles its start pose with 200 physics steps: seconds of
+        compile on CPU), and the last step of a fixed-length episode no longer resets every env
+        for nothing.  Steps after the end continue the finished episode's physics."""
+        return self._variant("_no_reset", True, "no_auto_reset")
+
+    def _variant(self, memo_name: str, value: Any, attr: str) -> VecEnv:
+        """A copy of this env with ``attr = value`` and jitted reset / step of its own, kept in
+        the memo ``memo_name`` (`distribute`, `across`, `without_auto_reset`): loops built on
+        the same env reuse one variant and its traces."""
         import copy
 
-        memo = self.__dict__.setdefault("_across", {})
-        if axis_name not in memo:
+        memo = self.__dict__.setdefault(memo_name, {})
+        if value not in memo:
             env = copy.copy(self)
-            env.seed_axis = axis_name
+            setattr(env, attr, value)
             env._reset_jit = jax.jit(env._reset)
             env._step_jit = jax.jit(env._step)
-            env._distributed, env._across = {}, {}
-            memo[axis_name] = env
-        return memo[axis_name]
+            if attr == "mesh":
+                env.__dict__.pop("_inner_specs", None)
+            env._distributed, env._across, env._no_reset = {}, {}, {}
+            memo[value] = env
+        return memo[value]
 
     @functools.cached_property
     def _inner_specs(self) -> Any:
@@ -408,6 +415,8 @@ class VecEnv:
         def with_reset(x):
             return _select(done, self._reset_envs(model, None, keys), x)
 
+        if self.no_auto_reset:
+            return stepped, stepped.obs, reward, terminated, truncated, self._solver_limit_hit(stepped)
         any_done = jnp.any(done)
         if self.seed_axis is not None:  # one branch decision for every seed (see `across`)
             any_done = jax.lax.psum(any_done.astype(jnp.int32), self.seed_axis) > 0

@@ -15,17 +15,20 @@ def episode_rollout(env: VecEnv, policy: Callable[[dict, jax.Array], jax.Array],
                     key: jax.Array, record: Callable[[EnvState], Any] | None = None):
     """Every env of ``env`` for exactly one episode from ``state`` (traceable).
 
-    Scans ``episode_length`` steps of ``policy(obs, key) -> actions``; steps after an env's episode
-    ended (the auto-reset started the next one) are masked out, so early terminations are scored
-    correctly.  Returns ``(returns [N], lengths [N], recorded)`` where ``recorded`` stacks
-    ``record(state)`` of the state *before* each step ([T, ...]; ``()`` without ``record``).
+    Scans ``episode_length`` steps of ``policy(obs, key) -> actions`` with the env's auto-reset
+    off (`VecEnv.without_auto_reset`: the program then compiles the task's reset physics once, not
+    twice); steps after an env's episode ended are masked out (``where``, so a diverged finished
+    episode cannot leak NaN), and early terminations are scored correctly.  Returns
+    ``(returns [N], lengths [N], recorded)`` where ``recorded`` stacks ``record(state)`` of the
+    state *before* each step ([T, ...]; ``()`` without ``record``).
     """
+    env = env.without_auto_reset()
 
     def body(carry, k):
         s, alive, ret, length = carry
         seen = record(s) if record is not None else ()
         s = env.step(s, policy(s.obs, k))
-        ret, length = ret + s.reward * alive, length + alive
+        ret, length = ret + jnp.where(alive > 0, s.reward, 0.0), length + alive
         alive = alive * (1.0 - s.done.astype(jnp.float32))
         return (s, alive, ret, length), seen
 

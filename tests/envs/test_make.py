@@ -38,8 +38,13 @@ def test_dm_control_rollout_shapes_and_dtypes(cartpole4):
         assert np.isfinite(np.asarray(s.obs["state"])).all()
 
 
-def test_brax_env_rollout_shapes_and_termination():
-    env = envs.make("inverted_pendulum", num_envs=3, episode_length=200)
+@pytest.fixture(scope="module")
+def pendulum3():
+    return envs.make("inverted_pendulum", num_envs=3, episode_length=200)
+
+
+def test_brax_env_rollout_shapes_and_termination(pendulum3):
+    env = pendulum3
     assert envs.source_of("inverted_pendulum") == "brax"
     states = _rollout(env, 40)
     for s in states:
@@ -75,6 +80,34 @@ def test_auto_reset_keeps_final_obs_and_flags_truncation(cartpole4):
     assert float(state.stats.length_sum) == 20.0
     state = env.step(state, actions[5])
     assert not state.truncated.any() and (np.asarray(state.episode_step) == 1).all()
+
+
+def test_one_episode_rollout_without_auto_reset_scores_as_the_auto_resetting_env(pendulum3):
+    """Evaluation steps `VecEnv.without_auto_reset` (its program holds the reset physics once):
+    returns and lengths equal those of the auto-resetting env masked by hand, with episodes
+    that end early (the pendulum falls)."""
+    from jaxrl.train.evaluate import episode_rollout
+
+    env = pendulum3
+    w = jnp.linspace(-1.0, 1.0, env.obs_spec["state"].shape[0])[:, None]
+    sign = jnp.array([1.0, -1.0, -1.0])[:, None]  # balancing, toppling
+
+    def policy(obs, _k):
+        return jnp.tanh(sign * (obs["state"] @ w))
+
+    key = jax.random.PRNGKey(5)
+    ret, length, _ = jax.jit(lambda k: episode_rollout(env, policy, env.reset(k), k))(key)
+    state, alive = env.reset(key), np.ones(3)
+    ref_ret, ref_len = np.zeros(3), np.zeros(3)
+    for _ in range(env.episode_length):  # the auto-resetting env, eagerly, masked after the end
+        state = env.step(state, policy(state.obs, None))
+        ref_ret += np.asarray(state.reward) * alive
+        ref_len += alive
+        alive = alive * ~np.asarray(state.done)
+    assert 0 < ref_len.min() < env.episode_length  # early ends, masked
+    np.testing.assert_allclose(ret, ref_ret, rtol=1e-5)
+    np.testing.assert_array_equal(length, ref_len)
+    assert env.without_auto_reset() is env.without_auto_reset()  # one variant, one trace
 
 
 def test_same_seed_same_trajectory_other_seed_differs():
