@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import jax
@@ -56,7 +57,7 @@ def get_dataset(path: Path, per_type: int, seed: int, rebuild: bool):
             if min(ds.counts.values()) > 0:
                 print(f"loaded dataset {path}: counts {ds.counts} acceptance {ds.acceptance}")
                 return ds, 0.0, "loaded"
-        except Exception as e:  # incompatible/old file: rebuild
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:  # incompatible/old file: rebuild
             print(f"could not reuse {path} ({e}); rebuilding")
     types = omr.default_reset_types(task)
     t0 = time.perf_counter()

@@ -66,10 +66,11 @@ def run_brax(env_name: str, budget: int, num_envs: int, num_evals: int, eval_env
     from mujoco_playground import registry, wrapper
 
     kwargs = upstream.brax_ppo_kwargs(env_name)
-    overrides = dict(
-        num_timesteps=budget, num_envs=num_envs, num_evals=num_evals + 1, num_resets_per_eval=0,
-        num_eval_envs=eval_envs, deterministic_eval=True, seed=seed,
-    )
+    overrides = {
+        "num_timesteps": budget, "num_envs": num_envs, "num_evals": num_evals + 1,
+        "num_resets_per_eval": 0,
+        "num_eval_envs": eval_envs, "deterministic_eval": True, "seed": seed,
+    }
     kwargs.update(overrides)
     steps, returns, times = [], [], []
     t = time.perf_counter()

@@ -318,16 +318,16 @@ def test_act_stochastic_extras_and_update_runs(cfg):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(num_envs=10, unroll_length=3, num_minibatches=4), "num_minibatches"),
-        (dict(gamma=1.5), "gamma"),
-        (dict(gae_lambda=-0.1), "gae_lambda"),
-        (dict(clip_eps=0.0), "clip_eps"),
-        (dict(num_epochs=0), "num_epochs"),
-        (dict(desired_kl=0.0), "desired_kl"),
-        (dict(learning_rate=1.0), "lr_max"),
-        (dict(hidden=()), "hidden"),
-        (dict(activation="gelu"), "activation"),
-        (dict(obs_norm_eps=0.0), "obs_norm_eps"),
+        ({"num_envs": 10, "unroll_length": 3, "num_minibatches": 4}, "num_minibatches"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"gae_lambda": -0.1}, "gae_lambda"),
+        ({"clip_eps": 0.0}, "clip_eps"),
+        ({"num_epochs": 0}, "num_epochs"),
+        ({"desired_kl": 0.0}, "desired_kl"),
+        ({"learning_rate": 1.0}, "lr_max"),
+        ({"hidden": ()}, "hidden"),
+        ({"activation": "gelu"}, "activation"),
+        ({"obs_norm_eps": 0.0}, "obs_norm_eps"),
     ],
 )
 def test_invalid_config_raises_clear_value_error(overrides, message):

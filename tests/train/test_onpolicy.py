@@ -78,6 +78,6 @@ def test_chunks_resume_exactly_from_a_host_copy_of_the_carry(tiny):
 
 
 def test_env_and_config_num_envs_must_agree(tiny):
-    cfg, loop = tiny
+    _cfg, loop = tiny
     with pytest.raises(ValueError, match="num_envs"):
         OnPolicyLoop(ppo.PPOConfig.cpu(num_envs=8), loop.env, None, steps=100, seed=0)

@@ -82,7 +82,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous_good(runs, tmp_path)
 
     run = tmp_path / "run"
     shutil.copytree(full, run)
-    latest = sorted((run / "checkpoints").glob("step_*"))[-1]
+    latest = max((run / "checkpoints").glob("step_*"))
     data = max((p for p in latest.rglob("*") if p.is_file() and "state" in p.parts), key=lambda p: p.stat().st_size)
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 64] = os.urandom(64)
