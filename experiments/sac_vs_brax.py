@@ -82,8 +82,14 @@ def compare_seeds(a, cfg: sac.SACConfig) -> None:
         t0 = time.perf_counter()
         _, ours = sac.train(task, cfg, steps=a.steps, seed=a.seed, seeds=k, num_evals=a.num_evals, progress=False)
         ours_wall = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        brax_runs = [_compare.run_brax(task, cfg, a.steps, a.seed + i, a.num_evals) for i in range(k)]
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        t0, brax_runs = time.perf_counter(), []
+        for i in range(k):  # a long comparison keeps what it has: the JSON after every run
+            results["tasks"][task] = {"partial": f"Brax seeds done: {i} of {k}", "jaxrl_rows": ours,
+                                      "wall_s_jaxrl_all_seeds_one_program": ours_wall,
+                                      "brax_runs": brax_runs}
+            Path(f"{a.out}.json").write_text(json.dumps(results, indent=1, default=float))
+            brax_runs.append(_compare.run_brax(task, cfg, a.steps, a.seed + i, a.num_evals))
         brax_wall = time.perf_counter() - t0
         brax = brax_seed_rows([r["rows"] for r in brax_runs])
         final = min(ours[-1]["env_steps"], brax[-1]["env_steps"])
@@ -104,7 +110,6 @@ def compare_seeds(a, cfg: sac.SACConfig) -> None:
                          default=float), flush=True)
         curves[f"{task} jaxrl SAC ({k} seeds)"] = ours
         curves[f"{task} Brax SAC ({k} seeds)"] = brax
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{a.out}.json").write_text(json.dumps(results, indent=1, default=float))
     plot_learning_curve(curves, f"{a.out}.png")
 
