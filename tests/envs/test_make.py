@@ -108,6 +108,10 @@ def test_one_episode_rollout_without_auto_reset_scores_as_the_auto_resetting_env
     np.testing.assert_allclose(ret, ref_ret, rtol=1e-5)
     np.testing.assert_array_equal(length, ref_len)
     assert env.without_auto_reset() is env.without_auto_reset()  # one variant, one trace
+    # What it is for: the step's program holds no reset branch (the reset physics) any more.
+    action = policy(state.obs, None)
+    assert "cond[" in str(jax.make_jaxpr(env._step)(state, action))
+    assert "cond[" not in str(jax.make_jaxpr(env.without_auto_reset()._step)(state, action))
 
 
 def test_same_seed_same_trajectory_other_seed_differs():
