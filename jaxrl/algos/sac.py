@@ -58,6 +58,10 @@ _DTYPES = ("float32", "bfloat16")
 # An env_overrides key that is not a Playground config key: the run builds the envs with
 # Playground's domain randomiser (the `envs.make(..., domain_randomization=True)` keyword).
 DOMAIN_RANDOMIZATION = "domain_randomization"
+STD_HEADS = ("range", "softplus")
+ALPHA_IN_LOSSES = ("updated", "previous")
+WARMUP_ACTIONS = ("uniform", "policy")
+BRAX_MIN_STD = 1e-3  # Brax's NormalTanhDistribution: σ = softplus(raw) + min_std
 _PRECISIONS = (None, "default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
 
 
@@ -71,7 +75,7 @@ class SACConfig:
     batch_size: int = 16384  # large batches: low-noise gradients, few host round trips
     updates_per_step: int = 19  # gradient steps per vector env step (high UTD on big data)
     buffer_size: int = 1_000_000  # replay capacity in transitions (LIFT: 1M for every task)
-    min_buffer: int = 8192  # prefill with uniform random actions before the first update
+    min_buffer: int = 8192  # warm-up transitions (``warmup_actions``) before the first update
     # --- RL
     gamma: float = 0.98201  # discount (tuned per task in LIFT)
     tau: float = 0.00239  # Polyak rate of the target critic
@@ -91,6 +95,9 @@ class SACConfig:
     critic_layer_norm: bool = False  # LayerNorm after each Q hidden activation: bounds Q features (LIFT: off)
     log_std_min: float = -5.0  # log σ = min + (max − min)/2 · (tanh(raw) + 1)
     log_std_max: float = 2.0  # upper end of log σ
+    std_head: str = "range"  # "range": log σ in [log_std_min, log_std_max] (LIFT); "softplus": σ = softplus(raw) + 1e-3 (Brax)
+    alpha_in_losses: str = "updated"  # α of critic and actor losses: "updated" = this step's new α (LIFT), "previous" (Brax)
+    warmup_actions: str = "uniform"  # warm-up acting: "uniform" random actions (LIFT), "policy" = the initial policy (Brax)
     compute_dtype: str = "bfloat16"  # hidden-layer compute dtype; parameters stay float32
     matmul_precision: str | None = None  # learner matmul precision (None: JAX's default)
     replay_obs_dtype: str = "float32"  # replay's observation dtype: "bfloat16" halves the buffer
@@ -147,6 +154,10 @@ class SACConfig:
             bad("log_std_min", self.log_std_min, f"it must be < log_std_max={self.log_std_max}")
         if not self.obs_std_min < self.obs_std_max:
             bad("obs_std_min", self.obs_std_min, f"it must be < obs_std_max={self.obs_std_max}")
+        for f, options in (("std_head", STD_HEADS), ("alpha_in_losses", ALPHA_IN_LOSSES),
+                           ("warmup_actions", WARMUP_ACTIONS)):
+            if getattr(self, f) not in options:
+                bad(f, getattr(self, f), f"choose one of {', '.join(map(repr, options))}")
         if self.activation not in ACTIVATIONS:
             bad("activation", self.activation, f"choose one of {', '.join(ACTIVATIONS)}")
         if not isinstance(self.critic_layer_norm, (bool, np.bool_)):
@@ -320,10 +331,14 @@ def norm_obs(state: SACState, obs: dict, key: str, cfg: SACConfig) -> jax.Array:
 
 
 def policy(actor_params, state: SACState, obs: dict, cfg: SACConfig):
-    """(mean, log σ) [B, A] each, log σ = min + (max − min)/2 · (tanh(raw) + 1)."""
+    """(mean, log σ) [B, A] each: log σ = min + (max − min)/2 · (tanh(raw) + 1) (``std_head="range"``),
+    or σ = softplus(raw) + 1e-3 (``"softplus"``, Brax's NormalTanhDistribution: σ has no upper
+    bound and starts near softplus(0) ≈ 0.69)."""
     out = _policy_net(cfg, _action_size(state)).apply(
         {"params": actor_params}, norm_obs(state, obs, cfg.actor_obs_key, cfg))
     mean, raw = jnp.split(out, 2, axis=-1)
+    if cfg.std_head == "softplus":
+        return mean, jnp.log(jax.nn.softplus(raw) + BRAX_MIN_STD)
     half = 0.5 * (cfg.log_std_max - cfg.log_std_min)
     return mean, cfg.log_std_min + half * (jnp.tanh(raw) + 1.0)
 
@@ -413,7 +428,8 @@ def update(state: SACState, batch: Transition, key: jax.Array, cfg: SACConfig
     a_loss, a_grad = jax.value_and_grad(alpha_loss)(state.log_alpha, log_prob, h_bar)
     a_upd, alpha_opt = _adamw(cfg.alpha_lr, cfg).update(a_grad, state.alpha_opt, state.log_alpha)
     log_alpha = optax.apply_updates(state.log_alpha, a_upd)
-    alpha = jnp.exp(log_alpha)
+    # The losses' α: the new one (LIFT) or, with alpha_in_losses="previous", the one before (Brax).
+    alpha = jnp.exp(log_alpha if cfg.alpha_in_losses == "updated" else state.log_alpha)
     # (2) critic with the new α
     (c_loss, q), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(
         state.critic_params, state, batch, k_critic, alpha, cfg)
@@ -430,7 +446,7 @@ def update(state: SACState, batch: Transition, key: jax.Array, cfg: SACConfig
                           target_params=target_params, log_alpha=log_alpha, actor_opt=actor_opt,
                           critic_opt=critic_opt, alpha_opt=alpha_opt, step=state.step + 1)
     metrics = {
-        "critic_loss": c_loss, "actor_loss": p_loss, "alpha_loss": a_loss, "alpha": alpha,
+        "critic_loss": c_loss, "actor_loss": p_loss, "alpha_loss": a_loss, "alpha": jnp.exp(log_alpha),
         "entropy": -jnp.mean(pi_log_prob), "q_mean": jnp.mean(q),
         "critic_grad_norm": optax.tree.norm(c_grads), "actor_grad_norm": optax.tree.norm(p_grads),
     }

@@ -59,7 +59,7 @@ class OffPolicySettings:
     batch_size: int  # transitions per gradient step
     updates_per_step: int  # gradient steps per vector env step (UTD = this / num_envs)
     buffer_size: int  # replay capacity in transitions
-    min_buffer: int  # warm-up transitions collected with uniform random actions
+    min_buffer: int  # warm-up transitions collected before the first update
     num_evals: int = 10  # evaluations (and metrics rows) over the run
     learner_precision: str | None = None  # matmul precision of the updates (None: JAX's default)
     # True: ONE uniform sample of batch_size x updates_per_step rows per iteration, reshaped to
@@ -70,6 +70,9 @@ class OffPolicySettings:
     # critic's `privileged_state` (flat tasks, Playground's locomotion tasks) only the latter is
     # stored and `state` is sliced from it when sampling.
     obs_dtype: str = "float32"
+    # How the warm-up acts: "uniform" random actions within the bounds (LIFT, FlashSAC), or
+    # "policy": the agent's own exploration with its initial parameters (Brax's SAC prefill).
+    warmup_actions: str = "uniform"
 
     def __post_init__(self):
         for f in ("total_steps", "batch_size", "updates_per_step", "buffer_size", "num_evals"):
@@ -82,6 +85,8 @@ class OffPolicySettings:
                              "raise buffer_size or lower batch_size")
         if self.obs_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"obs_dtype must be 'float32' or 'bfloat16', got {self.obs_dtype!r}")
+        if self.warmup_actions not in ("uniform", "policy"):
+            raise ValueError(f"warmup_actions must be 'uniform' or 'policy', got {self.warmup_actions!r}")
 
 
 @struct.dataclass
@@ -96,7 +101,7 @@ class OffPolicyCarry:
 class OffPolicyLoop(HostLoop):
     """Builds the jitted chunk for one (env, agent, settings).
 
-    The warm-up (uniform random actions, no updates, until ``min_buffer`` transitions) runs in
+    The warm-up (``warmup_actions``, no updates, until ``min_buffer`` transitions) runs in
     the same compiled chunk as training: each iteration branches on its counter, so a run
     compiles and traces the env step, replay insert and agent once instead of twice (a second
     program cost ~7 s of compilation per run on CPU)."""
@@ -228,13 +233,17 @@ class OffPolicyLoop(HostLoop):
 
     def _iteration(self, carry: OffPolicyCarry, warm: jax.Array):
         """One vector step and its updates; in the warm-up (``warm``): a uniform random action
-        and no update (`lax.cond`: one program serves warm-up and training)."""
+        (or the agent's own, ``warmup_actions="policy"``) and no update (`lax.cond`: one program
+        serves warm-up and training)."""
         key, k_act, k_upd = jax.random.split(carry.key, 3)
-        action, agent = jax.lax.cond(
-            warm,
-            lambda: (self.env.random_action_fn(k_act), carry.agent),
-            lambda: self.agent.explore(carry.agent, carry.env_state.obs, k_act),
-        )
+        if self.s.warmup_actions == "policy":
+            action, agent = self.agent.explore(carry.agent, carry.env_state.obs, k_act)
+        else:
+            action, agent = jax.lax.cond(
+                warm,
+                lambda: (self.env.random_action_fn(k_act), carry.agent),
+                lambda: self.agent.explore(carry.agent, carry.env_state.obs, k_act),
+            )
         carry = self._env_step(carry.replace(key=key), action, agent)
         agent, metrics = skip_when(warm, self._updates, carry.agent, carry.buffer, k_upd)
         return carry.replace(agent=agent), metrics
@@ -288,10 +297,10 @@ class OffPolicyLoop(HostLoop):
 
     # -------------------------------------------------------------- resuming
     def refill(self, carry: OffPolicyCarry) -> OffPolicyCarry:
-        """After a restore without the replay buffer: collect ``min_buffer`` fresh transitions with
-        uniform random actions (as the warm-up did) so updates never sample an empty buffer.  The
-        budget counter is left where it was; the run is then no longer bit-identical to an
-        uninterrupted one."""
+        """After a restore without the replay buffer: collect ``min_buffer`` fresh transitions
+        as the warm-up does (``warmup_actions``, no updates; "policy" now acts with the restored
+        agent) so updates never sample an empty buffer.  The budget counter is left where it was;
+        the run is then no longer bit-identical to an uninterrupted one."""
         iteration = self.counter(carry.iteration)  # host copy: the chunk donates the carry
         carry, _ = self.chunk(carry, self.warmup_iters, warm=True)
         return carry.replace(iteration=jnp.full_like(carry.iteration, iteration))

@@ -110,6 +110,7 @@ def sac_loop(cfg: sac_algo.SACConfig, env: VecEnv, eval_env: VecEnv | None, step
         total_steps=steps, batch_size=cfg.batch_size, updates_per_step=cfg.updates_per_step,
         buffer_size=cfg.buffer_size, min_buffer=cfg.min_buffer, num_evals=num_evals,
         learner_precision=cfg.matmul_precision, sample_once=True, obs_dtype=cfg.replay_obs_dtype,
+        warmup_actions=cfg.warmup_actions,
     )
     return OffPolicyLoop(env, sac_agent(cfg, env), settings, eval_env, seed, devices=devices,
                          seeds=seeds)

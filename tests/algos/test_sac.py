@@ -123,6 +123,49 @@ def test_update_steps_alpha_first_then_critic_with_new_alpha_then_actor_with_old
     assert int(new.step) == 1
 
 
+def test_previous_alpha_switch_feeds_the_pre_update_alpha_to_critic_and_actor(tiny):
+    """``alpha_in_losses="previous"`` (Brax's order): α steps as before, but the critic and actor
+    losses use exp(log α) from before that step."""
+    state, batch, update = tiny
+    cfg = TINY.replace(alpha_in_losses="previous")
+    key = jax.random.PRNGKey(7)
+    new, m = jax.jit(functools.partial(sac.update, cfg=cfg))(state, batch, key)
+    new_lift, _ = update(state, batch, key)
+    np.testing.assert_allclose(new.log_alpha, new_lift.log_alpha, rtol=1e-6)  # same α step
+    _, k_critic, k_actor = jax.random.split(key, 3)
+    a_old = jnp.exp(state.log_alpha)
+    np.testing.assert_allclose(m["critic_loss"], sac.critic_loss(
+        state.critic_params, state, batch, k_critic, a_old, cfg)[0], rtol=1e-5)
+    np.testing.assert_allclose(m["actor_loss"], sac.actor_loss(
+        state.actor_params, state, batch, k_actor, a_old, cfg)[0], rtol=1e-5)
+    np.testing.assert_allclose(m["alpha"], jnp.exp(new.log_alpha), rtol=1e-6)  # reports the new α
+
+
+def test_softplus_std_head_is_braxs_normal_tanh_distribution(tiny):
+    """``std_head="softplus"`` against Brax's own NormalTanhDistribution on the same network
+    output: the same σ (small to large), log-prob of the same pre-tanh sample, and mode."""
+    from brax.training.distribution import NormalTanhDistribution
+
+    state, batch, _ = tiny
+    cfg = TINY.replace(std_head="softplus")
+    dist = NormalTanhDistribution(ACT)
+    eps = jax.random.normal(jax.random.PRNGKey(4), (B, ACT))
+    for shift in (-6.0, 0.0, 3.0):  # σ ≈ 0.004, 0.7, 3
+        params = jax.tree.map(lambda x: x, state.actor_params)
+        params["out"]["bias"] = params["out"]["bias"].at[ACT:].add(shift)
+        raw = sac._policy_net(cfg, ACT).apply({"params": params},
+                                              sac.norm_obs(state, batch.obs, "state", cfg))
+        brax_dist = dist.create_dist(raw)
+        mean, log_std = sac.policy(params, state, batch.obs, cfg)
+        np.testing.assert_allclose(jnp.exp(log_std), brax_dist.scale, rtol=1e-5)
+        action, log_prob = sac.sample_tanh_gaussian(None, mean, log_std, noise=eps)
+        u = brax_dist.loc + brax_dist.scale * eps
+        np.testing.assert_allclose(action, jnp.tanh(u), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(log_prob, dist.log_prob(raw, u), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(sac.act(state.replace(actor_params=params), batch.obs, None, cfg,
+                                           deterministic=True)[0], dist.mode(raw), rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_compute_is_finite_and_close_to_float32_on_the_same_batch(tiny):
     """Same fp32 parameters, hidden layers in bf16 vs fp32.  Measured on this batch: Q values
     within ~1e-2 relative, policy means within ~1e-2 absolute; asserted: 5e-2 (bf16 has an 8-bit
@@ -289,6 +332,12 @@ def test_bad_presets_and_configs_raise_clear_errors():
         sac.SACConfig(log_std_min=3.0)
     with pytest.raises(ValueError, match="env_overrides"):
         sac.SACConfig(env_overrides=(("a", 1, 2),))
+    with pytest.raises(ValueError, match="std_head='tanh'.*'range', 'softplus'"):
+        sac.SACConfig(std_head="tanh")
+    with pytest.raises(ValueError, match="alpha_in_losses='new'.*'updated', 'previous'"):
+        sac.SACConfig(alpha_in_losses="new")
+    with pytest.raises(ValueError, match="warmup_actions='random'.*'uniform', 'policy'"):
+        sac.SACConfig(warmup_actions="random")
     cfg = TINY.replace(critic_obs_key="privileged_state")
     spec = EnvSpec("flat", {"state": ArraySpec((3,))}, ArraySpec((2,)), 4, 10, 0.02, False)
     with pytest.raises(ValueError, match="critic_obs_key='privileged_state'.*has state"):
@@ -485,19 +534,20 @@ def test_lift_deploy_envs_step_with_pushes_and_domain_randomization():
 def test_sample_once_scans_the_updates_over_slices_of_one_uniform_sample(cartpole4):
     """OffPolicySettings.sample_once: the U batches of an iteration are slices of ONE replay.sample
     of U·B i.i.d. rows (cut [B, U] and transposed, so that with the batch split over devices every
-    update keeps rows of every device); FlashSAC's default path samples afresh per update."""
+    update keeps rows of every device); FlashSAC's default path samples afresh per update.
+    With ``warmup_actions="policy"`` (Brax's prefill) the warm-up acts with the agent's explore."""
     from jaxrl.data import replay
     from jaxrl.train.offpolicy import OffPolicyAgent, OffPolicyLoop, OffPolicySettings
 
     u, b = 3, 5
     agent = OffPolicyAgent(
         init=lambda k: jnp.zeros((), jnp.int32),
-        explore=lambda s, obs, k: (jnp.zeros((4, cartpole4.action_size)), s),
+        explore=lambda s, obs, k: (jnp.full((4, cartpole4.action_size), 0.5), s),
         act=lambda s, obs, k: jnp.zeros((4, cartpole4.action_size)),
         observe=lambda s, tr: s,
         update=lambda s, batch, k: (s + 1, {"r": batch.reward, "a": batch.action}))
     settings = OffPolicySettings(total_steps=64, batch_size=b, updates_per_step=u, buffer_size=64,
-                                 min_buffer=32, num_evals=1, sample_once=True)
+                                 min_buffer=32, num_evals=1, sample_once=True, warmup_actions="policy")
     loop = OffPolicyLoop(cartpole4, agent, settings)
     carry, _ = loop.run_chunk(loop.init_carry())  # the warm-up
     assert int(carry.agent) == 0  # no update during the warm-up
@@ -505,5 +555,6 @@ def test_sample_once_scans_the_updates_over_slices_of_one_uniform_sample(cartpol
     count, m = loop._scan_updates(carry.agent, carry.buffer, key)
     rows = replay.sample(carry.buffer, jax.random.split(key)[0], u * b)
     assert int(count) == u and m["r"].shape == (u, b)
+    np.testing.assert_array_equal(rows.action, 0.5)  # every warm-up action is the agent's
     np.testing.assert_array_equal(m["r"], np.asarray(rows.reward).reshape(b, u).T)
     np.testing.assert_array_equal(m["a"], np.asarray(rows.action).reshape(b, u, -1).swapaxes(0, 1))

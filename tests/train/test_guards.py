@@ -59,3 +59,14 @@ def test_nan_actions_stop_the_loop_with_a_report(env):
     carry, _ = loop.run_chunk(loop.init_carry())
     with pytest.raises(guards.NonFiniteError, match="policy actions"):
         loop.run_chunk(carry)
+
+
+def test_off_policy_settings_refuse_bad_values_with_the_fix():
+    ok = {"total_steps": 64, "batch_size": 16, "updates_per_step": 1, "buffer_size": 256, "min_buffer": 16}
+    with pytest.raises(ValueError, match="warmup_actions must be 'uniform' or 'policy', got 'random'"):
+        OffPolicySettings(**ok, warmup_actions="random")
+    with pytest.raises(ValueError, match="obs_dtype must be 'float32' or 'bfloat16'"):
+        OffPolicySettings(**ok, obs_dtype="float16")
+    with pytest.raises(ValueError, match="exceeds buffer_size 8: raise buffer_size"):
+        OffPolicySettings(**(ok | {"buffer_size": 8}))
+    assert OffPolicySettings(**ok).warmup_actions == "uniform"
