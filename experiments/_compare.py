@@ -43,9 +43,11 @@ def compile_seconds() -> float:
     return _compile_s[0]
 
 
-def parse_args(doc: str, tasks: list[str], steps: int, out: str, seeds: bool = False) -> argparse.Namespace:
+def parse_args(doc: str, tasks: list[str], steps: int, out: str, seeds: bool = False,
+               brax_choices: bool = False) -> argparse.Namespace:
     """The command line every comparison script takes (--tasks --steps --seed --num-evals --out;
-    ``seeds``: also --seeds K, seeds per side)."""
+    ``seeds``: also --seeds K, seeds per side; ``brax_choices``: also --brax-choices and
+    --brax-from FILE, see sac_vs_brax.py)."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=tasks)
     p.add_argument("--steps", type=int, default=steps)
@@ -54,6 +56,9 @@ def parse_args(doc: str, tasks: list[str], steps: int, out: str, seeds: bool = F
     p.add_argument("--out", default=out)
     if seeds:
         p.add_argument("--seeds", type=int, default=1, help="seeds per side (>= 2: means and intervals)")
+    if brax_choices:
+        p.add_argument("--brax-choices", action="store_true", help="ours with Brax's three SAC choices")
+        p.add_argument("--brax-from", help="reuse Brax's side of an earlier --seeds results JSON")
     a = p.parse_args()
     if seeds and a.seeds < 1:
         p.error(f"--seeds {a.seeds}: give K >= 1")

@@ -20,6 +20,17 @@ the time per env step ours / Brax, both sides' settings, machine and JAX version
 program (``seeds=K``), Brax runs seeds ``seed … seed+K-1`` one after the other.  The JSON then
 holds every seed's return at each evaluation, both means with 95% Student-t intervals, and
 Welch's t-test of the final returns; the PNG draws means, intervals and seeds.
+
+    python experiments/sac_vs_brax.py --tasks CheetahRun --steps 40000 --seeds 8 --brax-choices \
+        --brax-from experiments/results/sac_vs_brax_cpu_cheetah_8seeds.json \
+        --out experiments/results/sac_vs_brax_cpu_cheetah_8seeds_brax_choices
+
+``--brax-choices``: ours also takes the three choices where Brax's SAC differs from LIFT's recipe
+(``std_head="softplus"``, ``alpha_in_losses="previous"``, ``warmup_actions="policy"``), so both
+sides run the same algorithm with the same settings.  ``--brax-from FILE``: Brax's side (its
+rows, final returns and wall time) is read from an earlier ``--seeds`` results file instead of
+run again — refused unless that file's steps, seeds, evaluations and shared cost settings are
+this run's.
 """
 
 from __future__ import annotations
@@ -61,6 +72,28 @@ def brax_seed_rows(runs: list[list[dict]]) -> list[dict]:
     return out
 
 
+BRAX_CHOICES = {"std_head": "softplus", "alpha_in_losses": "previous", "warmup_actions": "policy"}
+
+
+def earlier_brax(path: str, a, cfg: sac.SACConfig, task: str) -> dict:
+    """Brax's side of ``task`` from an earlier ``--seeds`` results file, if it ran what this run
+    would run (same steps, seed, seeds, evaluations, cost settings); else a clear error."""
+    import json
+    from pathlib import Path
+
+    old = json.loads(Path(path).read_text())
+    meta, want = old["meta"], {"steps": a.steps, "seed": a.seed, "seeds": a.seeds, "num_evals": a.num_evals}
+    diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    diff |= {k: (meta["sac_settings"].get(k), getattr(cfg, k)) for k in EQUAL
+             if meta["sac_settings"].get(k) != getattr(cfg, k)}
+    if diff:
+        raise SystemExit(f"--brax-from {path}: it ran other settings (theirs, ours): {diff}; run Brax again")
+    if task not in old["tasks"] or "brax_rows" not in old["tasks"][task]:
+        raise SystemExit(f"--brax-from {path}: it has no finished Brax runs of {task}")
+    t = old["tasks"][task]
+    return {"rows": t["brax_rows"], "wall_s": t["wall_s_brax_all_seeds_in_turn"], "from": path}
+
+
 def compare_seeds(a, cfg: sac.SACConfig) -> None:
     """``--seeds K``: K seeds a side; final returns compared by means, intervals and Welch's t."""
     import json
@@ -75,23 +108,24 @@ def compare_seeds(a, cfg: sac.SACConfig) -> None:
 
     k = a.seeds
     results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, seeds=k, num_evals=a.num_evals,
-                                     sac_config="SACConfig.cpu()", sac_settings=dataclasses.asdict(cfg)),
+                                     sac_config=config_name(a), sac_settings=dataclasses.asdict(cfg)),
                "tasks": {}}
     curves = {}
     for task in a.tasks:
+        earlier = earlier_brax(a.brax_from, a, cfg, task) if a.brax_from else None
         t0 = time.perf_counter()
         _, ours = sac.train(task, cfg, steps=a.steps, seed=a.seed, seeds=k, num_evals=a.num_evals, progress=False)
         ours_wall = time.perf_counter() - t0
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         t0, brax_runs = time.perf_counter(), []
-        for i in range(k):  # a long comparison keeps what it has: the JSON after every run
+        for i in range(0 if earlier else k):  # a long comparison keeps what it has: the JSON after every run
             results["tasks"][task] = {"partial": f"Brax seeds done: {i} of {k}", "jaxrl_rows": ours,
                                       "wall_s_jaxrl_all_seeds_one_program": ours_wall,
                                       "brax_runs": brax_runs}
             Path(f"{a.out}.json").write_text(json.dumps(results, indent=1, default=float))
             brax_runs.append(_compare.run_brax(task, cfg, a.steps, a.seed + i, a.num_evals))
-        brax_wall = time.perf_counter() - t0
-        brax = brax_seed_rows([r["rows"] for r in brax_runs])
+        brax_wall = earlier["wall_s"] if earlier else time.perf_counter() - t0
+        brax = earlier["rows"] if earlier else brax_seed_rows([r["rows"] for r in brax_runs])
         final = min(ours[-1]["env_steps"], brax[-1]["env_steps"])
         last_ours = [r for r in ours if r["env_steps"] <= final and "eval_return" in r][-1]
         last_brax = [r for r in brax if r["env_steps"] <= final][-1]
@@ -104,7 +138,7 @@ def compare_seeds(a, cfg: sac.SACConfig) -> None:
                "jaxrl_sac_ci95": confidence_interval(mine), "brax_sac_ci95": confidence_interval(theirs),
                "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue),
                "wall_s_jaxrl_all_seeds_one_program": ours_wall, "wall_s_brax_all_seeds_in_turn": brax_wall,
-               "jaxrl_rows": ours, "brax_rows": brax}
+               "jaxrl_rows": ours, "brax_rows": brax, "brax_from": earlier and earlier["from"]}
         results["tasks"][task] = res
         print(json.dumps({k_: v for k_, v in res.items() if not k_.endswith("_rows")} | {"task": task},
                          default=float), flush=True)
@@ -114,14 +148,20 @@ def compare_seeds(a, cfg: sac.SACConfig) -> None:
     plot_learning_curve(curves, f"{a.out}.png")
 
 
+def config_name(a) -> str:
+    return "SACConfig.cpu()" + (f".replace(**{BRAX_CHOICES})" if a.brax_choices else "")
+
+
 def main() -> None:
     a = _compare.parse_args(__doc__, ["CartpoleSwingup", "CheetahRun"], 40_000,
-                            "experiments/results/sac_vs_brax_cpu", seeds=True)
-    cfg = sac.SACConfig.cpu()
+                            "experiments/results/sac_vs_brax_cpu", seeds=True, brax_choices=True)
+    cfg = sac.SACConfig.cpu().replace(**(BRAX_CHOICES if a.brax_choices else {}))
+    if a.brax_from and a.seeds < 2:
+        raise SystemExit("--brax-from reads an earlier --seeds K run: give --seeds K (K >= 2) as well")
     if a.seeds > 1:
         return compare_seeds(a, cfg)
     results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, num_evals=a.num_evals,
-                                     sac_config="SACConfig.cpu()", sac_settings=dataclasses.asdict(cfg)),
+                                     sac_config=config_name(a), sac_settings=dataclasses.asdict(cfg)),
                "tasks": {}}
     _compare.compare_tasks(
         a.tasks, "sac", "jaxrl SAC",
