@@ -21,6 +21,12 @@ observation key, updated from every collected batch (`observe`).
 The loop (`jaxrl.train.offpolicy`, ``sample_once=True``) draws ONE uniform sample of
 batch_size × updates_per_step transitions per env step and scans the updates over its slices.
 
+Brax's SAC (``brax.training.agents.sac``) differs from the recipe in three choices, each a
+switch here so that a run can be Brax's algorithm exactly: ``std_head="softplus"`` (σ =
+softplus(raw) + 1e-3 instead of a bounded log σ), ``alpha_in_losses="previous"`` (critic and
+actor use the α from before this step's α update) and ``warmup_actions="policy"`` (the warm-up
+acts with the initial policy, not uniform random actions).  Every preset keeps LIFT's choices.
+
 The agent state keeps each part in its own field so that finetuning can load chosen parts
 (``init_parts``: "actor", "critic", "target", "obs") and re-initialise α (`reset_alpha`).
 """
@@ -419,7 +425,7 @@ def actor_loss_value(log_prob: jax.Array, q: jax.Array, alpha) -> jax.Array:
 def update(state: SACState, batch: Transition, key: jax.Array, cfg: SACConfig
            ) -> tuple[SACState, dict[str, jax.Array]]:
     """One gradient step (jit-able): α, then critic (new α), then actor (new α, pre-update
-    critic), then Polyak."""
+    critic), then Polyak; ``alpha_in_losses="previous"`` gives both losses the α before its step."""
     k_alpha, k_critic, k_actor = jax.random.split(key, 3)
     # (1) temperature, from a ~ π(s) of the current actor
     mean, log_std = policy(state.actor_params, state, batch.obs, cfg)
@@ -430,12 +436,12 @@ def update(state: SACState, batch: Transition, key: jax.Array, cfg: SACConfig
     log_alpha = optax.apply_updates(state.log_alpha, a_upd)
     # The losses' α: the new one (LIFT) or, with alpha_in_losses="previous", the one before (Brax).
     alpha = jnp.exp(log_alpha if cfg.alpha_in_losses == "updated" else state.log_alpha)
-    # (2) critic with the new α
+    # (2) critic with that α
     (c_loss, q), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(
         state.critic_params, state, batch, k_critic, alpha, cfg)
     c_upd, critic_opt = _adamw(cfg.critic_lr, cfg).update(c_grads, state.critic_opt, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, c_upd)
-    # (3) actor with the new α and the pre-update critic (``state`` still holds it)
+    # (3) actor with that α and the pre-update critic (``state`` still holds it)
     (p_loss, pi_log_prob), p_grads = jax.value_and_grad(actor_loss, has_aux=True)(
         state.actor_params, state, batch, k_actor, alpha, cfg)
     p_upd, actor_opt = _adamw(cfg.actor_lr, cfg).update(p_grads, state.actor_opt, state.actor_params)
