@@ -25,7 +25,8 @@ Brax's SAC (``brax.training.agents.sac``) differs from the recipe in three choic
 switch here so that a run can be Brax's algorithm exactly: ``std_head="softplus"`` (σ =
 softplus(raw) + 1e-3 instead of a bounded log σ), ``alpha_in_losses="previous"`` (critic and
 actor use the α from before this step's α update) and ``warmup_actions="policy"`` (the warm-up
-acts with the initial policy, not uniform random actions).  Every preset keeps LIFT's choices.
+acts with the initial policy, not uniform random actions).  `SACConfig.brax` switches all three
+on; every other preset keeps LIFT's choices.
 
 The agent state keeps each part in its own field so that finetuning can load chosen parts
 (``init_parts``: "actor", "critic", "target", "obs") and re-initialise α (`reset_alpha`).
@@ -232,6 +233,15 @@ class SACConfig:
                    entropy_coef=0.5, actor_hidden=(256, 256), critic_hidden=(256, 256),
                    activation="relu", critic_layer_norm=True, log_std_min=-3.0, log_std_max=2.0,
                    compute_dtype="float32")
+
+    @classmethod
+    def brax(cls) -> SACConfig:
+        """`cpu` with Brax's three algorithmic choices as well (σ = softplus(raw) + 1e-3, the
+        pre-update α in the critic and actor losses, a warm-up acting with the initial policy):
+        Brax's SAC, choice for choice, at CPU size.  Measured against Brax with 8 seeds a side
+        (README "Against Brax's own SAC"): CartpoleSwingup 540 vs 348, CheetahRun 317 vs 333 —
+        both above the `cpu` preset's 392 and 295 on the same seeds."""
+        return cls.cpu().replace(std_head="softplus", alpha_in_losses="previous", warmup_actions="policy")
 
     @classmethod
     def lift_smoke(cls, env_name: str | None = None) -> SACConfig:

@@ -140,7 +140,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("ppo", ppo_algo.PPOConfig, ppo_loop, ppo_algo.policy_layers, ("cpu", "paper"),
                   "PPO with OmniReset's recipe (state-dependent std, adaptive KL)"),
         Algorithm("sac", sac_algo.SACConfig, sac_loop, sac_algo.policy_layers,
-                  ("cpu", "paper", "lift", "lift-deploy", "lift-smoke"),
+                  ("cpu", "brax", "paper", "lift", "lift-deploy", "lift-smoke"),
                   "Large-batch, high-UTD SAC (LIFT's pretraining recipe: bf16 MLPs, asymmetric obs)"),
         Algorithm("finetune", FinetuneConfig, finetune_loop, _finetune_policy_layers, ("cpu", "paper"),
                   "World-model finetuning of a `sac` run in a changed env (use `jaxrl finetune RUN_DIR`)"),

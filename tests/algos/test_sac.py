@@ -350,7 +350,11 @@ def test_registry_lists_sac_with_its_presets():
     from jaxrl.train import registry
 
     algo = registry.get("sac")
-    assert algo.presets == ("cpu", "paper", "lift", "lift-deploy", "lift-smoke")
+    assert algo.presets == ("cpu", "brax", "paper", "lift", "lift-deploy", "lift-smoke")
+    brax = algo.preset("brax", "CheetahRun")
+    assert brax == sac.SACConfig.cpu().replace(std_head="softplus", alpha_in_losses="previous",
+                                                warmup_actions="policy")
+    assert brax.warmup_actions == "policy" and sac.SACConfig.cpu().warmup_actions == "uniform"
     assert algo.preset("lift", "T1JoystickFlatTerrain") == sac.SACConfig.lift("T1JoystickFlatTerrain")
     assert algo.preset("lift-smoke", "G1JoystickFlatTerrain").num_envs == 8
 
