@@ -72,9 +72,6 @@ def brax_seed_rows(runs: list[list[dict]]) -> list[dict]:
     return out
 
 
-BRAX_CHOICES = {"std_head": "softplus", "alpha_in_losses": "previous", "warmup_actions": "policy"}
-
-
 def earlier_brax(path: str, a, cfg: sac.SACConfig, task: str) -> dict:
     """Brax's side of ``task`` from an earlier ``--seeds`` results file, if it ran what this run
     would run (same steps, seed, seeds, evaluations, cost settings); else a clear error."""
@@ -149,13 +146,13 @@ def compare_seeds(a, cfg: sac.SACConfig) -> None:
 
 
 def config_name(a) -> str:
-    return "SACConfig.cpu()" + (f".replace(**{BRAX_CHOICES})" if a.brax_choices else "")
+    return "SACConfig.brax()" if a.brax_choices else "SACConfig.cpu()"
 
 
 def main() -> None:
     a = _compare.parse_args(__doc__, ["CartpoleSwingup", "CheetahRun"], 40_000,
                             "experiments/results/sac_vs_brax_cpu", seeds=True, brax_choices=True)
-    cfg = sac.SACConfig.cpu().replace(**(BRAX_CHOICES if a.brax_choices else {}))
+    cfg = sac.SACConfig.brax() if a.brax_choices else sac.SACConfig.cpu()
     if a.brax_from and a.seeds < 2:
         raise SystemExit("--brax-from reads an earlier --seeds K run: give --seeds K (K >= 2) as well")
     if a.seeds > 1:
