@@ -121,6 +121,19 @@ def test_minibatches_partition_the_batch_with_an_equal_share_of_every_shard(shar
         ppo.minibatches({"i": jnp.arange(n)}, jax.random.PRNGKey(2), 5, shards)
 
 
+def test_permutation_is_numpys_stable_argsort_of_the_two_random_words_and_uniform():
+    """`ppo.permutation` equals numpy's stable argsort of the 64-bit keys its two 32-bit words
+    make; over 20,000 keys every value lands in every position about equally often."""
+    key = jax.random.PRNGKey(7)
+    words = np.asarray(jax.random.bits(key, (2, 1000), jnp.uint32)).astype(np.uint64)
+    want = np.argsort((words[0] << np.uint64(32)) | words[1], kind="stable")
+    np.testing.assert_array_equal(np.asarray(ppo.permutation(key, 1000)), want)
+    perms = np.asarray(jax.vmap(lambda k: ppo.permutation(k, 5))(jax.random.split(key, 20_000)))
+    assert (np.sort(perms, axis=1) == np.arange(5)).all()
+    counts = np.stack([np.bincount(perms[:, pos], minlength=5) for pos in range(5)])  # [position, value]
+    assert np.abs(counts - 4000).max() < 5 * np.sqrt(20_000 * 0.2 * 0.8), counts  # 5σ of a binomial
+
+
 def test_loss_uses_minibatch_advantages_as_given_not_restandardised(cfg):
     """At ratio 1 (π = π_old) the clipped surrogate is −mean(A) of the minibatch: a minibatch whose
     advantages average 3 must give policy_loss −3 (per-minibatch standardisation would give 0)."""
