@@ -231,6 +231,13 @@ def _cpu_name() -> str:
     return f"{found.group(1) if found else platform.processor()} x {cores}"
 
 
+def machine_meta() -> dict:
+    """Backend, device, JAX version, CPU and the command line, for a results file."""
+    return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()[:1]],
+            "jax": jax.__version__, "machine": platform.machine(), "cpu": _cpu_name(),
+            "command": " ".join(sys.argv)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["CartpoleBalance", "CheetahRun"])
@@ -238,10 +245,7 @@ def main() -> None:
     p.add_argument("--out", default="experiments/results/profile_loop_cpu.json")
     p.add_argument("--ops", action="store_true", help="also trace each piece: thread time by kind of op")
     a = p.parse_args()
-    out = {"meta": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()[:1]],
-                    "jax": jax.__version__, "machine": platform.machine(), "cpu": _cpu_name(),
-                    "repeats": REPEATS, "command": " ".join(sys.argv)},
-           "rows": {}}
+    out = {"meta": {**machine_meta(), "repeats": REPEATS}, "rows": {}}
     for task in a.tasks:
         for trainer in a.trainers:
             res = profile_ppo(task, a.ops) if trainer == "ppo" else profile_offpolicy(trainer, task, a.ops)
