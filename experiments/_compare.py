@@ -137,13 +137,22 @@ def timing(ours: dict, brax: dict) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def meta(**extra) -> dict:
     """Backend, machine and library versions of this process, plus ``extra``."""
     from importlib.metadata import version
 
     return {"backend": jax.default_backend(), "machine": platform.machine(), "jax": jax.__version__,
             **extra, "brax": version("brax"), "mujoco_playground": version("playground"),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "devices": [str(d) for d in jax.devices()],
             "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
 

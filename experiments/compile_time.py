@@ -79,19 +79,16 @@ def main() -> None:
             row = json.loads(next(line for line in out.splitlines() if line.startswith("ROW "))[4:])
             print(row, flush=True)
             rows.append(row)
+    from _compare import (
+        cpu_model,  # here: importing it imports envs (the cache settings) in this parent
+    )
+
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "cpu_model": _cpu_model(), "note": "empty compilation cache per row; tracing_s counts "
+              "cpu_model": cpu_model(), "note": "empty compilation cache per row; tracing_s counts "
               "nested traces once per level (an upper bound)", "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
-
-
-def _cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

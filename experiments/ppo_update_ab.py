@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+import _compare  # experiments/, beside this script
 import flax.linen as nn
 import jax
-import profile_loop  # experiments/, beside this script
+import profile_loop
 
 from jaxrl.algos import ppo
 from jaxrl.nets import mlp
@@ -71,8 +73,8 @@ def main() -> None:
                 jax.block_until_ready(out)
                 best[name][j] = min(best[name][j], (time.perf_counter() - t0) / 5)
     steps = cfg.unroll_length * cfg.num_envs
-    res = {"meta": {**profile_loop.machine_meta(), "task": a.task, "num_envs": cfg.num_envs,
-                    "unroll_length": cfg.unroll_length},
+    res = {"meta": _compare.meta(task=a.task, num_envs=cfg.num_envs, unroll_length=cfg.unroll_length,
+                                 command=" ".join(sys.argv)),
            **{name: {"update_ms": u * 1e3, "iteration_ms": it * 1e3, "loop_env_steps_per_s": steps / it}
               for name, (u, it) in best.items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

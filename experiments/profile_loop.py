@@ -31,13 +31,13 @@ import argparse
 import functools
 import json
 import math
-import platform
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _compare  # experiments/, beside this script
 import jax
 import jax.numpy as jnp
 
@@ -221,23 +221,6 @@ def _shares(rows: dict, env_steps: int, settings: dict) -> dict:
             "raw_env_steps_per_s": env_steps / rows["env_steps"]["s"], "pieces": rows}
 
 
-def _cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    found = re.search(r"model name\s*:\s*(.*)", text)
-    cores = len(re.findall(r"^processor\s*:", text, re.MULTILINE))
-    return f"{found.group(1) if found else platform.processor()} x {cores}"
-
-
-def machine_meta() -> dict:
-    """Backend, device, JAX version, CPU and the command line, for a results file."""
-    return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()[:1]],
-            "jax": jax.__version__, "machine": platform.machine(), "cpu": _cpu_name(),
-            "command": " ".join(sys.argv)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["CartpoleBalance", "CheetahRun"])
@@ -245,7 +228,7 @@ def main() -> None:
     p.add_argument("--out", default="experiments/results/profile_loop_cpu.json")
     p.add_argument("--ops", action="store_true", help="also trace each piece: thread time by kind of op")
     a = p.parse_args()
-    out = {"meta": {**machine_meta(), "repeats": REPEATS}, "rows": {}}
+    out = {"meta": _compare.meta(repeats=REPEATS, command=" ".join(sys.argv)), "rows": {}}
     for task in a.tasks:
         for trainer in a.trainers:
             res = profile_ppo(task, a.ops) if trainer == "ppo" else profile_offpolicy(trainer, task, a.ops)
