@@ -9,6 +9,11 @@ One update, in the official order: on update steps 0, 2, 4, ... the actor step, 
 temperature step; then the critic step, whose target already uses the new actor and α; then
 the Polyak target.
 
+Mixed precision (``compute_dtype="bfloat16"``, on in `paper` as the official ``use_amp`` is on
+its GPU simulators): inside an update every network product multiplies bfloat16 operands
+into float32 (`jaxrl.nets.bounded.low_precision_matmul`); all else, and acting, evaluation and
+export, stay float32 -- the official code autocasts its update functions only.
+
 Pure functions over a `FlashSACState` pytree; the config is static (a frozen, hashable
 dataclass passed to every function), so ``jax.jit(functools.partial(update, cfg=cfg))`` works.
 The warm-up with random actions (``min_buffer``) and the replay buffer belong to the loop.
@@ -94,6 +99,9 @@ class FlashSACConfig:
     actor_obs_key: str = "state"  # what the deployed policy sees
     # learner matmul precision (None: JAX's default, TF32 on recent GPUs); physics stays 'highest'
     matmul_precision: str | None = None
+    # dtype the networks' products multiply in (float32 accumulation, float32 everything else):
+    # "bfloat16" is the official use_amp (fp16 autocast) of its GPU-simulator runs (`paper`)
+    compute_dtype: str = "float32"
     # replay's observation dtype: "bfloat16" halves the buffer (normalised inputs tolerate it)
     replay_obs_dtype: str = "float32"
 
@@ -104,6 +112,8 @@ class FlashSACConfig:
         if self.matmul_precision not in (None, "default", "high", "highest", "bfloat16",
                                          "tensorfloat32", "float32"):
             bad("matmul_precision", self.matmul_precision, "use None, 'default', 'high' or 'highest'")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            bad("compute_dtype", self.compute_dtype, "use 'float32' or 'bfloat16'")
 
         for f in (
             "num_envs",
@@ -166,11 +176,12 @@ class FlashSACConfig:
 
     @classmethod
     def paper(cls, env_name: str | None = None) -> FlashSACConfig:
-        """The published GPU configuration; gamma 0.97 for Playground humanoid joystick tasks."""
+        """The published GPU configuration; gamma 0.97 for Playground humanoid joystick tasks;
+        bfloat16 products (the official ``use_amp: true`` of its GPU-simulator runs)."""
         humanoid = (
             bool(env_name) and "Joystick" in env_name and env_name.startswith(_HUMANOID_PREFIXES)
         )
-        return cls(gamma=0.97 if humanoid else 0.99)
+        return cls(gamma=0.97 if humanoid else 0.99, compute_dtype="bfloat16")
 
     @classmethod
     def cpu(cls) -> FlashSACConfig:
@@ -247,22 +258,25 @@ class FlashSACState:
 
 
 # ============================================================================ modules
-def _trunk_kwargs(cfg: FlashSACConfig, train: bool) -> dict:
-    """Trunk settings shared by actor and critic (widths differ, set by the caller)."""
+def _trunk_kwargs(cfg: FlashSACConfig, train: bool, amp: bool) -> dict:
+    """Trunk settings shared by actor and critic (widths differ, set by the caller).  ``amp``:
+    inside an update, where products run in ``compute_dtype`` (the official autocast wraps the
+    update functions only; acting, evaluation and export stay float32)."""
     return {"num_blocks": cfg.num_blocks, "train": train, "expansion": cfg.expansion,
-            "bn_momentum": cfg.bn_momentum, "bn_eps": cfg.bn_eps, "rms_eps": cfg.rms_eps}
+            "bn_momentum": cfg.bn_momentum, "bn_eps": cfg.bn_eps, "rms_eps": cfg.rms_eps,
+            "dtype": jnp.dtype(cfg.compute_dtype) if amp else None}
 
 
-def _actor(cfg: FlashSACConfig, action_size: int, train: bool) -> nn.Module:
+def _actor(cfg: FlashSACConfig, action_size: int, train: bool, amp: bool = False) -> nn.Module:
     return TanhGaussianActor(action_size=action_size, width=cfg.actor_width,
                              log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
-                             **_trunk_kwargs(cfg, train))
+                             **_trunk_kwargs(cfg, train, amp))
 
 
-def _critic(cfg: FlashSACConfig, train: bool, half: int | None = None) -> nn.Module:
+def _critic(cfg: FlashSACConfig, train: bool, half: int | None = None, amp: bool = False) -> nn.Module:
     """The critic ensemble; ``half`` (0: current, 1: next) for cross-batch prediction."""
     return critic_ensemble(ENSEMBLE_SIZE)(num_atoms=cfg.num_atoms, width=cfg.critic_width,
-                                          half=half, **_trunk_kwargs(cfg, train))
+                                          half=half, **_trunk_kwargs(cfg, train, amp))
 
 
 def _action_size(state: FlashSACState) -> int:
@@ -459,13 +473,13 @@ def actor_loss(actor_params, state: FlashSACState, batch: Transition, key, alpha
     mode, not differentiated) runs on those B pairs.  Returns (loss, (new actor stats, log π)).
     """
     obs = batch.obs[cfg.actor_obs_key]
-    (mean, log_std), upd = _actor(cfg, _action_size(state), train=True).apply(
+    (mean, log_std), upd = _actor(cfg, _action_size(state), train=True, amp=True).apply(
         {"params": actor_params, "batch_stats": state.actor_stats},
         pair_rows(obs, batch.next_obs[cfg.actor_obs_key]),
         mutable=["batch_stats"],
     )
     action, log_p = sample_tanh_gaussian(key, half_rows(mean, 0), half_rows(log_std, 0))  # [B, A], [B]
-    logits = _critic(cfg, train=False).apply(
+    logits = _critic(cfg, train=False, amp=True).apply(
         {"params": state.critic_params, "batch_stats": state.critic_stats},
         batch.obs[cfg.critic_obs_key],
         action,
@@ -487,7 +501,7 @@ def critic_loss(critic_params, state: FlashSACState, batch: Transition, next_act
     on [(s, a); (s', a')] so current and next pairs share BN statistics.
     Returns (loss, (new critic stats, Q [E, B]))."""
     obs = batch.obs[cfg.critic_obs_key]
-    logits, upd = _critic(cfg, train=True, half=0).apply(
+    logits, upd = _critic(cfg, train=True, half=0, amp=True).apply(
         {"params": critic_params, "batch_stats": state.critic_stats},
         pair_rows(obs, batch.next_obs[cfg.critic_obs_key]),
         pair_rows(batch.action, next_action),
@@ -551,7 +565,7 @@ def critic_step(state: FlashSACState, batch: Transition, key, cfg: FlashSACConfi
     r = scale_reward(state, batch.reward.astype(jnp.float32), cfg)
     mean, log_std = _policy(state, batch.next_obs, cfg)
     next_action, log_p_next = sample_tanh_gaussian(key, mean, log_std)
-    target_logits, _ = _critic(cfg, train=True, half=1).apply(
+    target_logits, _ = _critic(cfg, train=True, half=1, amp=True).apply(
         {"params": state.target_params, "batch_stats": state.target_stats},
         pair_rows(batch.obs[cfg.critic_obs_key], batch.next_obs[cfg.critic_obs_key]),
         pair_rows(batch.action, next_action),

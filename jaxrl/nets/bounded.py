@@ -15,10 +15,17 @@ leaf name                       projection (``d`` = feature size, the last axis)
 Anything else passes through, in particular the free ``bias`` of a head's `UnitDense`.
 
 Call `project` right after EVERY optimiser step (not on a Polyak-averaged target network).
+
+Mixed precision (``dtype="bfloat16"``, the official code's ``use_amp``): every `UnitDense`
+product -- forward and both backward products -- multiplies bfloat16 copies of its operands and
+accumulates in float32 (`low_precision_matmul`); parameters, norms, activations, heads' outputs,
+losses and gradients stay float32.  bfloat16 keeps float32's exponent range, so the official
+fp16 GradScaler has no counterpart here.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,6 +40,35 @@ BIAS = "bias"  # a head's free bias: never projected
 KERNEL_EPS = 1e-8  # guards the column normalisation against an all-zero column
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def low_precision_matmul(x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
+    """x [..., in] @ kernel [in, out] with both operands rounded to ``dtype`` and a float32
+    product.  Its gradients are float32 products of ``dtype`` operands too: JAX's own transpose
+    of a mixed dot multiplies float32 cotangents by the ``dtype`` copies (a float32 product,
+    so no speed-up) and rounds the gradients to ``dtype``."""
+    return jnp.matmul(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _lpm_fwd(x, kernel, dtype):
+    xl, kl = x.astype(dtype), kernel.astype(dtype)
+    return jnp.matmul(xl, kl, preferred_element_type=jnp.float32), (xl, kl)
+
+
+def _lpm_bwd(dtype, res, g):
+    # Written as dot_generals on the operands' own layouts: on XLA:CPU a bfloat16 dot whose
+    # kernel contracts its LAST axis runs on the fast (AMX) path, `g @ kernel.T` does not.
+    xl, kl = res
+    gl = g.astype(dtype)
+    dx = jax.lax.dot_general(gl, kl, (((gl.ndim - 1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+    x2, g2 = xl.reshape(-1, xl.shape[-1]), gl.reshape(-1, gl.shape[-1])
+    dk = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx, dk
+
+
+low_precision_matmul.defvjp(_lpm_fwd, _lpm_bwd)
+
+
 class UnitDense(nn.Module):
     """Dense layer whose kernel columns are kept at unit L2 norm by `project`.
 
@@ -44,11 +80,15 @@ class UnitDense(nn.Module):
     features: int
     use_bias: bool = False
     kernel_init: Callable = nn.initializers.orthogonal()
+    dtype: Any = None  # product dtype: None / float32 exact, bfloat16 = `low_precision_matmul`
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(UNIT_KERNEL, self.kernel_init, (x.shape[-1], self.features))
-        y = x @ kernel  # [B, out]; the kernel is (in, out)
+        if self.dtype is None or jnp.dtype(self.dtype) == jnp.float32:
+            y = x @ kernel  # [B, out]; the kernel is (in, out)
+        else:
+            y = low_precision_matmul(x, kernel, jnp.dtype(self.dtype))
         if self.use_bias:
             y = y + self.param(BIAS, nn.initializers.zeros, (self.features,))
         return y
@@ -103,14 +143,15 @@ class InvertedResidualBlock(nn.Module):
     expansion: int = 4
     bn_momentum: float = 0.99
     bn_eps: float = 1e-5
+    dtype: Any = None  # `UnitDense.dtype`
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         d = h.shape[-1]
         bn = {"train": self.train, "momentum": self.bn_momentum, "eps": self.bn_eps}
-        y = UnitDense(self.expansion * d, name="up")(h)
+        y = UnitDense(self.expansion * d, name="up", dtype=self.dtype)(h)
         y = nn.relu(BoundedBatchNorm(**bn, name="up_bn")(y))
-        y = UnitDense(d, name="down")(y)
+        y = UnitDense(d, name="down", dtype=self.dtype)(y)
         y = nn.relu(BoundedBatchNorm(**bn, name="down_bn")(y))
         return h + y
 
@@ -128,15 +169,16 @@ class BoundedTrunk(nn.Module):
     bn_momentum: float = 0.99
     bn_eps: float = 1e-5
     rms_eps: float = 1e-6
+    dtype: Any = None  # `UnitDense.dtype` of every product
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = BoundedBatchNorm(self.train, self.bn_momentum, self.bn_eps, name="input_bn")(x)
-        h = UnitDense(self.width, name="embed")(x)
+        h = UnitDense(self.width, name="embed", dtype=self.dtype)(x)
         for i in range(self.num_blocks):
             h = InvertedResidualBlock(
-                self.train, self.expansion, self.bn_momentum, self.bn_eps, name=f"block_{i}"
-            )(h)
+                self.train, self.expansion, self.bn_momentum, self.bn_eps, self.dtype,
+                name=f"block_{i}")(h)
         return BoundedRMSNorm(self.rms_eps, name="out_rms")(h)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,7 @@ LOG_2 = 0.6931471805599453
 def _trunk(head: nn.Module) -> BoundedTrunk:
     """The shared trunk of a head, built from the head's own trunk fields (inside its compact call)."""
     return BoundedTrunk(head.width, head.num_blocks, head.train, head.expansion, head.bn_momentum,
-                        head.bn_eps, head.rms_eps, name="trunk")
+                        head.bn_eps, head.rms_eps, head.dtype, name="trunk")
 
 
 class TanhGaussianActor(nn.Module):
@@ -36,12 +38,13 @@ class TanhGaussianActor(nn.Module):
     rms_eps: float = 1e-6
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+    dtype: Any = None  # `UnitDense.dtype` of every product, heads included (as autocast does)
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         z = _trunk(self)(obs)
-        mean = UnitDense(self.action_size, use_bias=True, name="mean")(z)
-        raw = UnitDense(self.action_size, use_bias=True, name="log_std")(z)
+        mean = UnitDense(self.action_size, use_bias=True, name="mean", dtype=self.dtype)(z)
+        raw = UnitDense(self.action_size, use_bias=True, name="log_std", dtype=self.dtype)(z)
         half_range = 0.5 * (self.log_std_max - self.log_std_min)
         log_std = self.log_std_min + half_range * (1.0 + jnp.tanh(raw))
         return mean, log_std
@@ -76,13 +79,14 @@ class CategoricalCritic(nn.Module):
     # half = 0 or 1 the trunk (and its BatchNorm statistics) sees every row, the head only that
     # half (same values, less work).  None: the head runs on every row.
     half: int | None = None
+    dtype: Any = None  # `UnitDense.dtype` of every product, the logits included
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         z = _trunk(self)(jnp.concatenate([obs, action], -1))
         if self.half is not None:
             z = half_rows(z, self.half)
-        return UnitDense(self.num_atoms, use_bias=True, name="logits")(z)  # [B, num_atoms]
+        return UnitDense(self.num_atoms, use_bias=True, name="logits", dtype=self.dtype)(z)  # [B, K]
 
 
 def critic_ensemble(size: int) -> type[nn.Module]:

@@ -134,3 +134,52 @@ def test_rmsnorm_output_has_unit_root_mean_square_at_init():
     m = bounded.BoundedRMSNorm()
     y = m.apply(m.init(jax.random.PRNGKey(1), x), x)
     np.testing.assert_allclose(np.sqrt(np.mean(np.square(y), -1)), 1.0, rtol=1e-4)
+
+
+def _bf16_f64(a):
+    """``a`` rounded to bfloat16, then widened to float64: the operands the products must use."""
+    return np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_low_precision_matmul_and_its_gradients_are_float64_products_of_bfloat16_operands():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 16)).astype(np.float32)  # leading axes, as a [2B] or [E, B] batch
+    k = rng.normal(size=(16, 8)).astype(np.float32)
+    g = rng.normal(size=(3, 5, 8)).astype(np.float32)
+    y, vjp = jax.vjp(lambda x, k: bounded.low_precision_matmul(x, k, jnp.bfloat16), x, k)
+    dx, dk = vjp(jnp.asarray(g))
+    assert y.dtype == dx.dtype == dk.dtype == jnp.float32
+    tol = {"rtol": 1e-5, "atol": 1e-5}  # float32 accumulation of exact bfloat16 products
+    np.testing.assert_allclose(y, _bf16_f64(x) @ _bf16_f64(k), **tol)
+    np.testing.assert_allclose(dx, _bf16_f64(g) @ _bf16_f64(k).T, **tol)
+    np.testing.assert_allclose(dk, np.einsum("abi,abo->io", _bf16_f64(x), _bf16_f64(g)), **tol)
+    # the rounding is real: the float32 product differs by far more than the tolerance
+    assert np.abs(np.asarray(y) - x.astype(np.float64) @ k).max() > 1e-3
+
+
+def test_low_precision_matmul_under_vmap_equals_each_member_alone():
+    """Ensembles (`nn.vmap`) batch the custom gradient over a members axis."""
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.normal(size=(2, 4, 6)), jnp.float32)
+    ks = jnp.asarray(rng.normal(size=(2, 6, 3)), jnp.float32)
+
+    def loss(x, k):
+        return jnp.sum(jnp.tanh(bounded.low_precision_matmul(x, k, jnp.bfloat16)))
+
+    both = jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)))(xs, ks)
+    for m in range(2):
+        one = jax.value_and_grad(loss, argnums=(0, 1))(xs[m], ks[m])
+        for a, b in zip(jax.tree.leaves(both), jax.tree.leaves(one)):
+            np.testing.assert_allclose(a[m], b, rtol=1e-6, atol=1e-6)
+
+
+def test_unit_dense_in_bfloat16_keeps_float32_parameters_and_output():
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 6)), jnp.float32)
+    exact, low = bounded.UnitDense(3), bounded.UnitDense(3, dtype=jnp.bfloat16)
+    params = exact.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.leaves(low.init(jax.random.PRNGKey(0), x))[0].dtype == jnp.float32
+    y32, y16 = exact.apply(params, x), low.apply(params, x)
+    assert y16.dtype == jnp.float32
+    kernel = params["params"][bounded.UNIT_KERNEL]
+    np.testing.assert_allclose(y16, _bf16_f64(x) @ _bf16_f64(kernel), rtol=1e-5, atol=1e-5)
+    assert 0 < float(jnp.abs(y16 - y32).max()) < 0.05
