@@ -212,14 +212,11 @@ def main() -> None:
         print("RESULT " + json.dumps(fn(**spec), default=float), flush=True)
         return
 
-    import platform
+    import _compare  # experiments/, beside this script
 
-    import jax
-
-    results = {"meta": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-                        "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "trainers": {k: v[1] for k, v in TRAINERS.items()},
-                        "steps": {k: budget.get(k, v[2]) for k, v in TRAINERS.items()}},
+    results = {"meta": _compare.meta(trainers={k: v[1] for k, v in TRAINERS.items()},
+                                     steps={k: budget.get(k, v[2]) for k, v in TRAINERS.items()},
+                                     command="experiments/throughput.py " + " ".join(sys.argv[1:])),
                "rows": []}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

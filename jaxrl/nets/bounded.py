@@ -56,7 +56,8 @@ def _lpm_fwd(x, kernel, dtype):
 
 def _lpm_bwd(dtype, res, g):
     # Written as dot_generals on the operands' own layouts: on XLA:CPU a bfloat16 dot whose
-    # kernel contracts its LAST axis runs on the fast (AMX) path, `g @ kernel.T` does not.
+    # kernel contracts its LAST axis runs on the fast (AMX) path, `g @ kernel.T` does not; dk's
+    # contraction over the rows XLA:CPU widens to float32 (same values; GPUs keep bfloat16).
     xl, kl = res
     gl = g.astype(dtype)
     dx = jax.lax.dot_general(gl, kl, (((gl.ndim - 1,), (1,)), ((), ())),
