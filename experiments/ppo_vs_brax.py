@@ -18,6 +18,7 @@ Writes experiments/results/ppo_vs_brax_<env>.json and .png.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pathlib
@@ -58,14 +59,24 @@ def brax_effective_budget(env_name: str, budget: int, num_evals: int) -> int:
     return num_evals * math.ceil(budget / (num_evals * per_step)) * per_step
 
 
-def run_brax(env_name: str, budget: int, num_envs: int, num_evals: int, eval_envs: int, seed: int):
+def run_brax(env_name: str, budget: int, num_envs: int, num_evals: int, eval_envs: int, seed: int,
+             settings: dict | None = None):
+    """Brax's PPO with Playground's config for ``env_name``; ``settings`` replaces entries of that
+    config (``hidden`` sets both networks' hidden sizes), e.g. to run our preset's arithmetic."""
     import brax_compat  # experiments/, beside this script
 
     brax_compat.patch()  # jax.device_put_replicated, gone in JAX >= 0.10
+    from brax.training.agents.ppo import networks as ppo_networks
     from brax.training.agents.ppo import train as brax_ppo
     from mujoco_playground import registry, wrapper
 
     kwargs = upstream.brax_ppo_kwargs(env_name)
+    settings = dict(settings or {})
+    if "hidden" in settings:
+        hidden = tuple(settings.pop("hidden"))
+        kwargs["network_factory"] = functools.partial(
+            ppo_networks.make_ppo_networks, policy_hidden_layer_sizes=hidden, value_hidden_layer_sizes=hidden)
+    kwargs.update(settings)
     overrides = {
         "num_timesteps": budget, "num_envs": num_envs, "num_evals": num_evals + 1,
         "num_resets_per_eval": 0,

@@ -138,7 +138,11 @@ def measure_loop(trainer: str, task: str, devices: int, seeds: int, steps: int |
             "final_eval_return": rows[-1].get("eval_return"), "env_steps": rows[-1]["env_steps"]}
 
 
-def measure_brax(trainer: str, task: str, steps: int | None = None) -> dict:
+def measure_brax(trainer: str, task: str, steps: int | None = None, settings: str = "playground") -> dict:
+    """Brax's own trainer on ``task``.  SAC: our preset's envs, batch, updates and replay sizes.
+    PPO: ``settings="playground"`` runs Playground's config at our num_envs (its own, heavier
+    update: 16 epochs of 32 minibatches); ``"ours"`` gives Brax our preset's arithmetic (unroll,
+    epochs, minibatches, hidden sizes; one unroll of every env per update, as ours)."""
     sys.path.insert(0, str(HERE))
     import _compare
     import brax_compat
@@ -153,7 +157,10 @@ def measure_brax(trainer: str, task: str, steps: int | None = None) -> dict:
     if trainer == "ppo":
         import ppo_vs_brax
 
-        res = ppo_vs_brax.run_brax(task, steps, cfg.num_envs, evals, 16, 0)
+        same = {"unroll_length": cfg.unroll_length, "num_minibatches": cfg.num_minibatches,
+                "batch_size": cfg.num_envs // cfg.num_minibatches, "num_updates_per_batch": cfg.num_epochs,
+                "hidden": cfg.hidden}
+        res = ppo_vs_brax.run_brax(task, steps, cfg.num_envs, evals, 16, 0, same if settings == "ours" else None)
         curve = (res["steps"], res["eval_times_s"])
     else:
         res = _compare.run_brax(task, cfg, steps, 0, evals)
@@ -161,7 +168,8 @@ def measure_brax(trainer: str, task: str, steps: int | None = None) -> dict:
     # Brax evaluates once before training: its second evaluation follows the first training epoch.
     return {"env_steps_per_s_with_eval": steady_rate(curve[0][1:], curve[1][1:]),
             "backend_compile_s": compiled[0], "compile_events_s": compiled[1], "wall_s": res["wall_s"],
-            "env_steps": curve[0][-1], "num_envs": cfg.num_envs}
+            "env_steps": curve[0][-1], "num_envs": cfg.num_envs, "settings": settings if trainer == "ppo" else "ours",
+            "brax_config": res.get("config")}
 
 
 # ------------------------------------------------------------------ driver
@@ -243,8 +251,8 @@ def main() -> None:
                 if "env_steps_per_s" in r and raw.get((n, devices, "shard_map")):
                     r["loop_over_raw"] = r["env_steps_per_s"] / raw[n, devices, "shard_map"]
                 record({"task": task, "what": "loop", "trainer": trainer, "devices": devices, "seeds": seeds, **r})
-            if not a.no_brax:
-                r = _subprocess("brax", trainer=trainer, task=task, steps=budget.get(trainer))
+            for settings in ([] if a.no_brax else ["playground", "ours"] if trainer == "ppo" else ["ours"]):
+                r = _subprocess("brax", trainer=trainer, task=task, steps=budget.get(trainer), settings=settings)
                 ours = [x for x in results["rows"] if x.get("trainer") == trainer and x.get("task") == task
                         and x.get("devices") == 1 and x.get("seeds") == 1 and "env_steps_per_s_with_eval" in x]
                 if ours and r.get("env_steps_per_s_with_eval"):  # < 1: ours takes less time per env step
