@@ -344,9 +344,10 @@ def init(key: jax.Array, spec: EnvSpec, cfg: FlashSACConfig) -> FlashSACState:
     )
 
 
-def _policy(state: FlashSACState, obs: dict, cfg: FlashSACConfig):
-    """Actor in eval mode (BN running statistics): (mean, log_std), each [N, A]."""
-    return _actor(cfg, _action_size(state), train=False).apply(
+def _policy(state: FlashSACState, obs: dict, cfg: FlashSACConfig, amp: bool = False):
+    """Actor in eval mode (BN running statistics): (mean, log_std), each [N, A]; ``amp``: inside
+    an update (the critic target's next action), products in ``compute_dtype``."""
+    return _actor(cfg, _action_size(state), train=False, amp=amp).apply(
         {"params": state.actor_params, "batch_stats": state.actor_stats}, obs[cfg.actor_obs_key]
     )
 
@@ -563,7 +564,7 @@ def critic_step(state: FlashSACState, batch: Transition, key, cfg: FlashSACConfi
     """
     alpha = jnp.exp(state.log_alpha)
     r = scale_reward(state, batch.reward.astype(jnp.float32), cfg)
-    mean, log_std = _policy(state, batch.next_obs, cfg)
+    mean, log_std = _policy(state, batch.next_obs, cfg, amp=True)
     next_action, log_p_next = sample_tanh_gaussian(key, mean, log_std)
     target_logits, _ = _critic(cfg, train=True, half=1, amp=True).apply(
         {"params": state.target_params, "batch_stats": state.target_stats},

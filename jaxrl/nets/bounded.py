@@ -46,7 +46,7 @@ def low_precision_matmul(x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Arr
     product.  Its gradients are float32 products of ``dtype`` operands too: JAX's own transpose
     of a mixed dot multiplies float32 cotangents by the ``dtype`` copies (a float32 product,
     so no speed-up) and rounds the gradients to ``dtype``."""
-    return jnp.matmul(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    return _lpm_fwd(x, kernel, dtype)[0]
 
 
 def _lpm_fwd(x, kernel, dtype):
