@@ -1,9 +1,12 @@
-"""PPO's update and loop iteration before and after stop 30's two CPU changes, timed interleaved in
-one process (so a noisy machine slows both alike):
+"""PPO's update and loop iteration with each form the CPU changes took, timed interleaved in one
+process (so a noisy machine slows all alike):
 
-* before: `jax.random.permutation` per epoch (two sorts) and flax's ``nn.elu`` (expm1);
-* after: `jaxrl.algos.ppo.permutation` (one sort on two random words) and `jaxrl.nets.mlp.elu`
-  (eˣ − 1).
+* ``jax``: `jax.random.permutation` per epoch (two sorts of (random word, index)) and flax's
+  ``nn.elu`` (expm1) -- before stop 30;
+* ``two_words``: one sort of (two random words, index) and `jaxrl.nets.mlp.elu` (eˣ − 1) --
+  stop 30;
+* ``packed``: `jaxrl.algos.ppo.permutation` (rounds of plain uint32 sorts, random high bits and
+  the position in the low bits) and `jaxrl.nets.mlp.elu` -- stop 32.
 
     JAXRL_CPU_DEVICES=1 python experiments/ppo_update_ab.py --out experiments/results/ppo_update_ab_cpu.json
 
@@ -21,6 +24,7 @@ from pathlib import Path
 import _compare  # experiments/, beside this script
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import profile_loop
 
 from jaxrl.algos import ppo
@@ -49,6 +53,12 @@ def compiled_pieces(task: str, cfg: ppo.PPOConfig) -> list:
     return pieces
 
 
+def two_word_permutation(key: jax.Array, n: int) -> jax.Array:
+    """Stop 30's `ppo.permutation`: ONE sort of (two random 32-bit words, index)."""
+    words = jax.random.bits(key, (2, n), jnp.uint32)
+    return jax.lax.sort((words[0], words[1], jnp.arange(n, dtype=jnp.int32)), num_keys=2)[2]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="CartpoleBalance")
@@ -57,7 +67,8 @@ def main() -> None:
     a = p.parse_args()
     cfg = ppo.PPOConfig.cpu(num_envs=256)
     after = (ppo.permutation, mlp.ACTIVATIONS["elu"])
-    variants = {"before": (jax.random.permutation, nn.elu), "after": after}
+    variants = {"jax": (jax.random.permutation, nn.elu), "two_words": (two_word_permutation, after[1]),
+                "packed": after}
     pieces = {}
     for name, (perm, elu) in variants.items():  # traced with the variant's functions
         ppo.permutation, mlp.ACTIVATIONS["elu"] = perm, elu

@@ -6,6 +6,9 @@ devices and with 1 or 4 seeds in one program.
     # only some trainers / layouts, raw rows taken from an earlier file:
     python experiments/throughput.py --tasks CheetahRun --trainers sac ppo --layouts 1x1 \
         --raw-from experiments/results/throughput_cpu_cheetah.json --out ...
+    # ours against Brax's trainer only, in alternating pairs (Brax first), each pair's ratio:
+    python experiments/throughput.py --tasks CartpoleBalance --trainers ppo --alternate 2 \
+        --out experiments/results/throughput_cpu_ppo_pairs.json
 
 Every measurement runs in a fresh subprocess with an EMPTY compilation cache, so its compile
 seconds are what a first run pays.  Per task:
@@ -199,6 +202,9 @@ def main() -> None:
                    help="trainer runs on D devices with K seeds (default: 1x1 2x1 2x4)")
     p.add_argument("--raw-from", metavar="JSON",
                    help="take the raw-simulation rows from an earlier results file instead of measuring")
+    p.add_argument("--alternate", type=int, default=0, metavar="N",
+                   help="instead of the table: N pairs per trainer of Brax's run then ours (1 device, 1 seed; "
+                        "PPO with our arithmetic), each pair's ratio -- the machine's drift hits both sides alike")
     p.add_argument("--out", default="experiments/results/throughput_cpu.json")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -234,6 +240,17 @@ def main() -> None:
         print(json.dumps(row, default=float), flush=True)
         out.write_text(json.dumps(results, indent=1, default=float))
 
+    if a.alternate:
+        for task in a.tasks:
+            for trainer in a.trainers:
+                for i in range(a.alternate):
+                    b = _subprocess("brax", trainer=trainer, task=task, steps=budget.get(trainer), settings="ours")
+                    r = _subprocess("loop", trainer=trainer, task=task, devices=1, seeds=1, steps=budget.get(trainer))
+                    ratio = (b["env_steps_per_s_with_eval"] / r["env_steps_per_s_with_eval"]
+                             if b.get("env_steps_per_s_with_eval") and r.get("env_steps_per_s_with_eval") else None)
+                    record({"task": task, "what": "pair", "trainer": trainer, "pair": i, "brax": b, "ours": r,
+                            "ours_time_per_env_step_over_brax": ratio})
+        return
     earlier = json.loads(Path(a.raw_from).read_text())["rows"] if a.raw_from else []
     for task in a.tasks + a.raw_only:
         raw = {(r["num_envs"], r["devices"], r["mode"]): r.get("env_steps_per_s")

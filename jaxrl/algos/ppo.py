@@ -414,14 +414,26 @@ def rollout_batch(rollout: Rollout, cfg: PPOConfig) -> dict:
 
 
 def permutation(key: jax.Array, n: int) -> jax.Array:
-    """A uniformly random permutation of ``range(n)`` from ONE sort keyed on two random 32-bit
-    words (a tie needs both equal: probability < n²/2⁶⁵).  `jax.random.permutation` sorts twice
-    (two rounds on one 32-bit word), and on XLA:CPU those sorts were the PPO update's largest
-    single cost: 12 sorts, 18.7 ms of thread time in an update of 42.6 ms at the cpu preset on
-    CartpoleBalance (256 envs × 32 steps; a `jax.profiler` trace, 2026-12-05).  Measured with
-    the ELU change (`jaxrl.nets.mlp.elu`): update 63.8 → 47.4 ms (experiments/ppo_update_ab.py)."""
-    words = jax.random.bits(key, (2, n), jnp.uint32)
-    return jax.lax.sort((words[0], words[1], jnp.arange(n, dtype=jnp.int32)), num_keys=2)[2]
+    """A uniformly random permutation of ``range(n)`` from a few sorts of ONE uint32 array each.
+
+    Each round sorts words whose high bits are random and whose low ``b = ceil(log2 n)`` bits are
+    the position, then re-orders the permutation by the result: the rounds together sort by
+    ``(bits of the last round, ..., bits of the first, index)``.  Enough rounds are taken for
+    ``2b + 10`` random bits, so a tie (which would keep index order) has probability below
+    n²/2^(2b+11) ≤ 2⁻¹¹ per call; it could only matter when the tied pair straddles a minibatch
+    boundary.  Why not one sort of (random words, indices): on XLA:CPU a sort with a payload
+    runs a generic comparator, about 5× slower than a plain uint32 sort (8192 elements: 2.4 ms
+    against 0.5 ms), and these sorts were the PPO update's largest single cost
+    (`experiments/ppo_update_ab.py`).  Larger ``n`` takes more rounds (2 up to 2¹³, 3 up to 2¹⁷)."""
+    bits = max(1, (n - 1).bit_length())
+    low = (1 << bits) - 1
+    rounds = -(-(2 * bits + 10) // (32 - bits))
+    position = jnp.arange(n, dtype=jnp.uint32)
+    perm = position
+    for k in jax.random.split(key, rounds):
+        words = (jax.random.bits(k, (n,), jnp.uint32) & jnp.uint32(~low & 0xFFFFFFFF)) | position
+        perm = perm[jnp.sort(words) & jnp.uint32(low)]
+    return perm.astype(jnp.int32)
 
 
 def minibatches(batch: dict, key: jax.Array, num_minibatches: int, shards: int = 1) -> dict:

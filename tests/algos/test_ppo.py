@@ -121,13 +121,17 @@ def test_minibatches_partition_the_batch_with_an_equal_share_of_every_shard(shar
         ppo.minibatches({"i": jnp.arange(n)}, jax.random.PRNGKey(2), 5, shards)
 
 
-def test_permutation_is_numpys_stable_argsort_of_the_two_random_words_and_uniform():
-    """`ppo.permutation` equals numpy's stable argsort of the 64-bit keys its two 32-bit words
-    make; over 20,000 keys every value lands in every position about equally often."""
-    key = jax.random.PRNGKey(7)
-    words = np.asarray(jax.random.bits(key, (2, 1000), jnp.uint32)).astype(np.uint64)
-    want = np.argsort((words[0] << np.uint64(32)) | words[1], kind="stable")
-    np.testing.assert_array_equal(np.asarray(ppo.permutation(key, 1000)), want)
+@pytest.mark.parametrize("n", [1000, 8192, 3])
+def test_permutation_is_numpys_stable_argsort_round_by_round_and_uniform(n):
+    """`ppo.permutation` equals numpy's stable argsort of each round's random high bits applied
+    round after round (ties keep the previous order); over 20,000 keys every value lands in every
+    position about equally often."""
+    key, bits = jax.random.PRNGKey(7), max(1, (n - 1).bit_length())
+    want = np.arange(n)
+    for k in jax.random.split(key, -(-(2 * bits + 10) // (32 - bits))):
+        high = np.asarray(jax.random.bits(k, (n,), jnp.uint32)) >> bits  # per position
+        want = want[np.argsort(high, kind="stable")]
+    np.testing.assert_array_equal(np.asarray(ppo.permutation(key, n)), want)
     perms = np.asarray(jax.vmap(lambda k: ppo.permutation(k, 5))(jax.random.split(key, 20_000)))
     assert (np.sort(perms, axis=1) == np.arange(5)).all()
     counts = np.stack([np.bincount(perms[:, pos], minlength=5) for pos in range(5)])  # [position, value]
