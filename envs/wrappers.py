@@ -243,6 +243,15 @@ class VecEnv:
         other.state_in_privileged = self.state_in_privileged
         return other
 
+    def resets_like(self, other: VecEnv) -> bool:
+        """True when ``other.reset`` is the same program as this env's: the same task object
+        and env count, the same device layout and seed axis, and no randomised models (drawn per
+        seed).  A run's evaluation then resets through its training envs' first-reset program
+        (`jaxrl.train.loop.HostLoop.reset_program`)."""
+        return (type(self) is type(other) and self.env is other.env and self.num_envs == other.num_envs
+                and self.mesh == other.mesh and self.seed_axis == other.seed_axis
+                and self._model_batch is None and other._model_batch is None)
+
     # -------------------------------------------------------------- devices
     def distribute(self, mesh: Any) -> VecEnv:
         """This env with its env axis split over ``mesh`` (`jaxrl.train.parallel`): each device

@@ -10,6 +10,10 @@ compile (program name, seconds) and the tracing / lowering seconds; the row give
 the programs over 0.5 s, plus the process's wall time to the end of the run (imports excluded).
 The scale issue's target is "compile <= 30 s per trainer on dm_control tasks, empty cache";
 compile time only means something on the machine it was measured on (named in the JSON).
+
+``--before-tree DIR`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/before HEAD~1``)
+measures every row twice, alternating which tree goes first, the other run's code imported from
+DIR: a before/after comparison on one machine in one session.
 """
 
 from __future__ import annotations
@@ -64,19 +68,24 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["CartpoleBalance", "CheetahRun"])
     p.add_argument("--algos", nargs="+", default=list(ALGOS))
     p.add_argument("--out", default="experiments/results/compile_time_cpu.json")
+    p.add_argument("--before-tree", metavar="DIR", help="also measure each row with the code of this checkout")
     p.add_argument("--child", nargs=2, metavar=("ALGO", "TASK"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print("ROW " + json.dumps(child(*args.child)), flush=True)
         return
     rows = []
-    for task in args.tasks:
-        for algo in args.algos:
+    here = str(Path(__file__).resolve().parents[1])
+    trees = {"after": here, "before": str(Path(args.before_tree).resolve())} if args.before_tree else {None: here}
+    for i, (task, algo) in enumerate((t, a) for t in args.tasks for a in args.algos):
+        for name in (list(trees) if i % 2 == 0 else list(trees)[::-1]):
             with tempfile.TemporaryDirectory() as cache:
-                env = {**os.environ, "JAXRL_COMPILATION_CACHE": cache, "JAXRL_CPU_DEVICES": "1"}
+                env = {**os.environ, "JAXRL_COMPILATION_CACHE": cache, "JAXRL_CPU_DEVICES": "1",
+                       "PYTHONPATH": os.pathsep.join([trees[name], os.environ.get("PYTHONPATH", "")])}
                 out = subprocess.run([sys.executable, __file__, "--child", algo, task], env=env, check=True,
-                                     capture_output=True, text=True).stdout
+                                     capture_output=True, text=True, cwd=trees[name]).stdout
             row = json.loads(next(line for line in out.splitlines() if line.startswith("ROW "))[4:])
+            row.update({"tree": name} if name else {})
             print(row, flush=True)
             rows.append(row)
     from _compare import (

@@ -40,17 +40,47 @@ def episode_rollout(env: VecEnv, policy: Callable[[dict, jax.Array], jax.Array],
 
 def evaluation(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
     """``(agent_state, key) -> {'eval_return', 'eval_length'}`` (pure, traceable): the mean over
-    envs of one deterministic episode each (`episode_rollout`)."""
+    envs of one deterministic episode each (`episode_rollout`), from ``env.reset`` of the first
+    of `eval_keys`.  One program holding the reset physics; the training loops use
+    `evaluation_from` instead, with the reset as a program of its own."""
+    rollout = evaluation_from(env, act)
 
     def evaluate(agent_state, key):
-        k_reset, k_act = jax.random.split(key)
-        ret, length, _ = episode_rollout(env, lambda obs, k: act(agent_state, obs, k),
-                                         env.reset(k_reset), k_act)
+        k_reset, k_act = eval_keys(key)
+        return rollout(agent_state, env.reset(k_reset), k_act)
+
+    return evaluate
+
+
+def eval_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(reset key, action key) of the evaluation keyed ``key`` (a tuple, so that under a seed
+    vmap each is a batch of keys)."""
+    k = jax.random.split(key)
+    return k[0], k[1]
+
+
+def evaluation_from(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
+    """``(agent_state, env_state, key) -> {'eval_return', 'eval_length'}``: `evaluation` from an
+    env state made by ``env.reset`` outside.  Why: the reset is then a program of its own, the
+    same program (and compilation-cache entry) as the first reset of training envs of equal
+    size (`HostLoop.reset_program`), so an evaluation compiles no reset physics -- seconds per
+    agent configuration on CPU, most of an evaluation's compile on tasks that settle their start
+    pose (CheetahRun)."""
+
+    def evaluate(agent_state, env_state, key):
+        ret, length, _ = episode_rollout(env, lambda obs, k: act(agent_state, obs, k), env_state, key)
         return {"eval_return": ret.mean(), "eval_length": length.mean()}
 
     return evaluate
 
 
 def make_evaluator(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
-    """`evaluation`, jitted."""
-    return jax.jit(evaluation(env, act))
+    """``(agent_state, key) -> metrics``: `evaluation_from` jitted, fed by ``env.reset`` (a
+    program of its own, kept on the env)."""
+    rollout = jax.jit(evaluation_from(env, act))
+
+    def evaluate(agent_state, key):
+        k_reset, k_act = eval_keys(key)
+        return rollout(agent_state, env.reset(k_reset), k_act)
+
+    return evaluate

@@ -15,6 +15,8 @@ import envs
 from jaxrl.data import replay
 from jaxrl.io.checkpoint import CheckpointMismatchError
 from jaxrl.train import registry, run
+from jaxrl.train.evaluate import eval_keys, evaluation
+from jaxrl.train.loop import eval_key, init_keys
 from jaxrl.train.offpolicy import OffPolicyLoop, OffPolicySettings
 
 # Module fixtures train runs: keep the whole file on one xdist worker (built once).
@@ -207,6 +209,40 @@ def test_init_from_a_run_with_another_layout_names_the_field_and_both_shapes(run
 def tiny_loop():
     return registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
                                               None, STEPS["flashsac"], 0, 2)
+
+
+def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_program():
+    """An evaluation's start states come from `HostLoop.reset_program`: at equal sizes the very
+    program of the training envs' first reset (equal StableHLO: one compilation-cache entry), and
+    the evaluation program itself holds no reset physics.  Its score equals `evaluation`'s, which
+    resets inside one program (where the same check does find the reset).  Eval envs of another
+    size keep the reset inside the evaluation program."""
+    cfg = TINY["flashsac"].replace(num_envs=run.NUM_EVAL_ENVS)
+    train_env, eval_env, _ = run.make_envs("CartpoleBalance", cfg.num_envs, 0, ENV)
+    loop = registry.get("flashsac").make_loop(cfg, train_env, eval_env, STEPS["flashsac"], 0, 1)
+    # The keys exactly as `run_chunk` and `initial_env_state` pass them (committed keys would
+    # lower to another module).
+    key = eval_key(0, 0)
+    k_reset, k_act = loop._lift(eval_keys)(key)
+    k_first = loop._lift(lambda k: init_keys(k)[1])(loop._keys())
+    train_reset, eval_reset = (loop.reset_program(e).lower(k).as_text(debug_info=False)
+                               for e, k in ((loop.env, k_first), (loop.eval_env, k_reset)))
+    assert train_reset == eval_reset
+    agent = loop.init_carry().agent
+    start = loop.reset_program(loop.eval_env)(k_reset)
+    one_program = jax.jit(evaluation(loop.eval_env, loop.agent.act))
+    resets = re.compile(r"name=_reset\b")
+    assert not resets.search(str(jax.make_jaxpr(loop.evaluate)(agent, start, k_act)))
+    assert resets.search(str(jax.make_jaxpr(one_program)(agent, key)))
+    got, want = loop.evaluate(agent, start, k_act), one_program(agent, key)
+    np.testing.assert_allclose(float(got["eval_return"]), float(want["eval_return"]), rtol=1e-5)
+    assert float(got["eval_length"]) == float(want["eval_length"]) == ENV["episode_length"]
+    # Eval envs of another size reset inside the evaluation program (a reset compiled alone costs more).
+    assert loop.eval_resets_apart and not loop.eval_env.resets_like(loop.env.with_num_envs(4, 0))
+    other = registry.get("flashsac").make_loop(TINY["flashsac"], run.make_envs("CartpoleBalance", 4, 0, ENV)[0],
+                                               eval_env, STEPS["flashsac"], 0, 1)
+    assert not other.eval_resets_apart
+    assert resets.search(str(jax.make_jaxpr(other.evaluate)(other.init_carry().agent, key)))
 
 
 def test_chunk_donates_its_carry_and_equals_the_copying_path(tiny_loop):
