@@ -61,11 +61,10 @@ def eval_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def evaluation_from(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
     """``(agent_state, env_state, key) -> {'eval_return', 'eval_length'}``: `evaluation` from an
-    env state made by ``env.reset`` outside.  Why: the reset is then a program of its own, the
-    same program (and compilation-cache entry) as the first reset of training envs of equal
-    size (`HostLoop.reset_program`), so an evaluation compiles no reset physics -- seconds per
-    agent configuration on CPU, most of an evaluation's compile on tasks that settle their start
-    pose (CheetahRun)."""
+    env state made outside.  Why: the training loops then make it with the program of the
+    training envs' first reset when the eval envs reset like them (`HostLoop._evaluation`), so an
+    evaluation compiles no reset physics -- seconds per agent configuration on CPU, most of an
+    evaluation's compile on tasks that settle their start pose (CheetahRun)."""
 
     def evaluate(agent_state, env_state, key):
         ret, length, _ = episode_rollout(env, lambda obs, k: act(agent_state, obs, k), env_state, key)

@@ -240,8 +240,8 @@ class HostLoop:
         """``env.reset`` lifted over seeds and jitted: its own program, kept on the env object.
         Compiling the physics reset takes seconds on CPU (CheetahRun: 11-16 s); apart from the
         chunk it is compiled once per env (and cached on disk) instead of once per agent
-        configuration, and the training envs' first reset and the evaluation's resets are the
-        same program (and cache entry) when the two have equal sizes (cpu presets: 16 envs)."""
+        configuration, and evaluations reuse it when their envs reset like the training envs
+        (`_evaluation`)."""
         # Keyed by the env's id too: the env's copies (`VecEnv.distribute` / `across`) share its
         # __dict__ entries, and each entry's program holds its env, so an id is never reused.
         memo = env.__dict__.setdefault("_jaxrl_reset_program", {})
@@ -340,17 +340,19 @@ class HostLoop:
 
     def _evaluation(self, agent: Any, key: jax.Array) -> dict:
         """One evaluation keyed ``key``.  When the eval envs reset like the training envs
-        (`VecEnv.resets_like`: the cpu presets' 16 envs), the reset is the first reset's program
-        and cache entry and the evaluation program holds no reset physics (CheetahRun, cold:
+        (`VecEnv.resets_like`: the cpu presets' 16 envs), the training envs' first-reset program
+        makes the start states and the evaluation program holds no reset physics (CheetahRun, cold:
         SAC's backend compile 62 -> 50 s, FlashSAC's 62 -> 56 s).  Otherwise the reset stays
         inside the evaluation program: compiled alone it cost more (PPO's 16-env reset 3.9 s,
         against 1.1 s less for its evaluation)."""
         if not self.eval_resets_apart:
             return self._call("evaluate", self.evaluate, agent, key, donate=False)
         k_reset, k_act = self._lift(eval_keys)(key)
-        # Called as `initial_env_state` calls it (uncommitted keys; `_call`'s committed arguments
-        # lower to another module): the same program, the same cache entry.
-        start = self.reset_program(self.eval_env)(k_reset)
+        # The training envs' own jitted reset, called as `initial_env_state` calls it (uncommitted
+        # keys): its compiled program is reused in memory.  (A second jit of the eval envs' reset
+        # lowers to the same module only while JAX's trace caches happen to agree, and `_call`'s
+        # committed arguments lower to another module.)
+        start = self.reset_program(self.env)(k_reset)
         return self._call("evaluate", self.evaluate, agent, start, k_act, donate=False)
 
     # ------------------------------------------------------------------ helpers

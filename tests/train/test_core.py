@@ -16,7 +16,7 @@ from jaxrl.data import replay
 from jaxrl.io.checkpoint import CheckpointMismatchError
 from jaxrl.train import registry, run
 from jaxrl.train.evaluate import eval_keys, evaluation
-from jaxrl.train.loop import eval_key, init_keys
+from jaxrl.train.loop import eval_key
 from jaxrl.train.offpolicy import OffPolicyLoop, OffPolicySettings
 
 # Module fixtures train runs: keep the whole file on one xdist worker (built once).
@@ -212,36 +212,36 @@ def tiny_loop():
 
 
 def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_program():
-    """An evaluation's start states come from `HostLoop.reset_program`: at equal sizes the very
-    program of the training envs' first reset (equal StableHLO: one compilation-cache entry), and
-    the evaluation program itself holds no reset physics.  Its score equals `evaluation`'s, which
-    resets inside one program (where the same check does find the reset).  Eval envs of another
-    size keep the reset inside the evaluation program."""
+    """When the eval envs reset like the training envs (16 and 16), an evaluation's start states
+    come from the training envs' first-reset program (its one compiled executable reused, equal
+    to the eval envs' own reset) and the evaluation program holds no reset physics.  Its score
+    equals `evaluation`'s, which resets inside one program (where the same check does find the
+    reset).  Eval envs of another size keep the reset inside the evaluation program."""
     cfg = TINY["flashsac"].replace(num_envs=run.NUM_EVAL_ENVS)
     train_env, eval_env, _ = run.make_envs("CartpoleBalance", cfg.num_envs, 0, ENV)
     loop = registry.get("flashsac").make_loop(cfg, train_env, eval_env, STEPS["flashsac"], 0, 1)
-    # The keys exactly as `run_chunk` and `initial_env_state` pass them (committed keys would
-    # lower to another module).
+    assert loop.eval_resets_apart and loop.eval_env.resets_like(loop.env)
+    carry = loop.init_carry()
     key = eval_key(0, 0)
-    k_reset, k_act = loop._lift(eval_keys)(key)
-    k_first = loop._lift(lambda k: init_keys(k)[1])(loop._keys())
-    train_reset, eval_reset = (loop.reset_program(e).lower(k).as_text(debug_info=False)
-                               for e, k in ((loop.env, k_first), (loop.eval_env, k_reset)))
-    assert train_reset == eval_reset
-    agent = loop.init_carry().agent
-    start = loop.reset_program(loop.eval_env)(k_reset)
+    first_reset = loop.reset_program(loop.env)
+    traced = []  # functions traced during the evaluation: its own, but no reset
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, _, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration") else None)
+    ev = loop._evaluation(carry.agent, key)
+    assert "evaluate" in traced and "_reset" not in traced, traced
+    k_reset, k_act = eval_keys(key)
+    for a, b in zip(jax.tree.leaves(first_reset(k_reset)), jax.tree.leaves(loop.eval_env.reset(k_reset))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     one_program = jax.jit(evaluation(loop.eval_env, loop.agent.act))
     resets = re.compile(r"name=_reset\b")
-    assert not resets.search(str(jax.make_jaxpr(loop.evaluate)(agent, start, k_act)))
-    assert resets.search(str(jax.make_jaxpr(one_program)(agent, key)))
-    got, want = loop.evaluate(agent, start, k_act), one_program(agent, key)
-    np.testing.assert_allclose(float(got["eval_return"]), float(want["eval_return"]), rtol=1e-5)
-    assert float(got["eval_length"]) == float(want["eval_length"]) == ENV["episode_length"]
-    # Eval envs of another size reset inside the evaluation program (a reset compiled alone costs more).
-    assert loop.eval_resets_apart and not loop.eval_env.resets_like(loop.env.with_num_envs(4, 0))
+    assert not resets.search(str(jax.make_jaxpr(loop.evaluate)(carry.agent, first_reset(k_reset), k_act)))
+    assert resets.search(str(jax.make_jaxpr(one_program)(carry.agent, key)))
+    want = one_program(carry.agent, key)
+    np.testing.assert_allclose(float(ev["eval_return"]), float(want["eval_return"]), rtol=1e-5)
+    assert float(ev["eval_length"]) == float(want["eval_length"]) == ENV["episode_length"]
     other = registry.get("flashsac").make_loop(TINY["flashsac"], run.make_envs("CartpoleBalance", 4, 0, ENV)[0],
                                                eval_env, STEPS["flashsac"], 0, 1)
-    assert not other.eval_resets_apart
+    assert not other.eval_resets_apart and not other.eval_env.resets_like(other.env)
     assert resets.search(str(jax.make_jaxpr(other.evaluate)(other.init_carry().agent, key)))
 
 
