@@ -74,12 +74,6 @@ def evaluation_from(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array
 
 
 def make_evaluator(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
-    """``(agent_state, key) -> metrics``: `evaluation_from` jitted, fed by ``env.reset`` (a
-    program of its own, kept on the env)."""
-    rollout = jax.jit(evaluation_from(env, act))
-
-    def evaluate(agent_state, key):
-        k_reset, k_act = eval_keys(key)
-        return rollout(agent_state, env.reset(k_reset), k_act)
-
-    return evaluate
+    """`evaluation`, jitted: one program (a reset compiled apart costs more unless it is shared,
+    as the training loops share it: `HostLoop._evaluation`)."""
+    return jax.jit(evaluation(env, act))

@@ -30,7 +30,7 @@ import numpy as np
 
 from envs.wrappers import EnvState
 from jaxrl.train import guards
-from jaxrl.train.evaluate import eval_keys
+from jaxrl.train.evaluate import eval_keys, evaluation, evaluation_from
 
 # Salt of the evaluation key stream: evaluation keys never come from the training carry.
 _EVAL_STREAM = 0xE7A1
@@ -331,8 +331,6 @@ class HostLoop:
 
     def make_evaluate(self, act: Callable) -> None:
         """Set ``evaluate``: deterministic episodes on the eval envs, lifted over seeds."""
-        from jaxrl.train.evaluate import evaluation, evaluation_from
-
         if self.eval_env is not None:
             self.eval_resets_apart = self.eval_env.resets_like(self.env)
             form = evaluation_from if self.eval_resets_apart else evaluation
