@@ -8,7 +8,9 @@
   (`envs.wrappers.PHYSICS_MATMUL_PRECISION`) and learners use their config's precision, so a GPU
   learner can still use TF32 / bf16.
 * Short programs compile the quick way: `short_program_options` gives the XLA options that
-  programs which run briefly after compiling (sim2sim's single-env reset and step) use.
+  programs which run briefly after compiling (sim2sim's single-env reset and step) use, and
+  `few_steps_options` the cheaper ones for a program known to simulate only a few env steps
+  (``jaxrl sim2sim --max-steps 5``, a short ``jaxrl eval``).
 * A quiet console: MJX-Warp's per-step overflow prints and warp's module-load lines are off
   unless ``JAXRL_VERBOSE=1`` or `set_verbose(True)` (CLI ``--verbose``).
 * One CPU device per core: XLA:CPU shows one device by default, so a data-parallel program
@@ -55,6 +57,24 @@ def short_program_options() -> dict | None:
     if os.environ.get("JAXRL_SHORT_PROGRAM_OPTIONS", "1") == "0" or jax.default_backend() != "cpu":
         return None
     return {"xla_cpu_use_fusion_emitters": False}
+
+
+FEW_STEPS = 2_000
+"""Env steps (all envs together) up to which `few_steps_options` compiles with XLA's backend
+optimisation level 0: below it the compile time saved exceeds the slower steps."""
+
+
+def few_steps_options(env_steps: int) -> dict | None:
+    """XLA compiler options for a program that simulates at most `FEW_STEPS` env steps in all
+    (episodes × steps): `short_program_options` plus ``xla_backend_optimization_level=0``.
+    Measured 2026-12-05 (2-core Intel Xeon, AVX-512, jax 0.9.2, empty cache), T1's single-env
+    programs: reset compiles in 10.4 s instead of 18.1, step in 9.8 instead of 19.5, and a step
+    then runs in 15.6 ms instead of 6.7 — a saving up to ~1,900 steps.  None (the caller's
+    usual options) above `FEW_STEPS`, on GPU/TPU, or with ``JAXRL_SHORT_PROGRAM_OPTIONS=0``."""
+    quick = short_program_options()
+    if quick is None or env_steps > FEW_STEPS:
+        return None
+    return {**quick, "xla_backend_optimization_level": 0}
 
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"

@@ -9,6 +9,7 @@ control period, PD gains and the training-config hash.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from envs._runtime import few_steps_options
 from jaxrl.io import export, runfolder
 from jaxrl.io.checkpoint import CheckpointManager
 from jaxrl.train import run
@@ -139,7 +141,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         d = s.inner.data
         return (d.qpos[:k], d.mocap_pos[:k], d.mocap_quat[:k])
 
-    @jax.jit
+    # a short evaluation (e.g. a 5-step check) compiles the quick way (`few_steps_options`)
+    @functools.partial(jax.jit, compiler_options=few_steps_options(episodes * env.episode_length))
     def rollout(key):
         return episode_rollout(env, lambda obs, _: policy(obs["state"]), env.reset(key), key,
                                record=frame if k else None)

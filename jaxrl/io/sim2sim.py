@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs._runtime import short_program_options
+from envs._runtime import few_steps_options, short_program_options
 
 # The physics swap lives with the envs (the finetuning targets simulated by MuJoCo C use it too).
 from envs.mujoco_c import CPhysics, mujoco_physics
@@ -52,12 +52,13 @@ def _state_obs(obs: Any) -> np.ndarray:
     return np.asarray(obs["state"] if hasattr(obs, "keys") else obs, np.float32)
 
 
-def _programs(task: Any) -> tuple[Callable, Callable]:
+def _programs(task: Any, env_steps: int | None = None) -> tuple[Callable, Callable]:
     """Fresh jitted single-env (reset, step) of ``task``.  Both return strong types
     (`envs.wrappers.strong_types`), so a reset state and a stepped one share one signature and the
     step compiles once, not twice (T1, impl=jax, CPU: the second compile took 20-25 s).  They run
-    a few hundred steps, so compiling dominates: `short_program_options`."""
-    quick = short_program_options()
+    a few hundred steps, so compiling dominates: `short_program_options`, or `few_steps_options`
+    when at most ``env_steps`` steps will be taken (e.g. ``--max-steps 5``)."""
+    quick = (few_steps_options(env_steps) if env_steps is not None else None) or short_program_options()
     reset = jax.jit(lambda key: strong_types(task.reset(key)), compiler_options=quick)
     step = jax.jit(lambda s, a: strong_types(task.step(s, a)), compiler_options=quick)
     return reset, step
@@ -74,7 +75,7 @@ def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: ja
     # Fresh closures (a jit of the bound method could reuse a trace made without the swap), and
     # the whole loop inside the context: a re-trace (e.g. reset and step states differing in
     # weak types) must see the swap too.
-    reset, step = _programs(task)
+    reset, step = _programs(task, len(keys) * episode_length)
     returns, lengths = [], []
     with ctx:
         for key in keys:

@@ -224,13 +224,17 @@ def test_runtime_enables_compilation_cache_but_leaves_matmul_precision_process_w
 
 
 def test_short_program_options_compile_the_same_rollout_faster_settings_only(cartpole4, monkeypatch):
-    """Evaluation and sim2sim programs are compiled with `short_program_options` on CPU: a
-    10-step rollout (auto-resets included) compiled with and without them gives the same states
-    to float tolerance, and ``JAXRL_SHORT_PROGRAM_OPTIONS=0`` switches them off."""
+    """Sim2sim programs are compiled with `short_program_options` on CPU, and programs of at most
+    `FEW_STEPS` env steps (a short sim2sim or eval) with `few_steps_options`: a 10-step rollout
+    (auto-resets included) compiled with either and with XLA's defaults gives the same states to
+    float tolerance, and ``JAXRL_SHORT_PROGRAM_OPTIONS=0`` switches both off."""
     from envs import _runtime
 
     options = _runtime.short_program_options()
     assert options == {"xla_cpu_use_fusion_emitters": False}  # the suite runs on CPU
+    few = _runtime.few_steps_options(_runtime.FEW_STEPS)
+    assert few == {**options, "xla_backend_optimization_level": 0}
+    assert _runtime.few_steps_options(_runtime.FEW_STEPS + 1) is None  # long runs: the caller's own
     actions = jnp.sin(jnp.arange(10.0))[:, None, None] * jnp.ones((10, 4, cartpole4.action_size))
 
     def rollout(state):
@@ -240,12 +244,13 @@ def test_short_program_options_compile_the_same_rollout_faster_settings_only(car
         return jax.lax.scan(body, state, actions)[1]
 
     state = cartpole4.reset(jax.random.PRNGKey(3))
-    quick = jax.jit(rollout).lower(state).compile(compiler_options=options)(state)
     plain = jax.jit(rollout).lower(state).compile()(state)
-    for a, b in zip(quick, plain):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for opts in (options, few):
+        quick = jax.jit(rollout).lower(state).compile(compiler_options=opts)(state)
+        for a, b in zip(quick, plain):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     monkeypatch.setenv("JAXRL_SHORT_PROGRAM_OPTIONS", "0")
-    assert _runtime.short_program_options() is None
+    assert _runtime.short_program_options() is None and _runtime.few_steps_options(1) is None
 
 
 def test_reset_and_step_states_have_one_signature_so_a_jitted_rollout_compiles_once():

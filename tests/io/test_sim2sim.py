@@ -19,7 +19,7 @@ def _trajectory(task, actions, physics=None):
     where a stepped one is not (CheetahRun's ``data.time``)."""
     ctx = sim2sim.mujoco_physics(task, physics) if physics else contextlib.nullcontext()
     with ctx:
-        reset, step = sim2sim._programs(task)
+        reset, step = sim2sim._programs(task, len(actions))  # a few steps: `few_steps_options`
         state, out = reset(jax.random.PRNGKey(0)), []
         for a in actions:
             state = step(state, a)
