@@ -52,13 +52,13 @@ def _state_obs(obs: Any) -> np.ndarray:
     return np.asarray(obs["state"] if hasattr(obs, "keys") else obs, np.float32)
 
 
-def _programs(task: Any, env_steps: int | None = None) -> tuple[Callable, Callable]:
+def _programs(task: Any, env_steps: int) -> tuple[Callable, Callable]:
     """Fresh jitted single-env (reset, step) of ``task``.  Both return strong types
     (`envs.wrappers.strong_types`), so a reset state and a stepped one share one signature and the
     step compiles once, not twice (T1, impl=jax, CPU: the second compile took 20-25 s).  They run
     a few hundred steps, so compiling dominates: `short_program_options`, or `few_steps_options`
-    when at most ``env_steps`` steps will be taken (e.g. ``--max-steps 5``)."""
-    quick = (few_steps_options(env_steps) if env_steps is not None else None) or short_program_options()
+    when the ``env_steps`` they will take are few (e.g. ``--max-steps 5``)."""
+    quick = few_steps_options(env_steps) or short_program_options()
     reset = jax.jit(lambda key: strong_types(task.reset(key)), compiler_options=quick)
     step = jax.jit(lambda s, a: strong_types(task.step(s, a)), compiler_options=quick)
     return reset, step
