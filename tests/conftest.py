@@ -18,6 +18,7 @@ _SHARES_PROGRAMS_WITH = {
     "test_lift_smoke_trains_checkpoints_and_exports_t1": "lift",
     "quickstart.ipynb": "resume",  # tests/train/test_resume.py TINY FlashSAC runs
     "finetuning.ipynb": "finetune",  # tests/train/test_finetune.py PRE / FT runs
+    "omnireset.ipynb": "push_dataset",  # tests/omnireset's PushToSlot dataset (32 per type)
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 from mujoco import mjx
 
 import envs
+from envs._runtime import few_steps_options
 from jaxrl.algos import world_model as wm
 
 pytestmark = pytest.mark.xdist_group("world_model")
@@ -91,12 +92,13 @@ def test_imagined_step_is_the_tasks_own_step_on_the_predicted_state(monkeypatch)
     s = dyn.state_size
     data = wm.Sequences(jnp.ones((4, 1, s)), jnp.ones((4, 1, dyn.nu)), jnp.ones((4, 1, s)) * 1.1,
                         jnp.zeros((4, 1)))
-    imagine = jax.jit(wm.imagined_step(task, model, _zero_force_state(model, data)))
+    quick = few_steps_options(5)  # five steps: the quick compile
+    imagine = jax.jit(wm.imagined_step(task, model, _zero_force_state(model, data)), compiler_options=quick)
     physics = mjx_env.step
     monkeypatch.setattr(mjx_env, "step", lambda m, d, c, n=1: mjx.forward(m, physics(m, d, c, n)))
-    real = jax.jit(task.step).lower(jax.eval_shape(task.reset, jax.random.PRNGKey(0)), jnp.zeros(1)).compile()
+    real = jax.jit(task.step).lower(jax.eval_shape(task.reset, jax.random.PRNGKey(0)), jnp.zeros(1)).compile(quick)
     monkeypatch.setattr(mjx_env, "step", physics)
-    st = jax.jit(task.reset)(jax.random.PRNGKey(0))  # compiled: MJX op by op compiles dozens of kernels
+    st = jax.jit(task.reset, compiler_options=quick)(jax.random.PRNGKey(0))  # op by op: dozens of kernels
     for i in range(5):
         a = jnp.array([0.3 if i % 2 else -0.5])
         nxt, im = real(st, a), imagine(st, a)
@@ -117,8 +119,9 @@ def test_imagination_rolls_the_mean_and_the_actor_observes_the_predicted_noise()
                         jnp.zeros((4, 1)))
     state = _zero_force_state(model, data)  # zero network: the mean is the smooth dynamics
     state = state.replace(scaler=state.scaler.replace(x_std=jnp.full((s,), 0.1)))  # visible noise
-    step = jax.jit(wm.imagined_step(task, model, state))
-    st, a, key = jax.jit(task.reset)(jax.random.PRNGKey(0)), jnp.array([0.4]), jax.random.PRNGKey(7)
+    quick = few_steps_options(2)  # two steps: the quick compile
+    step = jax.jit(wm.imagined_step(task, model, state), compiler_options=quick)
+    st, a, key = jax.jit(task.reset, compiler_options=quick)(jax.random.PRNGKey(0)), jnp.array([0.4]), jax.random.PRNGKey(7)
     mean, noisy = step(st, a), step(st, a, key)
     for field in ("qpos", "qvel"):
         np.testing.assert_array_equal(np.asarray(getattr(noisy.data, field)), np.asarray(getattr(mean.data, field)))

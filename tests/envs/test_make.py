@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import envs
+from envs._runtime import few_steps_options
 
 
 def _rollout(env, steps, key=0):
@@ -61,8 +62,10 @@ def test_auto_reset_keeps_final_obs_and_flags_truncation(cartpole4):
     state = env.reset(jax.random.PRNGKey(3))
     actions = [jnp.full((4, 1), 0.3 * (-1) ** i) for i in range(6)]
     # Reference computed another way: the raw single-env task stepped without our wrapper.
-    raw = jax.jit(jax.vmap(env.unwrapped.reset))(jax.random.split(jax.random.split(jax.random.PRNGKey(3))[1], 4))
-    raw_step = jax.jit(jax.vmap(env.unwrapped.step))
+    quick = few_steps_options(4 * 5)  # a few steps: the quick compile
+    raw = jax.jit(jax.vmap(env.unwrapped.reset), compiler_options=quick)(
+        jax.random.split(jax.random.split(jax.random.PRNGKey(3))[1], 4))
+    raw_step = jax.jit(jax.vmap(env.unwrapped.step), compiler_options=quick)
     ret = np.zeros(4)
     for i in range(5):
         state = env.step(state, actions[i])
@@ -179,7 +182,7 @@ def test_nan_actions_raise_eagerly_and_are_counted_under_jit(cartpole4):
     bad = jnp.zeros((4, 1)).at[2, 0].set(jnp.nan)
     with pytest.raises(ValueError, match=r"non-finite action .*\[2\]"):
         env.step(state, bad)
-    state = jax.jit(env.step)(state, bad)
+    state = jax.jit(env.step, compiler_options=few_steps_options(4))(state, bad)
     assert int(state.nonfinite_actions) == 1
 
 
@@ -225,9 +228,10 @@ def test_runtime_enables_compilation_cache_but_leaves_matmul_precision_process_w
 
 def test_short_program_options_compile_the_same_rollout_faster_settings_only(cartpole4, monkeypatch):
     """Sim2sim programs are compiled with `short_program_options` on CPU, and programs of at most
-    `FEW_STEPS` env steps (a short sim2sim or eval) with `few_steps_options`: a 10-step rollout
-    (auto-resets included) compiled with either and with XLA's defaults gives the same states to
-    float tolerance, and ``JAXRL_SHORT_PROGRAM_OPTIONS=0`` switches both off."""
+    `FEW_STEPS` env steps (a short sim2sim or eval, a VecEnv step called from Python) with
+    `few_steps_options`: a 10-step rollout (auto-resets included) compiled with either and with
+    XLA's defaults gives the same states to float tolerance, and ``JAXRL_SHORT_PROGRAM_OPTIONS=0``
+    switches them off."""
     from envs import _runtime
 
     options = _runtime.short_program_options()
@@ -249,8 +253,16 @@ def test_short_program_options_compile_the_same_rollout_faster_settings_only(car
         quick = jax.jit(rollout).lower(state).compile(compiler_options=opts)(state)
         for a, b in zip(quick, plain):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # A VecEnv's reset / step called from Python compile the few-steps way, and give the states
+    # the XLA-default program gives; traced into a program (the rollout above) they take none.
+    assert _runtime.eager_env_options() == few and cartpole4._step_eager is not cartpole4._step_jit
+    eager = cartpole4.step(state, actions[0])
+    np.testing.assert_allclose(np.asarray(eager.obs["state"]), np.asarray(plain[0][0]), rtol=1e-5, atol=1e-6)
     monkeypatch.setenv("JAXRL_SHORT_PROGRAM_OPTIONS", "0")
     assert _runtime.short_program_options() is None and _runtime.few_steps_options(1) is None
+    assert _runtime.eager_env_options() is None
+    plain_env = envs.make("CartpoleBalance", num_envs=4)
+    assert plain_env._step_eager is plain_env._step_jit and plain_env._reset_eager is plain_env._reset_jit
 
 
 def test_reset_and_step_states_have_one_signature_so_a_jitted_rollout_compiles_once():

@@ -7,6 +7,12 @@ import numpy as np
 import pytest
 
 import envs.omnireset as omr
+from envs._runtime import few_steps_options, short_program_options
+from envs.omnireset import dataset
+
+# The session's PushToSlot dataset (conftest.push_dataset) is built once per worker: these tests
+# and the omnireset notebook (which builds the same one) share a worker.
+pytestmark = pytest.mark.xdist_group("push_dataset")
 
 
 def test_acceptance_rates_are_in_unit_interval(push_dataset, push_types):
@@ -14,6 +20,14 @@ def test_acceptance_rates_are_in_unit_interval(push_dataset, push_types):
     for name, rate in push_dataset.acceptance.items():
         assert 0.0 < rate <= 1.0, (name, rate)
     assert all(c == 32 for c in push_dataset.counts.values())
+
+
+def test_small_builds_compile_the_quick_way_large_ones_as_xla_defaults():
+    """The fixture's build (3 types × 64 candidates × 25 steps) and its re-validation compile with
+    `short_program_options` on CPU; a build above `QUICK_VALIDATION_STEPS` per call does not."""
+    assert dataset._validation_options(3 * 64, 25) == short_program_options() is not None
+    assert dataset._validation_options(32, 25) == short_program_options()
+    assert dataset._validation_options(3 * 2000, 25) is None
 
 
 def test_kept_states_satisfy_limits_when_resimulated(push_task, push_dataset, push_types):
@@ -40,7 +54,7 @@ def test_sampler_candidates_are_rejected_when_they_penetrate(push_task):
             "shake_amplitude": 0.0,
         }.items()
     }
-    _, m = jax.jit(omr.simulate_and_check, static_argnums=(0, 4, 5))(
+    _, m = jax.jit(omr.simulate_and_check, static_argnums=(0, 4, 5), compiler_options=few_steps_options(50))(
         push_task, sims, lim, jax.random.PRNGKey(0), 25, 0
     )
     assert np.asarray(m["ok"]).tolist() == [False, True]
@@ -88,7 +102,9 @@ def test_loading_another_version_raises(push_dataset, tmp_path):
 
 
 def test_build_and_save_returns_acceptance(tmp_path):
+    """The CLI's path.  (32 per type, as the fixture: the same program, found in the compilation
+    cache; only the key differs.)"""
     path = tmp_path / "cli.npz"
-    rates = omr.build_and_save("PushToSlot", 4, path, seed=3, verbose=False)
+    rates = omr.build_and_save("PushToSlot", 32, path, seed=3, verbose=False)
     assert set(rates) == {"anywhere", "near_object", "near_goal"}
-    assert omr.ResetDataset.load(path).counts == {"anywhere": 4, "near_object": 4, "near_goal": 4}
+    assert omr.ResetDataset.load(path).counts == {"anywhere": 32, "near_object": 32, "near_goal": 32}

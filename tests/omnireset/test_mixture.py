@@ -11,6 +11,10 @@ import pytest
 import envs
 import envs.omnireset as omr
 
+# The session's PushToSlot dataset (conftest.push_dataset) is built once per worker: these tests
+# and the omnireset notebook (which builds the same one) share a worker.
+pytestmark = pytest.mark.xdist_group("push_dataset")
+
 
 @pytest.mark.parametrize(
     "probs, match",

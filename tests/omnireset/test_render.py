@@ -5,6 +5,10 @@ import pytest
 
 import envs.omnireset as omr
 
+# The session's PushToSlot dataset (conftest.push_dataset) is built once per worker: these tests
+# and the omnireset notebook (which builds the same one) share a worker.
+pytestmark = pytest.mark.xdist_group("push_dataset")
+
 
 def test_render_reset_grid_shape(push_task, push_dataset, tmp_path):
     try:

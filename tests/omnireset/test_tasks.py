@@ -8,6 +8,7 @@ import pytest
 
 import envs
 import envs.omnireset as omr
+from envs._runtime import few_steps_options
 
 SIZES = {"PushToSlot": (14, 17, 2), "PegInsertion": (35, 50, 6)}
 
@@ -15,7 +16,8 @@ SIZES = {"PushToSlot": (14, 17, 2), "PegInsertion": (35, 50, 6)}
 @pytest.fixture(scope="module", params=["PushToSlot", "PegInsertion"])
 def task_and_fns(request):
     task = omr.make_task(request.param)
-    return request.param, task, jax.jit(task.reset), jax.jit(task.reset_to), jax.jit(task.step)
+    quick = few_steps_options(6)  # a few steps each: the quick compile
+    return request.param, task, *(jax.jit(f, compiler_options=quick) for f in (task.reset, task.reset_to, task.step))
 
 
 def test_task_steps_with_finite_obs(task_and_fns):
