@@ -2,6 +2,7 @@
 (foot-floor contacts, joint limits, 4 physics substeps per control step)."""
 
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ def _rollout(task, dyn, full, key, envs_, steps):
 
         return jax.lax.scan(sub, d, None, length=dyn.n_substeps)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=few_steps_options(envs_ * steps))
     def run(key):
         data = jax.vmap(task.reset)(jax.random.split(key, envs_)).data
 
@@ -58,7 +59,7 @@ def test_smooth_dynamics_plus_the_true_forces_reproduces_mjx(hopper):
     itself the same once the solver has converged (Playground's hopper runs 4 solver iterations
     and integrates the unconverged qacc, which ``qfrc_constraint`` does not match: error ~0.5)."""
     task, dyn = hopper
-    integrate = jax.jit(jax.vmap(jax.vmap(dyn.integrate)))
+    integrate = jax.jit(jax.vmap(jax.vmap(dyn.integrate)), compiler_options=few_steps_options(ENVS * STEPS))
     x, c, xn, fc, fe = _rollout(task, dyn, task.mjx_model, jax.random.PRNGKey(0), ENVS, STEPS)
     assert float(jnp.abs(fc).max()) > 10.0  # contacts really happen
     assert float(jnp.abs(integrate(x, c, fe) - xn).max()) < 1e-4
