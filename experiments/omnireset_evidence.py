@@ -9,7 +9,9 @@
    through the public API ``jaxrl.ppo.train``:
    (a) ``omnireset``: auto-resets drawn uniformly from the mixture of reset types;
    (b) ``nominal``:   auto-resets from the task's own nominal start.
-   The learning curve is the rows' ``eval_return`` (deterministic policy, 16 nominal-start envs).
+   The learning curve is the rows' ``eval_return`` (deterministic policy, 16 envs): since stop 35
+   arm (a) evaluates from "anywhere" states (`envs.omnireset.scratch_env`), arm (b) from the
+   nominal start; the results file in the repo predates that (both arms nominal).
 3. Evaluate every final policy (deterministic: the mean action) on two starts, ``--eval-envs``
    envs each, ``episode_length - 1`` steps (so no auto-reset happens):
    - ``nominal``:  the task's nominal start (pusher in one corner, puck in the middle);

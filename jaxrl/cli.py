@@ -293,9 +293,10 @@ class ResetsBuildArgs:
     """Build and validate an OmniReset reset-state dataset."""
 
     task: str
-    per_type: int = 1000  # candidate states sampled per reset type (kept ones are validated)
+    per_type: int = 10_000  # validated states kept per reset type (the paper: 10k each)
     out: str = "resets.npz"
     seed: int = 0
+    settle_steps: int | None = None  # control steps each candidate is held still; default ~2 s
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -348,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
         a = tyro.cli(ResetsBuildArgs, args=rest[1:], prog="jaxrl resets build")
         from envs import omnireset
 
-        print(json.dumps(omnireset.build_and_save(a.task, a.per_type, a.out, seed=a.seed), indent=1))
+        print(json.dumps(omnireset.build_and_save(a.task, a.per_type, a.out, seed=a.seed,
+                                                    settle_steps=a.settle_steps), indent=1))
     else:
         raise SystemExit(f"unknown command {cmd!r}\n\n{_usage()}")
 

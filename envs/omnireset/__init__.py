@@ -8,7 +8,7 @@
     ds.acceptance                                           # {'anywhere': 0.8, ...}
     ds.save("push_resets.npz")
     env = omr.make_mixture_env("PushToSlot", "push_resets.npz", probs=None, num_envs=1024)
-    # evaluation from the nominal start: envs.make("PushToSlot", num_envs=...)
+    eval_env = omr.scratch_env(env, num_envs=16)           # evaluation: "anywhere" states only
 
 Command line (wired by ``jaxrl resets build``): `build_and_save`.
 """
@@ -30,7 +30,14 @@ from envs.omnireset.dataset import (
     revalidate,
     simulate_and_check,
 )
-from envs.omnireset.mixture import ResetMixture, make_mixture_env, success_by_type, validate_probs
+from envs.omnireset.mixture import (
+    SCRATCH_TYPE,
+    ResetMixture,
+    make_mixture_env,
+    scratch_env,
+    success_by_type,
+    validate_probs,
+)
 from envs.omnireset.render import render_reset_grid
 from envs.omnireset.task_resets import default_reset_types
 
@@ -66,6 +73,7 @@ def build_and_save(
 __all__ = [
     "DATASET_VERSION",
     "NOMINAL_RESET",
+    "SCRATCH_TYPE",
     "DatasetMismatchError",
     "ResetDataset",
     "ResetMixture",
@@ -79,6 +87,7 @@ __all__ = [
     "make_task",
     "render_reset_grid",
     "revalidate",
+    "scratch_env",
     "simulate_and_check",
     "success_by_type",
     "validate_probs",

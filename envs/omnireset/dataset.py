@@ -48,7 +48,7 @@ class ValidationLimits:
     max_qvel: float = 0.05  # rad/s or m/s, every dof at the end of settling
     max_penetration: float = 0.003  # metres, deepest contact at any time during settling
     max_drift: float = 0.02  # metres, displacement of the task's drift points
-    settle_steps: int = 50  # control steps held with zero action (paper: ~2 s)
+    settle_steps: int = 100  # control steps held with zero action: 2 s at 50 Hz (the paper: ~2 s)
     shake_amplitude: float = 0.0  # arm target shake (joint units) during the first steps; 0 = none
     shake_steps: int = 0  # control steps of shaking (<= settle_steps)
 

@@ -174,6 +174,26 @@ def make_mixture_env(
     return VecEnv(env, num_envs, length, name=f"{task_name}/omnireset", seed=seed)
 
 
+SCRATCH_TYPE = "anywhere"  # reset type (1): the whole task from scratch, the one OmniReset scores on
+
+
+def scratch_env(mixture_env, num_envs: int | None = None, seed: int = 0):
+    """The envs OmniReset evaluates on (ALGORITHMS.md §3: "Evaluation uses only reset type (1):
+    the whole task from scratch"): a `VecEnv` over the same task and dataset as the mixture
+    `VecEnv` ``mixture_env``, drawing only `SCRATCH_TYPE` states.  None when ``mixture_env`` is
+    not a mixture or its dataset holds no such states (the caller then scores the nominal start).
+    """
+    from envs.wrappers import VecEnv
+
+    mixture = mixture_env.env
+    if not isinstance(mixture, ResetMixture) or not mixture.dataset.counts.get(SCRATCH_TYPE):
+        return None
+    probs = [float(name == SCRATCH_TYPE) for name in mixture.type_names]
+    return VecEnv(ResetMixture(mixture.task, mixture.dataset, probs),
+                  mixture_env.num_envs if num_envs is None else num_envs, mixture_env.episode_length,
+                  name=mixture_env.name, seed=seed)
+
+
 NOMINAL = "nominal"  # the key `success_by_type` reports for an env that starts from the nominal state
 
 

@@ -29,6 +29,13 @@ from envs.manipulation import push_to_slot as push
 from envs.manipulation.base import ManipulationTask, SimState, mat_to_quat, quat_to_mat
 from envs.omnireset.dataset import ResetType, ValidationLimits
 
+SETTLE_SECONDS = 2.0  # every candidate is held ~2 s with zero action before it is judged (the paper)
+
+
+def settle_steps_of(task: ManipulationTask) -> int:
+    """Control steps of ``task`` that make `SETTLE_SECONDS`."""
+    return round(SETTLE_SECONDS / task.dt)
+
 
 # ------------------------------------------------------------------- shared
 def push_apart_frame(
@@ -159,7 +166,8 @@ def peg_anywhere(task: peg.PegInsertion) -> ResetType:
         return SimState(qpos, jnp.zeros(task.nv), arm)
 
     # The peg may tip over onto a face while settling: generous drift bound.
-    return ResetType("anywhere", sampler, ValidationLimits(max_drift=0.2, settle_steps=60))
+    limits = ValidationLimits(max_drift=0.2, settle_steps=settle_steps_of(task))
+    return ResetType("anywhere", sampler, limits)
 
 
 def _resting_peg(key):
@@ -183,7 +191,8 @@ def peg_grasp_ready(task: peg.PegInsertion) -> ResetType:
         arm = gripper_joints_for_grasp(point, axis, jnp.asarray(peg.FINGER_MAX))
         return SimState(_peg_qpos(arm, center, rot), jnp.zeros(task.nv), arm)
 
-    return ResetType("grasp_ready", sampler, ValidationLimits(max_drift=0.02, settle_steps=60))
+    limits = ValidationLimits(max_drift=0.02, settle_steps=settle_steps_of(task))
+    return ResetType("grasp_ready", sampler, limits)
 
 
 def _closed_on(half_width):
@@ -204,7 +213,8 @@ def peg_grasped(task: peg.PegInsertion) -> ResetType:
         ctrl = arm.at[5:7].set(0.0)  # fingers commanded closed
         return SimState(_peg_qpos(arm, center, rot), jnp.zeros(task.nv), ctrl)
 
-    limits = ValidationLimits(max_drift=0.02, settle_steps=60, shake_amplitude=0.03, shake_steps=25)
+    limits = ValidationLimits(max_drift=0.02, settle_steps=settle_steps_of(task), shake_amplitude=0.03,
+                              shake_steps=25)
     return ResetType("grasped", sampler, limits)
 
 
@@ -218,7 +228,7 @@ def peg_near_goal(task: peg.PegInsertion, push_steps: int = 30) -> ResetType:
         )
 
     def sampler(key):
-        k1, k2, k3, k4, k5, k6 = jax.random.split(key, 6)
+        k1, k2, k3, k4, k5, k6, k7, k8 = jax.random.split(key, 8)
         yaw = jax.random.randint(k1, (), 0, 4) * (jnp.pi / 2) + jax.random.uniform(
             k2, (), minval=-0.02, maxval=0.02
         )
@@ -235,20 +245,22 @@ def peg_near_goal(task: peg.PegInsertion, push_steps: int = 30) -> ResetType:
         force = jnp.concatenate(
             [
                 jax.random.normal(k5, (2,)) * 0.3,
-                jax.random.uniform(k5, (1,), minval=2.0, maxval=8.0),
+                jax.random.uniform(k6, (1,), minval=2.0, maxval=8.0),
             ]
         )
-        torque = jax.random.normal(k6, (3,)) * 0.005
+        torque = jax.random.normal(k7, (3,)) * 0.005
         return push_apart_frame(
-            task, start, peg_body, jnp.concatenate([force, torque]), push_steps, assembled, k6
+            task, start, peg_body, jnp.concatenate([force, torque]), push_steps, assembled, k8
         )
 
-    return ResetType("near_goal", sampler, ValidationLimits(max_drift=0.02, settle_steps=60))
+    limits = ValidationLimits(max_drift=0.02, settle_steps=settle_steps_of(task))
+    return ResetType("near_goal", sampler, limits)
 
 
 # --------------------------------------------------------------- PushToSlot
-def _push_limits():
-    return ValidationLimits(max_qvel=0.02, max_penetration=0.002, max_drift=0.02, settle_steps=25)
+def _push_limits(task: push.PushToSlot):
+    return ValidationLimits(max_qvel=0.02, max_penetration=0.002, max_drift=0.02,
+                            settle_steps=settle_steps_of(task))
 
 
 def push_anywhere(task: push.PushToSlot) -> ResetType:
@@ -256,7 +268,7 @@ def push_anywhere(task: push.PushToSlot) -> ResetType:
         qpos = jax.random.uniform(key, (4,), minval=-push.WORKSPACE, maxval=push.WORKSPACE)
         return SimState(qpos, jnp.zeros(4), qpos[:2])
 
-    return ResetType("anywhere", sampler, _push_limits())
+    return ResetType("anywhere", sampler, _push_limits(task))
 
 
 def _pusher_next_to(key, puck):
@@ -277,7 +289,7 @@ def push_near_object(task: push.PushToSlot) -> ResetType:
         qpos = jnp.concatenate([pusher, puck])
         return SimState(qpos, jnp.zeros(4), pusher)
 
-    return ResetType("near_object", sampler, _push_limits())
+    return ResetType("near_object", sampler, _push_limits(task))
 
 
 def push_near_goal(task: push.PushToSlot, push_steps: int = 30) -> ResetType:
@@ -288,11 +300,11 @@ def push_near_goal(task: push.PushToSlot, push_steps: int = 30) -> ResetType:
         return jnp.linalg.norm(qpos[2:4] - goal) < 0.15
 
     def sampler(key):
-        k1, k2, k3 = jax.random.split(key, 3)
+        k1, k2, k3, k4 = jax.random.split(key, 4)
         start_q = jnp.concatenate([jnp.array([0.1, -0.3]), goal])
         start = SimState(start_q, jnp.zeros(4), start_q[:2])
         f = jnp.array(
-            [-jax.random.uniform(k1, (), minval=0.3, maxval=1.5), jax.random.normal(k1, ()) * 0.3]
+            [-jax.random.uniform(k1, (), minval=0.3, maxval=1.5), jax.random.normal(k4, ()) * 0.3]
         )
         wrench = jnp.concatenate([f, jnp.zeros(4)])
         out = push_apart_frame(task, start, puck_body, wrench, push_steps, assembled, k2)
@@ -300,7 +312,7 @@ def push_near_goal(task: push.PushToSlot, push_steps: int = 30) -> ResetType:
         qpos = out.qpos.at[0:2].set(pusher)
         return SimState(qpos, jnp.zeros(4), pusher)
 
-    return ResetType("near_goal", sampler, _push_limits())
+    return ResetType("near_goal", sampler, _push_limits(task))
 
 
 # ------------------------------------------------------------------ registry

@@ -116,6 +116,7 @@ class SACConfig:
     critic_obs_key: str = "privileged_state"  # asymmetric actor-critic: the critic sees more
     # --- environment
     env_overrides: tuple = ()  # ((dotted Playground config key, value), ...) applied by the run
+    num_eval_envs: int = 1024  # deterministic evaluation episodes per evaluation (LIFT: 1024)
 
     def __post_init__(self):
         def bad(field: str, value: Any, fix: str):
@@ -131,7 +132,7 @@ class SACConfig:
                     "it must be a tuple of (config key, value) pairs, e.g. (('push_config.enable', False),)")
             pairs.append((pair[0], tuple(pair[1]) if isinstance(pair[1], list) else pair[1]))
         object.__setattr__(self, "env_overrides", tuple(pairs))
-        for f in ("num_envs", "batch_size", "updates_per_step", "buffer_size"):
+        for f in ("num_envs", "batch_size", "updates_per_step", "buffer_size", "num_eval_envs"):
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 bad(f, v, "it must be a positive integer")
@@ -235,7 +236,7 @@ class SACConfig:
                    critic_lr=1e-3, alpha_lr=3e-4, weight_decay=0.0, init_log_alpha=0.0,
                    entropy_coef=0.5, actor_hidden=(256, 256), critic_hidden=(256, 256),
                    activation="relu", critic_layer_norm=True, log_std_min=-3.0, log_std_max=2.0,
-                   compute_dtype="float32")
+                   compute_dtype="float32", num_eval_envs=16)
 
     @classmethod
     def brax(cls) -> SACConfig:
@@ -253,7 +254,8 @@ class SACConfig:
         learning anything: it checks that a lift run compiles, trains, checkpoints and exports."""
         base = cls.lift(env_name if env_name in LIFT_TASKS else "T1JoystickFlatTerrain")
         return base.replace(num_envs=8, batch_size=64, updates_per_step=4, buffer_size=4096,
-                            min_buffer=16, actor_hidden=(32, 32), critic_hidden=(64, 64))
+                            min_buffer=16, actor_hidden=(32, 32), critic_hidden=(64, 64),
+                            num_eval_envs=16)
 
     def replace(self, **kw) -> SACConfig:
         return dataclasses.replace(self, **kw)

@@ -181,6 +181,9 @@ class OffPolicyLoop(HostLoop):
         k = self.num_seeds
         rest = k * sum(math.prod(x.shape) * x.dtype.itemsize
                        for x in jax.tree.leaves(carry.replace(buffer=None)))
+        if self.eval_env is not None:  # the evaluation's envs, as many bytes per env as training's
+            env_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(carry.env_state))
+            rest += k * env_bytes * self.eval_env.num_envs // self.env.num_envs
         # One iteration's sampled rows (batch x updates when sampled at once) live beside it.
         rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)
         example = self._example(carry.env_state.obs)
@@ -191,7 +194,7 @@ class OffPolicyLoop(HostLoop):
         where = f" per device ({self.devices} devices)" if self.devices > 1 else ""
         seeds = f" x {k} seeds" if k > 1 else ""
         notice(f"replay buffer {self.s.buffer_size:,} transitions{seeds} ({replay.nbytes(example, 1):,} "
-               f"bytes each) + agent, env state and sampled batch: {need / 2**30:.2f} GiB at peak"
+               f"bytes each) + agent, env states and sampled batch: {need / 2**30:.2f} GiB at peak"
                f"{where}; device free memory {free}")
 
     def _init_agent(self, key: jax.Array) -> Any:

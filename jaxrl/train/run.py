@@ -42,31 +42,58 @@ from jaxrl.io.checkpoint import CheckpointManager
 from jaxrl.train import registry
 from jaxrl.train.loop import notice
 
-NUM_EVAL_ENVS = 16
+NUM_EVAL_ENVS = 16  # evaluation envs of a config without its own ``num_eval_envs`` field
 
 
-def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, resets: dict | None = None):
-    """(train env, eval env, task name).  Evaluation always runs on the task's NOMINAL resets, so
-    an OmniReset run (``resets={'path': FILE, 'probs': [...]}``) is scored from the start state.
-    ``env_kwargs`` go to `envs.make` (dotted Playground keys, ``domain_randomization=True``)."""
+def eval_env_count(config: Any) -> int:
+    """How many envs a run of ``config`` evaluates on: its ``num_eval_envs`` (SAC: LIFT evaluates
+    on 1024), else `NUM_EVAL_ENVS`."""
+    return int(getattr(config, "num_eval_envs", NUM_EVAL_ENVS))
+
+
+def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, resets: dict | None = None,
+              num_eval_envs: int = NUM_EVAL_ENVS):
+    """(train env, eval env, task name).  A run evaluates on ``num_eval_envs`` envs of its task.
+    An OmniReset run (``resets={'path': FILE, 'probs': [...]}``, or a mixture `VecEnv` as ``env``)
+    is scored from reset type (1) only, "anywhere": the whole task from scratch, as the paper
+    scores it (`envs.omnireset.scratch_env`); a dataset without such states falls back to the
+    task's nominal start.  ``env_kwargs`` go to `envs.make` (dotted Playground keys,
+    ``domain_randomization=True``)."""
     if isinstance(env, VecEnv):
         name = env.name.split("/")[0]  # "PushToSlot/omnireset" -> "PushToSlot"
-        try:
-            eval_env = envs.make(name, num_envs=NUM_EVAL_ENVS, seed=seed + 1, **env_kwargs)
-        except ValueError:  # a hand-built env without a registered name: no separate eval envs
-            eval_env = None
         if env.num_envs != num_envs:
             raise ValueError(f"env has {env.num_envs} envs but the config asks for {num_envs}")
+        eval_env = _scratch_eval_env(env, num_eval_envs, seed + 1)
+        if eval_env is None:
+            try:
+                eval_env = envs.make(name, num_envs=num_eval_envs, seed=seed + 1, **env_kwargs)
+            except ValueError:  # a hand-built env without a registered name: no separate eval envs
+                eval_env = None
         return env, eval_env, name
     if resets:
         from envs import omnireset
 
         train_env = omnireset.make_mixture_env(env, resets["path"], resets.get("probs"),
                                                num_envs=num_envs, seed=seed, **env_kwargs)
+        eval_env = _scratch_eval_env(train_env, num_eval_envs, seed + 1)
     else:
-        train_env = _make_env(env, num_envs, seed, env_kwargs)
-    eval_env = _make_env(env, NUM_EVAL_ENVS, seed + 1, env_kwargs)
+        train_env, eval_env = _make_env(env, num_envs, seed, env_kwargs), None
+    if eval_env is None:
+        eval_env = _make_env(env, num_eval_envs, seed + 1, env_kwargs)
     return train_env, eval_env, env
+
+
+def _scratch_eval_env(train_env: VecEnv, num_envs: int, seed: int) -> VecEnv | None:
+    """OmniReset's evaluation envs for a mixture ``train_env``; None for any other env."""
+    if not type(train_env.env).__module__.startswith("envs.omnireset"):  # no import for other envs
+        return None
+    from envs import omnireset
+
+    eval_env = omnireset.scratch_env(train_env, num_envs, seed)
+    if eval_env is None and isinstance(train_env.env, omnireset.ResetMixture):
+        notice(f"the reset dataset has no {omnireset.SCRATCH_TYPE!r} states: evaluating from the "
+               "task's nominal start instead")
+    return eval_env
 
 
 _ENVS: dict[tuple[str, int, int], VecEnv] = {}  # the last few envs runs were built on (see `_make_env`)
@@ -106,8 +133,10 @@ def rebuild(record: dict, with_eval: bool = True, devices: int | None = None
     continues on another machine)."""
     algo = registry.get(record["algo"])
     config = runfolder.config_from_dict(algo.config, record["config"])
+    # A record from before SAC's ``num_eval_envs`` existed evaluated on NUM_EVAL_ENVS envs.
+    n_eval = eval_env_count(config) if "num_eval_envs" in record["config"] else NUM_EVAL_ENVS
     train_env, eval_env, _ = make_envs(record["env"], config.num_envs, record["seed"],
-                                       record["env_kwargs"], record.get("resets"))
+                                       record["env_kwargs"], record.get("resets"), n_eval)
     loop = algo.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
                           record["seed"], record["num_evals"], devices=devices,
                           seeds=record.get("seeds", 1))
@@ -181,7 +210,8 @@ def train(
         # The config's env changes (e.g. LIFT: pushes off) go into the record's env_kwargs, so
         # resume / eval / export rebuild the same env; explicit env_kwargs win.
         env_kwargs = {**dict(config.env_overrides), **env_kwargs}
-    train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets)
+    train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets,
+                                              eval_env_count(config))
     record = {
         "algo": algo, "env": env_name, "steps": int(steps), "seed": int(seed),
         "num_evals": int(num_evals), "env_kwargs": env_kwargs, "resets": resets,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -257,7 +258,7 @@ GIB = 2**30
 
 
 @pytest.mark.parametrize("task", ["T1JoystickFlatTerrain", "G1JoystickFlatTerrain"])
-def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task):
+def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task, capsys):
     """Issue #12 item 8 and #11 item 7, from abstract shapes (``jax.eval_shape`` of the loop's
     carry: nothing is allocated).  A transition holds obs and next_obs, the action, the reward and
     two flags.  The actor's 'state' is the first entries of 'privileged_state' on these tasks, so
@@ -266,8 +267,9 @@ def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task):
           (1.44x less), 818 B with bfloat16 observations; 1M transitions 1.43 GiB (float32)
       G1: state 103 + privileged 216, 29 actions -> 2,674 B, 1,850 B, 986 B; 1M: 1.72 GiB
     On top: the agent (actor, twin critic, target, AdamW moments, normalisers) 0.03 GiB, the env
-    state of 4096 envs 0.20 GiB (T1) / 0.25 GiB (G1), and the one sample of updates_per_step x
-    batch_size rows per iteration (T1: 16 x 16384, G1: 19 x 16384).  Far inside the 80% of 24 GB
+    state of 4096 envs 0.20 GiB (T1) / 0.25 GiB (G1) and of the 1024 evaluation envs a quarter of
+    that, and the one sample of updates_per_step x batch_size rows per iteration (T1: 16 x 16384,
+    G1: 19 x 16384).  The run's own report before compiling says the same.  Far inside the 80% of 24 GB
     (17.9 GiB) the check allows.  Not counted (XLA temporaries, measured only on a GPU): the
     physics step's intermediates and the update's activations at batch 16384."""
     from jaxrl.data import replay
@@ -293,11 +295,22 @@ def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task):
         assert 1_000_000 <= rows < 1_000_000 + cfg.num_envs
     assert both / (4 * (2 * p_dim + a_dim + 1) + 2) > 1.4
     sampled = both * cfg.updates_per_step * cfg.batch_size  # sampled rows come back with 'state'
-    other = size(carry.agent) + size(carry.env_state) + sampled
+    evaluation = size(carry.env_state) * cfg.num_eval_envs // cfg.num_envs
+    other = size(carry.agent) + size(carry.env_state) + evaluation + sampled
     assert size(carry.agent) < 0.05 * GIB and size(carry.env_state) < 0.3 * GIB and sampled < 0.8 * GIB
     need, have = replay.check_memory(row, cfg.buffer_size, other_bytes=other, free_bytes=24 * 10**9,
                                      platform="gpu")
     assert need < 4 * GIB and have == 24 * 10**9
+    # the run's own estimate (bfloat16 replay, as the last loop above; on this machine's platform,
+    # where CPU counts the buffer twice: a checkpoint copies it): the same bytes
+    loop = registry.get("sac").make_loop(cfg.replace(replay_obs_dtype="bfloat16"), env,
+                                         env.with_num_envs(cfg.num_eval_envs, 1), 10**9, 0, 10, devices=1)
+    capsys.readouterr()
+    loop.preflight()
+    packed = other - sampled + cfg.updates_per_step * cfg.batch_size * replay.nbytes(row, 1)  # as stored
+    small, _ = replay.check_memory(row, rows, other_bytes=packed, free_bytes=24 * 10**9)  # this machine's
+    said = re.search(r"([\d.]+) GiB at peak", capsys.readouterr().err)
+    assert said and abs(float(said[1]) - small / GIB) < 0.011  # (counters and keys: a few bytes more)
     # forty times the buffer does not fit: refused before anything is allocated
     with pytest.raises(replay.ReplayCapacityError, match=r"lower buffer_size to at most [\d,]+ "
                        r"transitions\.  num_envs .*batch_size x updates_per_step"):
@@ -562,3 +575,18 @@ def test_sample_once_scans_the_updates_over_slices_of_one_uniform_sample(cartpol
     np.testing.assert_array_equal(rows.action, 0.5)  # every warm-up action is the agent's
     np.testing.assert_array_equal(m["r"], np.asarray(rows.reward).reshape(b, u).T)
     np.testing.assert_array_equal(m["a"], np.asarray(rows.action).reshape(b, u, -1).swapaxes(0, 1))
+
+
+def test_a_run_evaluates_on_its_configs_eval_env_count():
+    """SAC evaluates on ``num_eval_envs`` envs (LIFT: 1024); configs without that field on 16."""
+    from jaxrl.algos import flashsac
+    from jaxrl.train import run
+
+    assert sac.SACConfig.lift("T1JoystickFlatTerrain").num_eval_envs == 1024 == sac.SACConfig().num_eval_envs
+    assert sac.SACConfig.cpu().num_eval_envs == 16 == sac.SACConfig.lift_smoke("T1JoystickFlatTerrain").num_eval_envs
+    assert run.eval_env_count(sac.SACConfig.cpu().replace(num_eval_envs=8)) == 8
+    assert run.eval_env_count(flashsac.FlashSACConfig.cpu()) == run.NUM_EVAL_ENVS
+    _, eval_env, _ = run.make_envs("CartpoleBalance", 4, 0, {}, None, 8)
+    assert eval_env.num_envs == 8
+    with pytest.raises(ValueError, match="num_eval_envs=0 is invalid"):
+        sac.SACConfig(num_eval_envs=0)

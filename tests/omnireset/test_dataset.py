@@ -101,10 +101,22 @@ def test_loading_another_version_raises(push_dataset, tmp_path):
         omr.ResetDataset.load(path)
 
 
-def test_build_and_save_returns_acceptance(tmp_path):
+def test_build_and_save_returns_acceptance(tmp_path, push_types):
     """The CLI's path.  (32 per type, as the fixture: the same program, found in the compilation
     cache; only the key differs.)"""
     path = tmp_path / "cli.npz"
-    rates = omr.build_and_save("PushToSlot", 32, path, seed=3, verbose=False)
+    rates = omr.build_and_save("PushToSlot", 32, path, seed=3, verbose=False,
+                                settle_steps=push_types[0].limits.settle_steps)
     assert set(rates) == {"anywhere", "near_object", "near_goal"}
     assert omr.ResetDataset.load(path).counts == {"anywhere": 32, "near_object": 32, "near_goal": 32}
+
+
+def test_default_types_settle_two_seconds_as_the_paper():
+    """ALGORITHMS.md §3: every candidate is simulated ~2 s with zero action before it is judged."""
+    for name in ("PushToSlot", "PegInsertion"):
+        task = omr.make_task(name)
+        for t in omr.default_reset_types(task):
+            assert t.limits.settle_steps * task.dt == pytest.approx(2.0), (name, t.name)
+        short = omr.default_reset_types(task, settle_steps=10)
+        assert {t.limits.settle_steps for t in short} == {10}
+        assert all(t.limits.shake_steps <= 5 for t in short)

@@ -143,3 +143,33 @@ def test_success_by_type_reports_each_drawn_type_and_the_nominal_start(push_task
     assert all(np.isfinite(r) and 0.0 <= r <= 1.0 for r in rates.values())
     with pytest.raises(ValueError, match="steps"):
         omr.success_by_type(nominal, _still, jax.random.PRNGKey(1), steps=4, params=())
+
+
+# --------------------------------------------------------------------- what a run evaluates on
+def test_an_omnireset_run_evaluates_from_the_anywhere_type_only(push_dataset, tmp_path):
+    """ALGORITHMS.md §3: "Evaluation uses only reset type (1): the whole task from scratch."  The
+    run's eval envs draw every episode from the dataset's "anywhere" states, its training envs
+    from the whole mixture; without "anywhere" states the run falls back to the nominal start."""
+    from jaxrl.train import run
+
+    path = tmp_path / "push.npz"
+    push_dataset.save(path)
+    train_env, eval_env, name = run.make_envs("PushToSlot", 8, 0, {}, {"path": str(path), "probs": None}, 16)
+    assert name == "PushToSlot" and eval_env.num_envs == 16 and not eval_env.resets_like(train_env)
+    np.testing.assert_allclose(train_env.env.probs, [1 / 3] * 3)
+    anywhere = push_dataset.type_names.index(omr.SCRATCH_TYPE)
+    s = eval_env.reset(jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(np.asarray(s.inner.info["reset_type"]), anywhere)
+    stored = push_dataset.qpos[anywhere][np.asarray(s.inner.info["reset_index"])]
+    np.testing.assert_array_equal(np.asarray(s.inner.data.qpos), stored)
+    assert len(np.unique(np.asarray(s.inner.info["reset_index"]))) > 1  # fresh draws, not one state
+    # the same for a mixture VecEnv handed to the run, sharing its task object
+    _, eval_env2, _ = run.make_envs(train_env, 8, 0, {})
+    assert eval_env2.env.task is train_env.env.task and eval_env2.num_envs == run.NUM_EVAL_ENVS
+    np.testing.assert_array_equal(eval_env2.env.probs, np.eye(3)[anywhere])
+    # a dataset without "anywhere" states: the task's own (nominal) resets
+    renamed = dataclasses.replace(push_dataset, type_names=("corner",) + push_dataset.type_names[1:])
+    renamed.save(tmp_path / "renamed.npz")
+    _, nominal, _ = run.make_envs("PushToSlot", 8, 0, {}, {"path": str(tmp_path / "renamed.npz"), "probs": None}, 16)
+    assert not isinstance(nominal.env, omr.ResetMixture) and nominal.num_envs == 16
+
