@@ -19,7 +19,7 @@
      the dataset's "anywhere" type alone (puck and pusher anywhere; the paper's evaluation).
    Success rule: an episode succeeds iff ``metrics['success'] == 1`` (puck centre within 2 cm of
    the pocket's goal point) at the LAST step of that rollout (`envs.omnireset.success_by_type`).
-4. Write experiments/results/omnireset_evidence.json and .png (nominal eval return vs env steps;
+4. Write experiments/results/omnireset_evidence.json and .png (eval return vs env steps;
    final success on both starts, per seed and mean, both arms).
 """
 
@@ -102,7 +102,7 @@ def train_arm(arm: str, seed: int, cfg, steps: int, num_evals: int, ds, evaluate
     curve = [{k: r[k] for k in ("env_steps", "wall_s", "eval_return", "train_return", "sps")
               if k in r} for r in rows]
     for r in curve:
-        print(f"  [{arm:9s} seed {seed}] steps {r['env_steps']:>9d}  nominal eval_return "
+        print(f"  [{arm:9s} seed {seed}] steps {r['env_steps']:>9d}  eval_return "
               f"{r['eval_return']:8.2f}  wall {r['wall_s']:.0f}s")
     return {
         "success_nominal": success["nominal"],
@@ -135,7 +135,7 @@ def plot(results, seeds, out_png, budget):
         for row in y:  # individual seeds
             ax.plot(x, row, color=colors[arm], lw=0.6, alpha=0.5)
     ax.set_xlabel("env steps (millions)")
-    ax.set_ylabel("eval return from the nominal start (16 envs)")
+    ax.set_ylabel("eval return, 16 envs (omnireset: from 'anywhere'; nominal: nominal start)")
     ax.set_title(f"PushToSlot, PPO cpu preset, {budget / 1e6:.1f}M steps per run; "
                  "thin = seeds, band = min/max")
     ax.title.set_fontsize(9)
@@ -222,7 +222,8 @@ def main():
                     "counts": dict(ds.counts), "acceptance": dict(ds.acceptance),
                     "mixture_probs": "uniform"},
         "training": "jaxrl.ppo.train(env, PPOConfig.cpu(), steps, seed, num_evals); curve rows: "
-                    "eval_return of the deterministic policy on 16 nominal-start envs",
+                    "eval_return of the deterministic policy on 16 envs: the omnireset arm from "
+                    "the dataset's 'anywhere' states, the nominal arm from the nominal start",
         "eval": {"starts": {"nominal": "the task's nominal start",
                             "anywhere": "reset type 'anywhere' of the dataset alone (OmniReset's "
                                         "evaluation: the whole task from scratch)"},

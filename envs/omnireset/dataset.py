@@ -29,6 +29,7 @@ from envs.manipulation.base import ManipulationTask, SimState
 
 DATASET_VERSION = 1
 
+MAX_CANDIDATES = 8192  # candidates simulated per round over all types (device memory; rounds repeat)
 QUICK_VALIDATION_STEPS = 8_192
 """Candidates × physics steps of one validation call up to which it compiles the quick way on
 CPU (`short_program_options`): a small build (a test, a first look) is mostly compile.  Measured
@@ -240,19 +241,26 @@ def build_dataset(
     key: jax.Array,
     *,
     oversample: float = 2.0,
-    max_rounds: int = 8,
+    max_rounds: int | None = None,
     verbose: bool = False,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> ResetDataset:
     """Generate ``per_type`` validated states of every reset type (see the module docstring).
 
-    Each round samples ``ceil(per_type * oversample)`` candidates per type, validates all types'
-    candidates in one vmapped simulation, and keeps the accepted ones until every type has
-    ``per_type`` (at most ``max_rounds`` rounds; a type that falls short gets a warning, one with
-    none is kept empty and the mixture wrapper refuses to draw from it).  The acceptance rate of
-    a type is accepted / simulated candidates, over the rounds it took part in.
+    Each round samples ``ceil(per_type * oversample)`` candidates per type (at most
+    ``max_candidates`` over all types: a 10k-per-type build then runs in rounds of that size
+    instead of one simulation of 20k candidates per type), validates all types' candidates in one
+    vmapped simulation, and keeps the accepted ones until every type has ``per_type`` (at most
+    ``max_rounds`` rounds, default 8 times the rounds the candidate cap alone needs; a type that
+    falls short gets a warning, one with none is kept empty and the mixture wrapper refuses to
+    draw from it).  The acceptance rate of a type is accepted / simulated candidates, over the
+    rounds it took part in.
     """
     if per_type < 1:
         raise ValueError(f"per_type must be >= 1, got {per_type}")
+    if max_candidates < len(reset_types):
+        raise ValueError(f"max_candidates must be >= the number of reset types ({len(reset_types)}), "
+                         f"got {max_candidates}")
     if not reset_types:
         raise ValueError("need at least one reset type")
     names = [t.name for t in reset_types]
@@ -260,8 +268,11 @@ def build_dataset(
         raise ValueError(f"reset type names must be unique, got {names}")
     settle = max(t.limits.settle_steps for t in reset_types)
     shake = max(t.limits.shake_steps for t in reset_types)
-    n = math.ceil(per_type * oversample)
     k = len(reset_types)
+    wanted = math.ceil(per_type * oversample)
+    n = min(wanted, max_candidates // k)
+    if max_rounds is None:
+        max_rounds = 8 * math.ceil(wanted / n)
     limits = _limit_arrays(reset_types, n)
 
     @functools.partial(jax.jit, compiler_options=_validation_options(n * k, settle))

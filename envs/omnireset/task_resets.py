@@ -327,6 +327,9 @@ def default_reset_types(task: ManipulationTask, settle_steps: int | None = None)
     if settle_steps is not None:
         import dataclasses
 
+        if settle_steps < 1:
+            raise ValueError(f"settle_steps must be >= 1 control step, got {settle_steps}")
+
         types = [
             dataclasses.replace(
                 t,

@@ -167,12 +167,15 @@ class OffPolicyLoop(HostLoop):
 
     def _example(self, obs: dict) -> Transition:
         """One stored transition without batch axis: the replay row layout."""
+        return jax.eval_shape(self._pack, self._full_example(obs))
+
+    def _full_example(self, obs: dict) -> Transition:
+        """One transition as the env makes it and the learner reads it (every observation key)."""
         row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), obs)
-        full = Transition(
+        return Transition(
             obs=row, action=jax.ShapeDtypeStruct((self.env.action_size,), jnp.float32),
             reward=jax.ShapeDtypeStruct((), jnp.float32), next_obs=row,
             terminated=jax.ShapeDtypeStruct((), jnp.bool_), truncated=jax.ShapeDtypeStruct((), jnp.bool_))
-        return jax.eval_shape(self._pack, full)
 
     def preflight(self) -> None:
         """Before compiling: say how much memory the replay buffer takes at its peak and how much
@@ -184,10 +187,11 @@ class OffPolicyLoop(HostLoop):
         if self.eval_env is not None:  # the evaluation's envs, as many bytes per env as training's
             env_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(carry.env_state))
             rest += k * env_bytes * self.eval_env.num_envs // self.env.num_envs
-        # One iteration's sampled rows (batch x updates when sampled at once) live beside it.
+        # One iteration's sampled rows (batch x updates when sampled at once) live beside it,
+        # unpacked (float32, ``state`` sliced back out).
         rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)
         example = self._example(carry.env_state.obs)
-        rest += k * rows * replay.nbytes(example, 1)
+        rest += k * rows * replay.nbytes(self._full_example(carry.env_state.obs), 1)
         capacity = k * replay.time_rows(self.s.buffer_size, self.env.num_envs) * self.env.num_envs
         need, have = replay.check_memory(example, capacity, other_bytes=rest, devices=self.devices)
         free = "unknown" if have is None else f"{have / 2**30:.2f} GiB"

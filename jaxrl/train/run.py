@@ -43,6 +43,7 @@ from jaxrl.train import registry
 from jaxrl.train.loop import notice
 
 NUM_EVAL_ENVS = 16  # evaluation envs of a config without its own ``num_eval_envs`` field
+SCRATCH_EVAL = "anywhere"  # a run record's ``eval_start`` when it is scored from OmniReset's type (1)
 
 
 def eval_env_count(config: Any) -> int:
@@ -52,18 +53,21 @@ def eval_env_count(config: Any) -> int:
 
 
 def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, resets: dict | None = None,
-              num_eval_envs: int = NUM_EVAL_ENVS):
+              num_eval_envs: int = NUM_EVAL_ENVS, scratch_eval: bool = True):
     """(train env, eval env, task name).  A run evaluates on ``num_eval_envs`` envs of its task.
     An OmniReset run (``resets={'path': FILE, 'probs': [...]}``, or a mixture `VecEnv` as ``env``)
     is scored from reset type (1) only, "anywhere": the whole task from scratch, as the paper
     scores it (`envs.omnireset.scratch_env`); a dataset without such states falls back to the
-    task's nominal start.  ``env_kwargs`` go to `envs.make` (dotted Playground keys,
+    task's nominal start, as does ``scratch_eval=False`` (runs recorded before stop 35).
+    ``num_eval_envs=0``: no eval envs.  ``env_kwargs`` go to `envs.make` (dotted Playground keys,
     ``domain_randomization=True``)."""
     if isinstance(env, VecEnv):
         name = env.name.split("/")[0]  # "PushToSlot/omnireset" -> "PushToSlot"
         if env.num_envs != num_envs:
             raise ValueError(f"env has {env.num_envs} envs but the config asks for {num_envs}")
-        eval_env = _scratch_eval_env(env, num_eval_envs, seed + 1)
+        if not num_eval_envs:
+            return env, None, name
+        eval_env = _scratch_eval_env(env, num_eval_envs, seed + 1) if scratch_eval else None
         if eval_env is None:
             try:
                 eval_env = envs.make(name, num_envs=num_eval_envs, seed=seed + 1, **env_kwargs)
@@ -75,10 +79,10 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
 
         train_env = omnireset.make_mixture_env(env, resets["path"], resets.get("probs"),
                                                num_envs=num_envs, seed=seed, **env_kwargs)
-        eval_env = _scratch_eval_env(train_env, num_eval_envs, seed + 1)
+        eval_env = _scratch_eval_env(train_env, num_eval_envs, seed + 1) if scratch_eval and num_eval_envs else None
     else:
         train_env, eval_env = _make_env(env, num_envs, seed, env_kwargs), None
-    if eval_env is None:
+    if eval_env is None and num_eval_envs:
         eval_env = _make_env(env, num_eval_envs, seed + 1, env_kwargs)
     return train_env, eval_env, env
 
@@ -133,10 +137,12 @@ def rebuild(record: dict, with_eval: bool = True, devices: int | None = None
     continues on another machine)."""
     algo = registry.get(record["algo"])
     config = runfolder.config_from_dict(algo.config, record["config"])
-    # A record from before SAC's ``num_eval_envs`` existed evaluated on NUM_EVAL_ENVS envs.
+    # Records from before stop 35 evaluated on NUM_EVAL_ENVS envs (SAC had no ``num_eval_envs``)
+    # and, trained on reset datasets, from the nominal start: a resumed run keeps scoring the same.
     n_eval = eval_env_count(config) if "num_eval_envs" in record["config"] else NUM_EVAL_ENVS
-    train_env, eval_env, _ = make_envs(record["env"], config.num_envs, record["seed"],
-                                       record["env_kwargs"], record.get("resets"), n_eval)
+    scratch = record.get("eval_start") == SCRATCH_EVAL
+    train_env, eval_env, _ = make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"],
+                                       record.get("resets"), n_eval if with_eval else 0, scratch)
     loop = algo.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
                           record["seed"], record["num_evals"], devices=devices,
                           seeds=record.get("seeds", 1))
@@ -217,6 +223,8 @@ def train(
         "num_evals": int(num_evals), "env_kwargs": env_kwargs, "resets": resets,
         "config": runfolder.config_to_dict(config), "seeds": int(seeds),
     }
+    if eval_env is not None and type(eval_env.env).__module__.startswith("envs.omnireset"):
+        record["eval_start"] = SCRATCH_EVAL  # scored from OmniReset's type (1): `rebuild` keeps it
     loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices,
                           seeds=seeds)
     record["devices"] = loop.devices  # information only: not part of the run's identity

@@ -120,3 +120,25 @@ def test_default_types_settle_two_seconds_as_the_paper():
         short = omr.default_reset_types(task, settle_steps=10)
         assert {t.limits.settle_steps for t in short} == {10}
         assert all(t.limits.shake_steps <= 5 for t in short)
+
+
+def test_large_builds_run_in_rounds_of_at_most_max_candidates(push_task, push_types, monkeypatch):
+    """A build asking for more candidates than ``max_candidates`` per round (10k per type would be
+    20k per type in one simulation) simulates rounds of that many, until every type is full.  Here
+    96 per type at 192 candidates a round: the fixture's round program (64 per type), several
+    rounds."""
+    traced = []
+    real = dataset.simulate_and_check
+
+    def spy(task, sims, *a, **k):
+        traced.append(sims.qpos.shape[0])
+        return real(task, sims, *a, **k)
+
+    monkeypatch.setattr(dataset, "simulate_and_check", spy)
+    ds = omr.build_dataset(push_task, push_types, per_type=96, key=jax.random.PRNGKey(5), max_candidates=192)
+    assert traced == [192]  # one program, 3 types x 64 candidates
+    assert ds.counts == {t.name: 96 for t in push_types}
+    with pytest.raises(ValueError, match="max_candidates must be >= the number of reset types"):
+        omr.build_dataset(push_task, push_types, per_type=4, key=jax.random.PRNGKey(0), max_candidates=2)
+    with pytest.raises(ValueError, match="settle_steps must be >= 1"):
+        omr.default_reset_types(push_task, settle_steps=0)

@@ -167,6 +167,17 @@ def test_an_omnireset_run_evaluates_from_the_anywhere_type_only(push_dataset, tm
     _, eval_env2, _ = run.make_envs(train_env, 8, 0, {})
     assert eval_env2.env.task is train_env.env.task and eval_env2.num_envs == run.NUM_EVAL_ENVS
     np.testing.assert_array_equal(eval_env2.env.probs, np.eye(3)[anywhere])
+    # a rebuilt run (resume, eval) scores as its record says: records from before stop 35 have
+    # no ``eval_start`` and were scored from the nominal start
+    from jaxrl import ppo
+    from jaxrl.io import runfolder
+
+    rec = {"algo": "ppo", "env": "PushToSlot", "steps": 256, "seed": 0, "num_evals": 1, "env_kwargs": {},
+           "resets": {"path": str(path), "probs": None}, "seeds": 1,
+           "config": runfolder.config_to_dict(ppo.PPOConfig.cpu(num_envs=8))}
+    rebuilt = run.rebuild({**rec, "eval_start": run.SCRATCH_EVAL}, devices=1)[3].eval_env
+    np.testing.assert_array_equal(rebuilt.env.probs, np.eye(3)[anywhere])
+    assert not isinstance(run.rebuild(rec, devices=1)[3].eval_env.env, omr.ResetMixture)
     # a dataset without "anywhere" states: the task's own (nominal) resets
     renamed = dataclasses.replace(push_dataset, type_names=("corner",) + push_dataset.type_names[1:])
     renamed.save(tmp_path / "renamed.npz")
