@@ -449,19 +449,22 @@ LEARN = sac.SACConfig.cpu().replace(actor_hidden=(64, 64), critic_hidden=(64, 64
 @pytest.mark.slow
 def test_sac_learns_cartpole_balance_on_two_vmapped_seeds():
     """SAC (cpu preset, 64-wide, UTD 0.5), CartpoleBalance, 2 seeds in one vmapped program:
-    the seed-mean deterministic eval return reaches >= 750 within 64k env steps (the random
+    the seed-mean deterministic eval return reaches >= 750 within 96k env steps (the random
     warm-up policy scores 175-205; random policies 200-600).
 
     One seed's crossing point moves by 10k+ steps between float paths (CPUs, vmapped or not), so
     the claim is on the mean of two.  Measured, jax 0.9.2, 2026-12-02, 2-core AMD EPYC (AVX-512),
     evals every ~5.2k steps from 2k: seed 0 175 / 430 / 352 / 336 / 511 / 486 / 590 / 574 / 560 /
     469 / 553 / 847 / 891, seed 1 203 / 474 / 312 / 303 / 458 / 515 / 617 / 725 / 898 / 999 / 932 /
-    874 / 926; mean >= 750 at 58.9k and 64k (860, 908).  ~45 s of training plus ~25 s compile."""
+    874 / 926; mean >= 750 at 58.9k and 64k (860, 908).  ~45 s of training plus ~25 s compile.
+    On a 2-core AMD EPYC with AVX2 only (2026-12-06) the same evals gave seed means 189 / 349 /
+    384 / 350 / 418 / 590 / 705 / 610 / 646 / 748 / 664 / 690 / 669 / 725 / 747 / 769 / 781 / 839:
+    >= 750 first at 80.5k (the best up to 64k was 722, below the former 64k budget), hence 96k."""
     import jaxrl.sac as sac_entry
 
-    _, rows = sac_entry.train("CartpoleBalance", LEARN, steps=64_000, num_evals=12, seeds=2, progress=False)
+    _, rows = sac_entry.train("CartpoleBalance", LEARN, steps=96_000, num_evals=18, seeds=2, progress=False)
     curves = [[round(r[f"seed{i}/eval_return"]) for r in rows if "eval_return" in r] for i in range(2)]
-    assert rows[-1]["env_steps"] >= 64_000
+    assert rows[-1]["env_steps"] >= 96_000
     assert max(r["eval_return"] for r in rows if "eval_return" in r) >= 750, curves
 
 
