@@ -182,11 +182,9 @@ class OffPolicyLoop(HostLoop):
         the device has free, and refuse a buffer that cannot fit (naming the knobs)."""
         carry = jax.eval_shape(self._init, jax.random.PRNGKey(0))  # one seed, shapes only
         k = self.num_seeds
-        rest = k * sum(math.prod(x.shape) * x.dtype.itemsize
-                       for x in jax.tree.leaves(carry.replace(buffer=None)))
+        rest = k * replay.nbytes(carry.replace(buffer=None), 1)
         if self.eval_env is not None:  # the evaluation's envs, as many bytes per env as training's
-            env_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(carry.env_state))
-            rest += k * env_bytes * self.eval_env.num_envs // self.env.num_envs
+            rest += k * replay.nbytes(carry.env_state, 1) * self.eval_env.num_envs // self.env.num_envs
         # One iteration's sampled rows (batch x updates when sampled at once) live beside it,
         # unpacked (float32, ``state`` sliced back out).
         rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)

@@ -62,39 +62,42 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
     ``num_eval_envs=0``: no eval envs.  ``env_kwargs`` go to `envs.make` (dotted Playground keys,
     ``domain_randomization=True``)."""
     if isinstance(env, VecEnv):
-        name = env.name.split("/")[0]  # "PushToSlot/omnireset" -> "PushToSlot"
+        name, train_env = env.name.split("/")[0], env  # "PushToSlot/omnireset" -> "PushToSlot"
         if env.num_envs != num_envs:
             raise ValueError(f"env has {env.num_envs} envs but the config asks for {num_envs}")
-        if not num_eval_envs:
-            return env, None, name
-        eval_env = _scratch_eval_env(env, num_eval_envs, seed + 1) if scratch_eval else None
-        if eval_env is None:
-            try:
-                eval_env = envs.make(name, num_envs=num_eval_envs, seed=seed + 1, **env_kwargs)
-            except ValueError:  # a hand-built env without a registered name: no separate eval envs
-                eval_env = None
-        return env, eval_env, name
-    if resets:
+    elif resets:
         from envs import omnireset
 
-        train_env = omnireset.make_mixture_env(env, resets["path"], resets.get("probs"),
-                                               num_envs=num_envs, seed=seed, **env_kwargs)
-        eval_env = _scratch_eval_env(train_env, num_eval_envs, seed + 1) if scratch_eval and num_eval_envs else None
+        name, train_env = env, omnireset.make_mixture_env(env, resets["path"], resets.get("probs"),
+                                                          num_envs=num_envs, seed=seed, **env_kwargs)
     else:
-        train_env, eval_env = _make_env(env, num_envs, seed, env_kwargs), None
-    if eval_env is None and num_eval_envs:
+        name, train_env = env, _make_env(env, num_envs, seed, env_kwargs)
+    if not num_eval_envs:
+        return train_env, None, name
+    eval_env = _scratch_eval_env(train_env, num_eval_envs, seed + 1) if scratch_eval else None
+    if eval_env is None and not isinstance(env, VecEnv):
         eval_env = _make_env(env, num_eval_envs, seed + 1, env_kwargs)
-    return train_env, eval_env, env
+    elif eval_env is None:
+        try:
+            eval_env = envs.make(name, num_envs=num_eval_envs, seed=seed + 1, **env_kwargs)
+        except ValueError:  # a hand-built env without a registered name: no separate eval envs
+            eval_env = None
+    return train_env, eval_env, name
+
+
+def _draws_from_dataset(vec_env: VecEnv) -> bool:
+    """Whether ``vec_env`` resets from an OmniReset dataset (no import for any other env)."""
+    return type(vec_env.env).__module__.startswith("envs.omnireset")
 
 
 def _scratch_eval_env(train_env: VecEnv, num_envs: int, seed: int) -> VecEnv | None:
     """OmniReset's evaluation envs for a mixture ``train_env``; None for any other env."""
-    if not type(train_env.env).__module__.startswith("envs.omnireset"):  # no import for other envs
+    if not _draws_from_dataset(train_env):
         return None
     from envs import omnireset
 
     eval_env = omnireset.scratch_env(train_env, num_envs, seed)
-    if eval_env is None and isinstance(train_env.env, omnireset.ResetMixture):
+    if eval_env is None:
         notice(f"the reset dataset has no {omnireset.SCRATCH_TYPE!r} states: evaluating from the "
                "task's nominal start instead")
     return eval_env
@@ -223,7 +226,7 @@ def train(
         "num_evals": int(num_evals), "env_kwargs": env_kwargs, "resets": resets,
         "config": runfolder.config_to_dict(config), "seeds": int(seeds),
     }
-    if eval_env is not None and type(eval_env.env).__module__.startswith("envs.omnireset"):
+    if eval_env is not None and _draws_from_dataset(eval_env):
         record["eval_start"] = SCRATCH_EVAL  # scored from OmniReset's type (1): `rebuild` keeps it
     loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices,
                           seeds=seeds)
