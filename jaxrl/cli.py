@@ -262,6 +262,7 @@ class EvalArgs:
     seed: int = 0  # seed of the evaluation episodes' initial states
     seed_index: int | None = None  # a run of K seeds: whose policy (0..K-1)
     env: str | None = None  # evaluate on another task of the same layout (a finetuning target); default the run's
+    start: Literal["nominal", "anywhere"] | None = None  # initial states; default the run's own (OmniReset: anywhere)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
         a = tyro.cli(EvalArgs, args=_with_run_dir(rest), prog="jaxrl eval RUN_DIR")
         report = lifecycle.evaluate_run(a.run_dir, episodes=a.episodes, which=a.checkpoint, seed=a.seed,
                                         video=a.video, grid=a.grid, height=a.height, width=a.width,
-                                        camera=_camera(a.camera), seed_index=a.seed_index, env=a.env)
+                                        camera=_camera(a.camera), seed_index=a.seed_index, env=a.env,
+                                        start=a.start)
         print(json.dumps(report, indent=1))
     elif cmd == "sim2sim":
         from jaxrl.io import sim2sim

@@ -106,25 +106,68 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     return policy_path
 
 
+START_NOMINAL, START_ANYWHERE = "nominal", "anywhere"  # `evaluate_run`'s choices of initial states
+
+
+def default_start(record: dict, env: str) -> str:
+    """Where a run's own evaluations began: OmniReset runs (record ``eval_start``) from reset
+    type (1), "anywhere", as the paper scores them; every other run, and any other task, from
+    the task's nominal start."""
+    from jaxrl.train import run
+
+    own = record.get("eval_start") == run.SCRATCH_EVAL and env == record["env"]
+    return START_ANYWHERE if own else START_NOMINAL
+
+
+def eval_envs(record: dict, env: str, episodes: int, seed: int, start: str) -> Any:
+    """``episodes`` envs of task ``env`` for a run's evaluation, starting at ``start``:
+    "nominal", the task's own reset; "anywhere", OmniReset's type (1) states of the reset dataset
+    the run trained on (`envs.omnireset.scratch_env`)."""
+    import envs
+
+    kwargs = record.get("env_kwargs") or {}
+    if start == START_NOMINAL:
+        return envs.make(env, num_envs=episodes, seed=seed, **kwargs)
+    if start != START_ANYWHERE:
+        raise ValueError(f"start must be {START_NOMINAL!r} or {START_ANYWHERE!r}, got {start!r}")
+    resets = record.get("resets")
+    if not resets or env != record["env"]:
+        raise ValueError(f"start={START_ANYWHERE!r} draws from the reset dataset a run trained on "
+                         f"(train --resets FILE); this run of {record['env']} has none for {env}: "
+                         f"use start={START_NOMINAL!r}")
+    from envs import omnireset
+
+    mixture = omnireset.make_mixture_env(env, resets["path"], resets.get("probs"), num_envs=episodes,
+                                         seed=seed, **kwargs)
+    scratch = omnireset.scratch_env(mixture, episodes, seed)
+    if scratch is None:
+        raise ValueError(f"{resets['path']} holds no {omnireset.SCRATCH_TYPE!r} states: use "
+                         f"start={START_NOMINAL!r}")
+    return scratch
+
+
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "latest", seed: int = 0,
                  video: str | Path | None = None, grid: int = 1, height: int = 240, width: int = 320,
                  camera: str | int | None = None, write: bool = True,
-                 seed_index: int | None = None, env: str | None = None) -> dict:
+                 seed_index: int | None = None, env: str | None = None, start: str | None = None) -> dict:
     """Deterministic policy of a run on ``episodes`` fresh episodes (one per env, in parallel).
 
     ``env`` evaluates on another registered task with the same observation/action layout (a
     finetuning target: how the pretrained policy does in the changed world); default the run's.
+    ``start``: where episodes begin, "nominal" or "anywhere" (`eval_envs`); default where the run's
+    own evaluations began (`default_start`: "anywhere" for an OmniReset run, as the paper scores).
 
     Returns (and writes ``RUN_DIR/eval.json``) the per-episode returns and lengths.  With
     ``video`` it also renders the first ``grid`` episodes with MuJoCo's renderer into one video
     (a grid when ``grid > 1``); frames after an episode ends hold its last state.  ``camera``
     None picks the task's first camera (set up by its author) or MuJoCo's free camera.
     """
-    import envs
     from jaxrl.train.evaluate import episode_rollout
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if start not in (None, START_NOMINAL, START_ANYWHERE):
+        raise ValueError(f"start must be {START_NOMINAL!r} or {START_ANYWHERE!r}, got {start!r}")
     if video is not None and not 1 <= grid <= episodes:
         raise ValueError(f"grid must be between 1 and episodes={episodes}, got {grid}")
     record, algo, config, agent, _ = load_run(run_dir, which, seed_index)
@@ -134,7 +177,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         from jaxrl.train import run
 
         run.check_same_layout(record, name, record.get("env_kwargs") or {}, "evaluate")
-    env = envs.make(name, num_envs=episodes, seed=seed, **(record.get("env_kwargs") or {}))
+    start = start or default_start(record, name)
+    env = eval_envs(record, name, episodes, seed, start)
     k = grid if video is not None else 0
 
     def frame(s):  # what the video needs of the first k envs
@@ -150,7 +194,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     ret, length, frames = rollout(jax.random.PRNGKey(seed))
     ret, length = np.asarray(ret, float), np.asarray(length).astype(int)
     report = {
-        "env": name, "checkpoint": which, "episodes": episodes, "seed": seed,
+        "env": name, "start": start, "checkpoint": which, "episodes": episodes, "seed": seed,
         "returns": ret.tolist(), "lengths": length.tolist(),
         "mean_return": float(ret.mean()), "std_return": float(ret.std()),
     }

@@ -28,6 +28,7 @@ def test_eval_scores_the_trained_policy_and_writes_a_grid_video(run_dir, tmp_pat
             pytest.skip("no OpenGL context on this machine")
         raise
     assert len(report["returns"]) == 4 and report["lengths"] == [1000] * 4
+    assert report["start"] == "nominal"  # not an OmniReset run: the task's own start
     assert report["mean_return"] >= 900  # the solved policy, not an untrained one (~200-600)
     assert json.loads((run_dir / "eval.json").read_text())["returns"] == report["returns"]
     import imageio_ffmpeg
@@ -57,6 +58,10 @@ def test_bad_eval_and_sim2sim_requests_are_refused(run_dir, tmp_path):
         lifecycle.evaluate_run(run_dir, episodes=2, video=tmp_path / "v.mp4", grid=3)
     with pytest.raises(ValueError, match="checkpoint"):
         lifecycle.evaluate_run(run_dir, episodes=1, which="oldest")
+    with pytest.raises(ValueError, match="start must be 'nominal' or 'anywhere'"):
+        lifecycle.evaluate_run(run_dir, episodes=1, start="middle")
+    with pytest.raises(ValueError, match="draws from the reset dataset a run trained on"):
+        lifecycle.evaluate_run(run_dir, episodes=1, start="anywhere")
     with pytest.raises(FileNotFoundError, match="not a jaxrl run"):
         sim2sim.sim2sim(tmp_path)
     with pytest.raises(ValueError, match="episodes"):

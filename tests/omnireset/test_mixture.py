@@ -178,9 +178,24 @@ def test_an_omnireset_run_evaluates_from_the_anywhere_type_only(push_dataset, tm
     rebuilt = run.rebuild({**rec, "eval_start": run.SCRATCH_EVAL}, devices=1)[3].eval_env
     np.testing.assert_array_equal(rebuilt.env.probs, np.eye(3)[anywhere])
     assert not isinstance(run.rebuild(rec, devices=1)[3].eval_env.env, omr.ResetMixture)
+    # `jaxrl eval RUN` plays where the run's own evaluations began, unless told otherwise
+    from jaxrl.io import lifecycle
+
+    marked = {**rec, "eval_start": run.SCRATCH_EVAL}
+    assert lifecycle.default_start(marked, "PushToSlot") == "anywhere"
+    assert lifecycle.default_start(rec, "PushToSlot") == lifecycle.default_start(marked, "Other") == "nominal"
+    anywhere_envs = lifecycle.eval_envs(marked, "PushToSlot", 4, 0, "anywhere")
+    assert anywhere_envs.num_envs == 4 and anywhere_envs.env.dataset.counts == push_dataset.counts
+    np.testing.assert_array_equal(anywhere_envs.env.probs, np.eye(3)[anywhere])
+    assert not isinstance(lifecycle.eval_envs(marked, "PushToSlot", 4, 0, "nominal").env, omr.ResetMixture)
+    with pytest.raises(ValueError, match="draws from the reset dataset a run trained on"):
+        lifecycle.eval_envs({**rec, "resets": None}, "PushToSlot", 4, 0, "anywhere")
     # a dataset without "anywhere" states: the task's own (nominal) resets
     renamed = dataclasses.replace(push_dataset, type_names=("corner",) + push_dataset.type_names[1:])
     renamed.save(tmp_path / "renamed.npz")
     _, nominal, _ = run.make_envs("PushToSlot", 8, 0, {}, {"path": str(tmp_path / "renamed.npz"), "probs": None}, 16)
     assert not isinstance(nominal.env, omr.ResetMixture) and nominal.num_envs == 16
+    with pytest.raises(ValueError, match="holds no 'anywhere' states"):
+        lifecycle.eval_envs({**rec, "resets": {"path": str(tmp_path / "renamed.npz")}}, "PushToSlot", 4, 0,
+                            "anywhere")
 
