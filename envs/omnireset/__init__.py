@@ -22,6 +22,7 @@ import jax
 from envs.manipulation.base import NOMINAL_RESET, SimState
 from envs.omnireset.dataset import (
     DATASET_VERSION,
+    SETTLE_SECONDS,
     DatasetMismatchError,
     ResetDataset,
     ResetType,
@@ -66,7 +67,8 @@ def build_and_save(
     ds = build_dataset(task, types, per_type, jax.random.PRNGKey(seed), verbose=verbose)
     ds.save(out_path)
     if verbose:
-        print(f"saved {ds.counts} to {out_path}; acceptance {ds.acceptance}")
+        print(f"saved {ds.counts} to {out_path}; acceptance {ds.acceptance}; "
+              f"candidates settled {ds.settle_seconds:g} s")
     return dict(ds.acceptance)
 
 
@@ -74,6 +76,7 @@ __all__ = [
     "DATASET_VERSION",
     "NOMINAL_RESET",
     "SCRATCH_TYPE",
+    "SETTLE_SECONDS",
     "DatasetMismatchError",
     "ResetDataset",
     "ResetMixture",

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs._runtime import short_program_options
+from envs._runtime import notice, short_program_options
 from envs.manipulation.base import ManipulationTask, SimState
 
 DATASET_VERSION = 1
@@ -40,6 +40,9 @@ of 16.5-18, rounds alike; at 512 × 40 the compile saves 10-14 s but a round run
 
 def _validation_options(candidates: int, steps: int) -> dict | None:
     return short_program_options() if candidates * steps <= QUICK_VALIDATION_STEPS else None
+
+
+SETTLE_SECONDS = 2.0  # every candidate is held ~2 s with zero action before it is judged (the paper)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,9 @@ class ResetDataset:
     body_names: tuple[str, ...]
     acceptance: dict[str, float] = dataclasses.field(default_factory=dict)
     version: int = DATASET_VERSION
+    # seconds every candidate was held with zero action before it was judged; None: saved before
+    # stop 36, when it was not recorded (PegInsertion's types then settled 1.2 s, PushToSlot's 0.5 s)
+    settle_seconds: float | None = None
 
     def __post_init__(self):
         k = len(self.type_names)
@@ -136,6 +142,7 @@ class ResetDataset:
             "nu": self.nu,
             "body_names": list(self.body_names),
             "acceptance": self.acceptance,
+            "settle_seconds": self.settle_seconds,
         }
         arrays = {"meta": np.array(json.dumps(meta))}
         for i in range(len(self.type_names)):
@@ -169,10 +176,22 @@ class ResetDataset:
                 body_names=tuple(meta["body_names"]),
                 acceptance={k_: float(v) for k_, v in meta.get("acceptance", {}).items()},
                 version=version,
+                settle_seconds=meta.get("settle_seconds"),
             )
         if task is not None:
             ds.check_compatible(task)
+        ds._notice_short_settle(path)
         return ds
+
+    def _notice_short_settle(self, path) -> None:
+        """A dataset whose candidates settled less than the paper's ~2 s (or an unknown time)
+        holds states that may still be moving: say so where it is loaded."""
+        if self.settle_seconds is None:
+            notice(f"{path}: saved without its settle time (before stop 36, when candidates settled "
+                   f"less than the paper's ~{SETTLE_SECONDS:g} s); rebuild it with `jaxrl resets build`")
+        elif self.settle_seconds < SETTLE_SECONDS - 1e-6:
+            notice(f"{path}: candidates settled {self.settle_seconds:g} s before they were judged, "
+                   f"less than the paper's ~{SETTLE_SECONDS:g} s")
 
 
 # ------------------------------------------------------------------ validation
@@ -331,6 +350,7 @@ def build_dataset(
         nu=task.nu,
         body_names=task.body_names,
         acceptance=acceptance,
+        settle_seconds=round(settle * task.dt, 6),
     )
 
 

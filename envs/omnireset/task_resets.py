@@ -27,9 +27,7 @@ import numpy as np
 from envs.manipulation import peg_insertion as peg
 from envs.manipulation import push_to_slot as push
 from envs.manipulation.base import ManipulationTask, SimState, mat_to_quat, quat_to_mat
-from envs.omnireset.dataset import ResetType, ValidationLimits
-
-SETTLE_SECONDS = 2.0  # every candidate is held ~2 s with zero action before it is judged (the paper)
+from envs.omnireset.dataset import SETTLE_SECONDS, ResetType, ValidationLimits
 
 
 def settle_steps_of(task: ManipulationTask) -> int:

@@ -73,6 +73,25 @@ def test_save_load_round_trip(push_task, push_dataset, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_dataset_records_its_settle_time_and_loading_a_short_or_unknown_one_says_so(
+        push_task, push_types, push_dataset, tmp_path, capsys):
+    """The fixture's types settle 25 control steps at 50 Hz: 0.5 s, less than the paper's ~2 s,
+    which loading the file reports; a file saved before settle times were recorded says that."""
+    settle = push_types[0].limits.settle_steps * push_task.dt
+    assert push_dataset.settle_seconds == pytest.approx(settle) and settle < omr.SETTLE_SECONDS
+    path = tmp_path / "short.npz"
+    push_dataset.save(path)
+    capsys.readouterr()
+    assert omr.ResetDataset.load(path).settle_seconds == push_dataset.settle_seconds
+    assert f"candidates settled {settle:g} s before they were judged" in capsys.readouterr().err
+    dataclasses.replace(push_dataset, settle_seconds=None).save(tmp_path / "unknown.npz")
+    assert omr.ResetDataset.load(tmp_path / "unknown.npz").settle_seconds is None
+    assert "saved without its settle time" in capsys.readouterr().err
+    dataclasses.replace(push_dataset, settle_seconds=omr.SETTLE_SECONDS).save(tmp_path / "paper.npz")
+    omr.ResetDataset.load(tmp_path / "paper.npz")
+    assert "settle" not in capsys.readouterr().err
+
+
 def test_loading_into_a_different_model_raises(push_dataset, tmp_path):
     path = tmp_path / "push.npz"
     push_dataset.save(path)
