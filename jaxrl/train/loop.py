@@ -166,9 +166,11 @@ class HostLoop:
         self.mesh = parallel.make_mesh(self.devices)
         self.env = env.distribute(self.mesh)
         self.eval_env = None
+        # eval envs that do not divide over the devices are not split: one device holds them all
+        self.eval_split = (eval_env is not None and self.mesh is not None
+                           and eval_env.num_envs % self.devices == 0)
         if eval_env is not None:
-            ok = self.mesh is not None and eval_env.num_envs % self.devices == 0
-            self.eval_env = eval_env.distribute(self.mesh if ok else None)
+            self.eval_env = eval_env.distribute(self.mesh if self.eval_split else None)
         if self.num_seeds > 1:
             # The auto-reset branch decided across seeds (`VecEnv.across`), so it stays a
             # branch under the seed vmap (inside `shard_map` too: each device for its envs).

@@ -184,7 +184,9 @@ class OffPolicyLoop(HostLoop):
         k = self.num_seeds
         rest = k * replay.nbytes(carry.replace(buffer=None), 1)
         if self.eval_env is not None:  # the evaluation's envs, as many bytes per env as training's
-            rest += k * replay.nbytes(carry.env_state, 1) * self.eval_env.num_envs // self.env.num_envs
+            unsplit = 1 if self.eval_split else self.devices  # counted whole on the device holding them
+            rest += (k * unsplit * replay.nbytes(carry.env_state, 1) * self.eval_env.num_envs
+                     // self.env.num_envs)
         # One iteration's sampled rows (batch x updates when sampled at once) live beside it,
         # unpacked (float32, ``state`` sliced back out).
         rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)

@@ -255,3 +255,24 @@ def test_impossible_device_and_seed_requests_are_refused_before_compiling(monkey
     cfg = ppo.PPOConfig.cpu(num_envs=4, unroll_length=3, num_minibatches=4, num_epochs=1, hidden=(8,))
     with pytest.raises(ValueError, match="devices=2 must divide minibatch=3"):
         registry.get("ppo").make_loop(cfg, env4, None, 64, 0, 1, devices=2)
+
+
+def test_memory_estimate_counts_eval_envs_that_do_not_split_whole_on_one_device(monkeypatch):
+    """Eval envs divide over the devices, or all live on one: the replay preflight's per-device
+    peak counts them as a share, or whole (the sum over devices is then twice their bytes)."""
+    from jaxrl.algos import sac
+    from jaxrl.data import replay
+    from jaxrl.train import registry
+
+    told = []
+    check = replay.check_memory
+    monkeypatch.setattr(replay, "check_memory", lambda *a, **k: told.append(k) or check(*a, **k))
+    env = envs.make("CartpoleBalance", num_envs=16)
+    loops = {n: registry.get("sac").make_loop(sac.SACConfig.cpu(), env, env.with_num_envs(n, 1), 10**4, 0, 2,
+                                              devices=2) for n in (16, 15)}
+    assert loops[16].eval_split and not loops[15].eval_split
+    for loop in loops.values():
+        loop.preflight()
+    (split, whole), state = told, replay.nbytes(jax.eval_shape(loops[16].init_carry).env_state, 1)
+    assert split["devices"] == whole["devices"] == 2
+    assert whole["other_bytes"] - split["other_bytes"] == 2 * state * 15 // 16 - state
