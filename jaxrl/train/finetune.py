@@ -64,6 +64,7 @@ class FinetuneConfig:
     sac: sac.SACConfig = field(default_factory=sac.SACConfig)  # networks must equal the pretraining run's
     # --- real data (the target env only ever runs tanh(μ))
     num_envs: int = 1  # target envs stepped together (LIFT: 1, one robot)
+    num_eval_envs: int = 16  # evaluation episodes in the target env, deterministic (sac.num_eval_envs is pretraining's)
     prefill: int = 1000  # real steps before the first model fit (LIFT: 1000)
     real_steps_per_epoch: int = 1000  # real steps collected per epoch (LIFT: 1000)
     real_buffer: int = 60_000  # FIFO real buffer in transitions (LIFT: 60k)
@@ -88,7 +89,7 @@ class FinetuneConfig:
         def bad(name, value, fix):
             raise ValueError(f"FinetuneConfig.{name}={value!r} is invalid: {fix}")
 
-        for f in ("num_envs", "prefill", "real_steps_per_epoch", "real_buffer", "starts", "rounds_min",
+        for f in ("num_envs", "num_eval_envs", "prefill", "real_steps_per_epoch", "real_buffer", "starts", "rounds_min",
                   "rounds_max", "horizon_min", "horizon_max", "imagined_buffer", "updates_per_round",
                   "imagined_batch", "real_batch"):
             v = getattr(self, f)

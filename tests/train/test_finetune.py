@@ -125,6 +125,11 @@ def test_bad_finetuning_requests_are_refused_before_compiling(pretrained, tmp_pa
         run.finetune(fake, "CartpoleBalance", real_steps=100, progress=False)
     with pytest.raises(ValueError, match="prefill"):
         FT.replace(prefill=2)
+    with pytest.raises(ValueError, match="num_eval_envs=0 is invalid"):
+        FT.replace(num_eval_envs=0)
+    # finetuning evaluates on its own count, not the pretraining config's (LIFT's 1024)
+    paper = FinetuneConfig.paper("CartpoleBalance")
+    assert run.eval_env_count(paper) == paper.num_eval_envs == 16 != paper.sac.num_eval_envs
     # a checkpoint whose observation / action layout is not the target's
     with pytest.raises(ValueError, match=r"layout differs .* action: \(1,\) vs \(6,\);.* state: \(5,\) vs \(17,\)"):
         run.finetune(pretrained, "CheetahRunHeavyTorso", real_steps=FT.prefill + EPOCH, config=FT,
