@@ -123,11 +123,11 @@ def eval_envs(record: dict, env: str, episodes: int, seed: int, start: str) -> A
     """``episodes`` envs of task ``env`` for a run's evaluation, starting at ``start``:
     "nominal", the task's own reset; "anywhere", OmniReset's type (1) states of the reset dataset
     the run trained on (`envs.omnireset.scratch_env`)."""
-    import envs
+    from jaxrl.train import run
 
     kwargs = record.get("env_kwargs") or {}
-    if start == START_NOMINAL:
-        return envs.make(env, num_envs=episodes, seed=seed, **kwargs)
+    if start == START_NOMINAL:  # the task object a run in this process trained on: its trace reused
+        return run.shared_env(env, episodes, seed, kwargs)
     if start != START_ANYWHERE:
         raise ValueError(f"start must be {START_NOMINAL!r} or {START_ANYWHERE!r}, got {start!r}")
     resets = record.get("resets")

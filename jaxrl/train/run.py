@@ -71,12 +71,12 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
         name, train_env = env, omnireset.make_mixture_env(env, resets["path"], resets.get("probs"),
                                                           num_envs=num_envs, seed=seed, **env_kwargs)
     else:
-        name, train_env = env, _make_env(env, num_envs, seed, env_kwargs)
+        name, train_env = env, shared_env(env, num_envs, seed, env_kwargs)
     if not num_eval_envs:
         return train_env, None, name
     eval_env = _scratch_eval_env(train_env, num_eval_envs, seed + 1) if scratch_eval else None
     if eval_env is None and not isinstance(env, VecEnv):
-        eval_env = _make_env(env, num_eval_envs, seed + 1, env_kwargs)
+        eval_env = shared_env(env, num_eval_envs, seed + 1, env_kwargs)
     elif eval_env is None:
         try:
             eval_env = envs.make(name, num_envs=num_eval_envs, seed=seed + 1, **env_kwargs)
@@ -103,13 +103,14 @@ def _scratch_eval_env(train_env: VecEnv, num_envs: int, seed: int) -> VecEnv | N
     return eval_env
 
 
-_ENVS: dict[tuple[str, int, int], VecEnv] = {}  # the last few envs runs were built on (see `_make_env`)
+_ENVS: dict[tuple[str, int, int], VecEnv] = {}  # the last few envs runs were built on (see `shared_env`)
 
 
-def _make_env(name: str, num_envs: int, seed: int, env_kwargs: dict) -> VecEnv:
+def shared_env(name: str, num_envs: int, seed: int, env_kwargs: dict) -> VecEnv:
     """`envs.make`, reusing what an earlier call in this process built: the same arguments give
     the same env (its traced reset / step reused: tracing MJX takes seconds per program on CPU, so
-    re-running a notebook cell, a sweep over budgets or a resume traces the physics once), and
+    re-running a notebook cell, a sweep over budgets, a resume or `jaxrl eval` / `evaluate_run`
+    after training traces the physics once), and
     the same task with another ``num_envs`` / ``seed`` (a run's evaluation envs) gets a VecEnv
     over the same task object, which shares its per-env trace.  Runs never modify their envs."""
     import json
@@ -275,8 +276,8 @@ def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = No
 def check_same_layout(record: dict, target: str, target_kwargs: dict, purpose: str = "finetune") -> None:
     """The run's observations and actions must be the target's (a policy cannot be finetuned or
     evaluated across layouts): a ValueError naming what differs, before anything compiles."""
-    src = _make_env(record["env"], 1, record["seed"], record["env_kwargs"]).spec
-    dst = _make_env(target, 1, record["seed"], target_kwargs).spec
+    src = shared_env(record["env"], 1, record["seed"], record["env_kwargs"]).spec
+    dst = shared_env(target, 1, record["seed"], target_kwargs).spec
     have = {k: v.shape for k, v in src.obs.items()} | {"action": src.action.shape}
     want = {k: v.shape for k, v in dst.obs.items()} | {"action": dst.action.shape}
     diff = [f"{k}: {have.get(k)} vs {want.get(k)}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
