@@ -46,18 +46,50 @@ def default_cache_dir() -> Path | None:
     return base / "jaxrl" / "xla"
 
 
+def _quick_compiles() -> bool:
+    """The quick options below apply: on CPU, unless ``JAXRL_SHORT_PROGRAM_OPTIONS=0``."""
+    return os.environ.get("JAXRL_SHORT_PROGRAM_OPTIONS", "1") != "0" and jax.default_backend() == "cpu"
+
+
+_ACCEPTED: dict[tuple[str, object], bool] = {}
+
+
+def accepted_options(options: dict) -> dict | None:
+    """The entries of ``options`` this jaxlib's XLA takes (None if none): compile options come and
+    go between versions (jaxlib 0.12 refuses ``xla_cpu_use_fusion_emitters``, "No such compile
+    option"), and a refused one fails the whole compile.  Each is tried once per process on a
+    one-op program (milliseconds)."""
+    import numpy as np
+
+    for name, value in options.items():
+        if (name, value) not in _ACCEPTED:
+            try:
+                jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(np.float32(0)).compile()
+                _ACCEPTED[name, value] = True
+            except Exception as e:  # jax.errors.JaxRuntimeError: INVALID_ARGUMENT
+                if "compile option" not in str(e):
+                    raise
+                _ACCEPTED[name, value] = False
+    kept = {k: v for k, v in options.items() if _ACCEPTED[k, v]}
+    return kept or None
+
+
+SHORT_PROGRAM_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+"""`short_program_options`' wish: XLA:CPU's loop emitters instead of its newer fusion emitters
+(jaxlib 0.9-0.11; jaxlib 0.12 has only the fusion emitters and refuses the option)."""
+
+
 def short_program_options() -> dict | None:
     """XLA compiler options for programs that run for moments after compiling: on CPU, XLA's
-    loop emitters instead of its newer fusion emitters (``xla_cpu_use_fusion_emitters=False``).
+    loop emitters instead of its newer fusion emitters (`SHORT_PROGRAM_OPTIONS`, where this
+    jaxlib takes it: `accepted_options`).
     Measured 2026-12-02 (2-core AMD EPYC with AVX-512, jax 0.9.2, empty cache): sim2sim's T1
     single-env reset compiles in 17.5 s instead of 25.2, its step in 20.7 instead of 27.4.  Not
     for the rest: the cpu presets' updates ran ~20% slower this way (SAC 15.7 vs 12.5 s, FlashSAC
     12.9 vs 10.6 s per 200 iterations) and evaluations 25-70% slower (PPO 64 envs 0.48 vs 0.38 s,
     SAC 16 envs 0.31 vs 0.18 s per evaluation) for compile savings of 0-2 s.  None (XLA's
-    defaults) on GPU/TPU or with ``JAXRL_SHORT_PROGRAM_OPTIONS=0``."""
-    if os.environ.get("JAXRL_SHORT_PROGRAM_OPTIONS", "1") == "0" or jax.default_backend() != "cpu":
-        return None
-    return {"xla_cpu_use_fusion_emitters": False}
+    defaults) on GPU/TPU, with ``JAXRL_SHORT_PROGRAM_OPTIONS=0``, or where XLA refuses it."""
+    return accepted_options(SHORT_PROGRAM_OPTIONS) if _quick_compiles() else None
 
 
 FEW_STEPS = 2_000
@@ -67,15 +99,15 @@ optimisation level 0: below it the compile time saved exceeds the slower steps."
 
 def few_steps_options(env_steps: int) -> dict | None:
     """XLA compiler options for a program that simulates at most `FEW_STEPS` env steps in all
-    (episodes × steps): `short_program_options` plus ``xla_backend_optimization_level=0``.
+    (episodes × steps): `SHORT_PROGRAM_OPTIONS` plus ``xla_backend_optimization_level=0``, those
+    of them this jaxlib takes (`accepted_options`).
     Measured 2026-12-05 (2-core Intel Xeon, AVX-512, jax 0.9.2, empty cache), T1's single-env
     programs: reset compiles in 10.4 s instead of 18.1, step in 9.8 instead of 19.5, and a step
     then runs in 15.6 ms instead of 6.7 — a saving up to ~1,900 steps.  None (the caller's
     usual options) above `FEW_STEPS`, on GPU/TPU, or with ``JAXRL_SHORT_PROGRAM_OPTIONS=0``."""
-    quick = short_program_options()
-    if quick is None or env_steps > FEW_STEPS:
+    if not _quick_compiles() or env_steps > FEW_STEPS:
         return None
-    return {**quick, "xla_backend_optimization_level": 0}
+    return accepted_options({**SHORT_PROGRAM_OPTIONS, "xla_backend_optimization_level": 0})
 
 
 def eager_env_options() -> dict | None:
