@@ -112,10 +112,11 @@ START_NOMINAL, START_ANYWHERE = "nominal", "anywhere"  # `evaluate_run`'s choice
 def default_start(record: dict, env: str) -> str:
     """Where a run's own evaluations began: OmniReset runs (record ``eval_start``) from reset
     type (1), "anywhere", as the paper scores them; every other run, and any other task, from
-    the task's nominal start."""
+    the task's nominal start.  A run trained on a hand-built mixture `VecEnv` recorded no dataset
+    file (``resets``), so it can only be played from the nominal start."""
     from jaxrl.train import run
 
-    own = record.get("eval_start") == run.SCRATCH_EVAL and env == record["env"]
+    own = record.get("eval_start") == run.SCRATCH_EVAL and record.get("resets") and env == record["env"]
     return START_ANYWHERE if own else START_NOMINAL
 
 

@@ -184,6 +184,7 @@ def test_an_omnireset_run_evaluates_from_the_anywhere_type_only(push_dataset, tm
     marked = {**rec, "eval_start": run.SCRATCH_EVAL}
     assert lifecycle.default_start(marked, "PushToSlot") == "anywhere"
     assert lifecycle.default_start(rec, "PushToSlot") == lifecycle.default_start(marked, "Other") == "nominal"
+    assert lifecycle.default_start({**marked, "resets": None}, "PushToSlot") == "nominal"  # a VecEnv run
     anywhere_envs = lifecycle.eval_envs(marked, "PushToSlot", 4, 0, "anywhere")
     assert anywhere_envs.num_envs == 4 and anywhere_envs.env.dataset.counts == push_dataset.counts
     np.testing.assert_array_equal(anywhere_envs.env.probs, np.eye(3)[anywhere])
