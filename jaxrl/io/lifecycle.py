@@ -112,8 +112,9 @@ START_NOMINAL, START_ANYWHERE = "nominal", "anywhere"  # `evaluate_run`'s choice
 def default_start(record: dict, env: str) -> str:
     """Where a run's own evaluations began: OmniReset runs (record ``eval_start``) from reset
     type (1), "anywhere", as the paper scores them; every other run, and any other task, from
-    the task's nominal start.  A run trained on a hand-built mixture `VecEnv` recorded no dataset
-    file (``resets``), so it can only be played from the nominal start."""
+    the task's nominal start.  A run trained on a hand-built mixture `VecEnv` records the dataset
+    saved in its folder (`run.keep_resets`); one trained without a run folder, or before stop 37,
+    has no ``resets`` and is played from the nominal start."""
     from jaxrl.train import run
 
     own = record.get("eval_start") == run.SCRATCH_EVAL and record.get("resets") and env == record["env"]

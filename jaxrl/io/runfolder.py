@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 # Files and folders a run writes; `claim` deletes only these when overwriting a run.
+RESETS_FILE = "resets.npz"  # the reset dataset of a run trained on a hand-built mixture VecEnv
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints", "eval.json",
              "sim2sim.json", "rollout.mp4", "policy.onnx", "policy.onnx.card.json", "policy.npz",
-             "policy.npz.card.json", "learning_curve.png", "wandb")
+             "policy.npz.card.json", "learning_curve.png", "wandb", RESETS_FILE)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 import envs
 from envs.wrappers import VecEnv
@@ -88,6 +89,28 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
 def _draws_from_dataset(vec_env: VecEnv) -> bool:
     """Whether ``vec_env`` resets from an OmniReset dataset (no import for any other env)."""
     return type(vec_env.env).__module__.startswith("envs.omnireset")
+
+
+def keep_resets(mixture_env: VecEnv, out_dir: str | Path | None, env_kwargs: dict, write: bool = True
+                ) -> tuple[dict | None, dict]:
+    """(``resets``, ``env_kwargs``) that rebuild the hand-built mixture `VecEnv` ``mixture_env``
+    the way ``train(resets=...)`` builds one: its dataset saved as ``out_dir/resets.npz`` (by
+    the process that ``write``s the run folder) with its mixture weights, and its episode length.
+    Why: `resume`, `jaxrl eval` and `export` rebuild a run from its record, and a run whose resets
+    were not recorded would silently continue from the task's nominal start.  Overrides the task
+    was built with are not recoverable from it (pass ``env_kwargs``, or train with ``resets=``).
+    Without ``out_dir`` nothing is written and ``resets`` is None."""
+    env_kwargs = {"episode_length": mixture_env.episode_length, **env_kwargs}
+    if out_dir is None:
+        return None, env_kwargs
+    mixture = mixture_env.env
+    path = (Path(out_dir) / runfolder.RESETS_FILE).resolve()
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        mixture.dataset.save(tmp)
+        tmp.replace(path)  # atomic: a crash leaves the old file or none, never half of one
+    return {"path": str(path), "probs": [float(p) for p in np.asarray(mixture.probs)]}, env_kwargs
 
 
 def _scratch_eval_env(train_env: VecEnv, num_envs: int, seed: int) -> VecEnv | None:
@@ -220,6 +243,8 @@ def train(
         # The config's env changes (e.g. LIFT: pushes off) go into the record's env_kwargs, so
         # resume / eval / export rebuild the same env; explicit env_kwargs win.
         env_kwargs = {**dict(config.env_overrides), **env_kwargs}
+    if isinstance(env, VecEnv) and not resets and _draws_from_dataset(env):
+        resets, env_kwargs = keep_resets(env, out_dir, env_kwargs, primary)
     train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets,
                                               eval_env_count(config))
     record = {

@@ -200,3 +200,55 @@ def test_an_omnireset_run_evaluates_from_the_anywhere_type_only(push_dataset, tm
         lifecycle.eval_envs({**rec, "resets": {"path": str(tmp_path / "renamed.npz")}}, "PushToSlot", 4, 0,
                             "anywhere")
 
+
+
+def test_a_run_on_a_hand_built_mixture_env_records_its_resets_for_resume_and_eval(push_dataset, tmp_path):
+    """`run.train` on a mixture `VecEnv` built by hand (no dataset file named) saves the dataset in
+    the run folder and records it with the weights and episode length (`run.keep_resets`), so a
+    rebuilt run (resume, eval, export) draws the same resets instead of the nominal start."""
+    from jaxrl import ppo
+    from jaxrl.io import lifecycle, runfolder
+    from jaxrl.train import run
+
+    env = omr.make_mixture_env("PushToSlot", push_dataset, [0.2, 0.3, 0.5], num_envs=8, episode_length=5)
+    out = tmp_path / "run"
+    resets, kwargs = run.keep_resets(env, out, {})
+    assert kwargs == {"episode_length": 5} and resets["probs"] == pytest.approx([0.2, 0.3, 0.5])
+    assert resets["path"] == str((out / runfolder.RESETS_FILE).resolve())
+    assert not list(out.glob("*.tmp"))  # written atomically
+    saved = omr.ResetDataset.load(resets["path"])
+    for a, b in zip(saved.qpos + saved.qvel + saved.ctrl, push_dataset.qpos + push_dataset.qvel + push_dataset.ctrl):
+        np.testing.assert_array_equal(a, b)
+    # a non-writing process (another host) records the same, writing nothing
+    assert run.keep_resets(env, tmp_path / "other", {}, write=False)[0]["path"].endswith("other/resets.npz")
+    assert not (tmp_path / "other").exists()
+    assert run.keep_resets(env, None, {"episode_length": 7}) == (None, {"episode_length": 7})  # no folder
+    rec = {"algo": "ppo", "env": "PushToSlot", "steps": 256, "seed": 0, "num_evals": 1, "env_kwargs": kwargs,
+           "resets": resets, "seeds": 1, "eval_start": run.SCRATCH_EVAL,
+           "config": runfolder.config_to_dict(ppo.PPOConfig.cpu(num_envs=8))}
+    rebuilt = run.rebuild(rec, devices=1)[2]
+    assert isinstance(rebuilt.env, omr.ResetMixture) and rebuilt.episode_length == 5
+    np.testing.assert_allclose(rebuilt.env.probs, [0.2, 0.3, 0.5])
+    assert rebuilt.env.dataset.counts == push_dataset.counts
+    assert lifecycle.default_start(rec, "PushToSlot") == "anywhere"
+    # the run folder's files include the dataset: overwriting a run removes it
+    runfolder.write_record(out, rec)
+    runfolder.claim(out, overwrite=True)
+    assert not (out / runfolder.RESETS_FILE).exists()
+
+
+def test_training_on_a_hand_built_mixture_env_writes_the_dataset_into_the_run(push_dataset, tmp_path):
+    """End to end through `run.train` (the omnireset notebook's small PPO run, so the notebook finds
+    its programs compiled): the record names ``RUN/resets.npz``, and the run rebuilds from it."""
+    from jaxrl import ppo
+    from jaxrl.io import runfolder
+    from jaxrl.train import run
+
+    cfg = dataclasses.replace(ppo.PPOConfig.cpu(), num_envs=16, hidden=(32, 32))
+    env = omr.make_mixture_env("PushToSlot", push_dataset, probs=None, num_envs=cfg.num_envs)
+    ppo.train(env, cfg, steps=4_096, num_evals=2, progress=False, out_dir=tmp_path / "run")
+    record = run.read_record(tmp_path / "run")
+    assert record["resets"]["path"] == str((tmp_path / "run" / runfolder.RESETS_FILE).resolve())
+    assert record["env_kwargs"] == {"episode_length": env.episode_length}
+    rebuilt = run.rebuild(record, devices=1)[2]
+    assert isinstance(rebuilt.env, omr.ResetMixture) and rebuilt.env.dataset.counts == push_dataset.counts
