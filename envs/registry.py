@@ -264,6 +264,10 @@ def make(
     vec = VecEnv(env, num_envs, length, name=name, seed=seed, randomization_fn=randomization_fn)
     if vec.spec.has_privileged_state:
         vec.state_in_privileged = _state_in_privileged(name, src, env)
+    if randomization_fn is None or domain_randomization:  # a hand-made randomiser is no keyword
+        given = {"impl": impl, "menagerie_path": None if menagerie_path is None else str(menagerie_path),
+                 "domain_randomization": domain_randomization or None}
+        vec.make_kwargs = {"episode_length": length, **{k: v for k, v in given.items() if v}, **overrides}
     return vec
 
 

@@ -160,6 +160,10 @@ class VecEnv:
         self.state_in_privileged = not self.spec.has_privileged_state
         self.seed_axis: str | None = None  # a named vmap axis the auto-reset decides across
         self.no_auto_reset = False  # `without_auto_reset`: one-episode rollouts need none
+        # The keyword arguments that rebuild this env's task with `envs.make(name, ...)` (set
+        # there; a training run records them, so `jaxrl resume` / `eval` / `export` rebuild the
+        # same task); None for a VecEnv built by hand or with a hand-made randomiser.
+        self.make_kwargs: dict | None = None
         self._make_jits()
 
     def _make_jits(self) -> None:
@@ -260,6 +264,7 @@ class VecEnv:
         other = VecEnv(self.env, num_envs, self.episode_length, name=self.name, seed=seed,
                        randomization_fn=self._randomization_fn)
         other.state_in_privileged = self.state_in_privileged
+        other.make_kwargs = self.make_kwargs
         return other
 
     def resets_like(self, other: VecEnv) -> bool:

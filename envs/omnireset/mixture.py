@@ -171,7 +171,9 @@ def make_mixture_env(
         probs = np.full(len(dataset.type_names), 1.0 / len(dataset.type_names))
     env = ResetMixture(task, dataset, probs)
     length = registry._OWN_DEFAULT_LENGTH[task_name] if episode_length is None else episode_length
-    return VecEnv(env, num_envs, length, name=f"{task_name}/omnireset", seed=seed)
+    vec = VecEnv(env, num_envs, length, name=f"{task_name}/omnireset", seed=seed)
+    vec.make_kwargs = {"episode_length": length, **task_overrides}  # the dataset: `run.keep_resets`
+    return vec
 
 
 SCRATCH_TYPE = "anywhere"  # reset type (1): the whole task from scratch, the one OmniReset scores on

@@ -78,12 +78,30 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
     eval_env = _scratch_eval_env(train_env, num_eval_envs, seed + 1) if scratch_eval else None
     if eval_env is None and not isinstance(env, VecEnv):
         eval_env = shared_env(env, num_eval_envs, seed + 1, env_kwargs)
-    elif eval_env is None:
-        try:
-            eval_env = envs.make(name, num_envs=num_eval_envs, seed=seed + 1, **env_kwargs)
-        except ValueError:  # a hand-built env without a registered name: no separate eval envs
-            eval_env = None
+    elif eval_env is None and _draws_from_dataset(env):  # no "anywhere" states: the nominal start
+        eval_env = envs.make(name, num_envs=num_eval_envs, seed=seed + 1, **env_kwargs)
+    elif eval_env is None:  # the same task object (overrides, randomiser): its trace shared
+        eval_env = env.with_num_envs(num_eval_envs, seed + 1)
     return train_env, eval_env, name
+
+
+def recorded_env_kwargs(vec_env: VecEnv) -> dict:
+    """The `envs.make` keywords that rebuild ``vec_env``'s task (`VecEnv.make_kwargs`: episode
+    length, task overrides, impl, ...), for the record of a run trained on it: `resume`, `jaxrl
+    eval` and `export` rebuild a run from its record, and without them would silently rebuild the
+    task's defaults (another episode length, another task).  An env built without `envs.make`, or
+    with a hand-made randomiser, has none to record: {} and a notice."""
+    kwargs = vec_env.make_kwargs
+    try:
+        json.dumps(kwargs)
+    except TypeError:
+        kwargs = None
+    if kwargs is None:
+        notice(f"{vec_env.name}: this env was not made by envs.make with JSON keyword arguments (or has a "
+               "hand-made randomiser), so the run's record cannot rebuild it: resume, eval and export "
+               "will make the task with its defaults plus the run's env_kwargs")
+        return {}
+    return dict(kwargs)
 
 
 def _draws_from_dataset(vec_env: VecEnv) -> bool:
@@ -243,8 +261,10 @@ def train(
         # The config's env changes (e.g. LIFT: pushes off) go into the record's env_kwargs, so
         # resume / eval / export rebuild the same env; explicit env_kwargs win.
         env_kwargs = {**dict(config.env_overrides), **env_kwargs}
-    if isinstance(env, VecEnv) and not resets and _draws_from_dataset(env):
-        resets, env_kwargs = keep_resets(env, out_dir, env_kwargs, primary)
+    if isinstance(env, VecEnv):
+        env_kwargs = {**recorded_env_kwargs(env), **env_kwargs}
+        if not resets and _draws_from_dataset(env):
+            resets, env_kwargs = keep_resets(env, out_dir, env_kwargs, primary)
     train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets,
                                               eval_env_count(config))
     record = {

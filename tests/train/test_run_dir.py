@@ -49,3 +49,29 @@ def test_runs_in_one_process_share_their_envs_and_the_tasks_trace():
     assert other.num_envs == 8 and other.env is train.env and other is not train
     longer, _, _ = run.make_envs("CartpoleBalance", 4, 0, {"episode_length": 40})
     assert longer.env is not train.env and longer.episode_length == 40
+
+
+def test_a_run_on_a_vecenv_records_how_to_rebuild_it_and_evaluates_on_the_same_task(capsys):
+    """A run given a `VecEnv` records the `envs.make` keywords of its task (`VecEnv.make_kwargs`:
+    episode length, overrides): a rebuilt run (resume, eval, export) has the same task, where it
+    used to rebuild the task's defaults (1000-step episodes here).  Its evaluation envs wrap the
+    same task object.  A VecEnv built by hand has nothing to record, and says so."""
+    import envs
+    from envs.wrappers import VecEnv
+    from jaxrl import ppo
+    from jaxrl.train import run
+
+    env = envs.make("CartpoleBalance", num_envs=4, episode_length=7, sim_dt=0.005)
+    kwargs = run.recorded_env_kwargs(env)
+    assert kwargs == {"episode_length": 7, "sim_dt": 0.005}
+    _, evals, name = run.make_envs(env, 4, 0, kwargs)
+    assert name == "CartpoleBalance" and evals.env is env.env and evals.num_envs == run.NUM_EVAL_ENVS
+    assert evals.episode_length == 7 and evals.make_kwargs == env.make_kwargs
+    record = {"algo": "ppo", "env": name, "steps": 64, "seed": 0, "num_evals": 1, "env_kwargs": kwargs,
+              "resets": None, "seeds": 1, "config": runfolder.config_to_dict(ppo.PPOConfig.cpu(num_envs=4))}
+    _, _, rebuilt, loop = run.rebuild(record, devices=1)
+    assert rebuilt.episode_length == loop.eval_env.episode_length == 7 and rebuilt.env.sim_dt == 0.005
+    capsys.readouterr()
+    assert run.recorded_env_kwargs(VecEnv(env.env, 4, 7)) == {}
+    assert "cannot rebuild it" in capsys.readouterr().err
+    assert envs.make("CartpoleBalance", randomization_fn=lambda m, k: (m, None)).make_kwargs is None
