@@ -23,12 +23,16 @@ def test_acceptance_rates_are_in_unit_interval(push_dataset, push_types):
 
 
 def test_small_builds_compile_the_quick_way_large_ones_as_xla_defaults():
-    """The fixture's build (3 types × 64 candidates × 25 steps) and its re-validation compile with
-    `short_program_options` on CPU (jaxlib 0.12 has none: XLA's defaults); a build above
-    `QUICK_VALIDATION_STEPS` per call does not."""
+    """The fixture's build (3 types × 64 candidates × 25 steps) compiles with `short_program_options`
+    on CPU (jaxlib 0.12 has none: XLA's defaults); its re-validation (32 states × 25 steps per
+    type, at most `FEW_STEPS` env steps) with `few_steps_options` (optimisation level 0 too); a
+    build above `QUICK_VALIDATION_STEPS` per call with XLA's defaults."""
+    from envs._runtime import FEW_STEPS, few_steps_options
+
     assert (short_program_options() is not None) == (jax.__version_info__ < (0, 12))
     assert dataset._validation_options(3 * 64, 25) == short_program_options()
-    assert dataset._validation_options(32, 25) == short_program_options()
+    assert 32 * 25 <= FEW_STEPS and dataset._validation_options(32, 25) == few_steps_options(32 * 25)
+    assert few_steps_options(32 * 25)["xla_backend_optimization_level"] == 0
     assert dataset._validation_options(3 * 2000, 25) is None
 
 
