@@ -85,23 +85,23 @@ def make_envs(env: str | VecEnv, num_envs: int, seed: int, env_kwargs: dict, res
     return train_env, eval_env, name
 
 
-def recorded_env_kwargs(vec_env: VecEnv) -> dict:
+def recorded_env_kwargs(vec_env: VecEnv, quiet: bool = False) -> dict:
     """The `envs.make` keywords that rebuild ``vec_env``'s task (`VecEnv.make_kwargs`: episode
     length, task overrides, impl, ...), for the record of a run trained on it: `resume`, `jaxrl
     eval` and `export` rebuild a run from its record, and without them would silently rebuild the
     task's defaults (another episode length, another task).  An env built without `envs.make`, or
-    with a hand-made randomiser, has none to record: {} and a notice."""
+    with a hand-made randomiser, has none to record: {} and a notice (unless ``quiet``: a run
+    without a folder, which nothing rebuilds)."""
     kwargs = vec_env.make_kwargs
     try:
         json.dumps(kwargs)
     except TypeError:
         kwargs = None
-    if kwargs is None:
+    if kwargs is None and not quiet:
         notice(f"{vec_env.name}: this env was not made by envs.make with JSON keyword arguments (or has a "
                "hand-made randomiser), so the run's record cannot rebuild it: resume, eval and export "
                "will make the task with its defaults plus the run's env_kwargs")
-        return {}
-    return dict(kwargs)
+    return {} if kwargs is None else dict(kwargs)
 
 
 def _draws_from_dataset(vec_env: VecEnv) -> bool:
@@ -262,7 +262,7 @@ def train(
         # resume / eval / export rebuild the same env; explicit env_kwargs win.
         env_kwargs = {**dict(config.env_overrides), **env_kwargs}
     if isinstance(env, VecEnv):
-        env_kwargs = {**recorded_env_kwargs(env), **env_kwargs}
+        env_kwargs = {**recorded_env_kwargs(env, quiet=out_dir is None), **env_kwargs}
         if not resets and _draws_from_dataset(env):
             resets, env_kwargs = keep_resets(env, out_dir, env_kwargs, primary)
     train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets,

@@ -74,4 +74,6 @@ def test_a_run_on_a_vecenv_records_how_to_rebuild_it_and_evaluates_on_the_same_t
     capsys.readouterr()
     assert run.recorded_env_kwargs(VecEnv(env.env, 4, 7)) == {}
     assert "cannot rebuild it" in capsys.readouterr().err
+    assert run.recorded_env_kwargs(VecEnv(env.env, 4, 7), quiet=True) == {}  # no run folder: no notice
+    assert "cannot rebuild it" not in capsys.readouterr().err
     assert envs.make("CartpoleBalance", randomization_fn=lambda m, k: (m, None)).make_kwargs is None
