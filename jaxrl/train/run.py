@@ -115,9 +115,10 @@ def keep_resets(mixture_env: VecEnv, out_dir: str | Path | None, env_kwargs: dic
     the way ``train(resets=...)`` builds one: its dataset saved as ``out_dir/resets.npz`` (by
     the process that ``write``s the run folder) with its mixture weights, and its episode length.
     Why: `resume`, `jaxrl eval` and `export` rebuild a run from its record, and a run whose resets
-    were not recorded would silently continue from the task's nominal start.  Overrides the task
-    was built with are not recoverable from it (pass ``env_kwargs``, or train with ``resets=``).
-    Without ``out_dir`` nothing is written and ``resets`` is None."""
+    were not recorded would silently continue from the task's nominal start.  Task overrides come
+    with the env's ``make_kwargs`` (`envs.omnireset.make_mixture_env` sets them; a mixture VecEnv
+    built by hand has none: pass ``env_kwargs``).  Without ``out_dir`` nothing is written and
+    ``resets`` is None."""
     env_kwargs = {"episode_length": mixture_env.episode_length, **env_kwargs}
     if out_dir is None:
         return None, env_kwargs
