@@ -149,6 +149,21 @@ def lapack_deadlock_prone(version: str | None = None) -> bool:
     return version.startswith("0.10.") or version.split("+")[0] in ("0.11.0", "0.11.1")
 
 
+def cached_collectives_hang(version: str | None = None) -> bool:
+    """Whether a program loaded from the persistent compilation cache deadlocks in its first
+    cross-process collective on CPU (gloo: every process waits to receive).  Reproduced here with
+    two processes and one ``psum``: the run that compiles finishes, the next one, which loads the
+    program from the cache, hangs with jaxlib 0.12.1 (also when only one process loads it);
+    0.9.2, 0.10.0, 0.11.2 and 0.12.0 finish.  Versions after 0.12.1 are assumed affected until
+    measured."""
+    version = (jaxlib_version() if version is None else version).split("+")[0]
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:3])
+    except ValueError:
+        return True  # unknown build: the safe side (compiling costs time, a hang costs the run)
+    return parts >= (0, 12, 1)
+
+
 def jaxlib_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

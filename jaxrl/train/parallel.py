@@ -172,6 +172,7 @@ def initialize_distributed() -> bool:
 
     Must run before the first JAX computation (`jaxrl.cli` calls it first)."""
     if jax.distributed.is_initialized():
+        guard_compilation_cache()
         return True
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
         missing = [k for k in ("JAXRL_NUM_PROCESSES", "JAXRL_PROCESS_ID") if k not in os.environ]
@@ -181,8 +182,27 @@ def initialize_distributed() -> bool:
         jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                                    num_processes=int(os.environ["JAXRL_NUM_PROCESSES"]),
                                    process_id=int(os.environ["JAXRL_PROCESS_ID"]))
+        guard_compilation_cache()
         return True
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
+        guard_compilation_cache()
         return True
     return False
+
+
+def guard_compilation_cache() -> bool:
+    """Several processes on CPU with a jaxlib whose cache-loaded programs hang in cross-process
+    collectives (`envs._runtime.cached_collectives_hang`: 0.12.1): switch the persistent
+    compilation cache off for this process, with a notice, so every program is compiled rather
+    than loaded.  Returns whether it did.  Takes effect only before the process's first compile
+    (JAX decides once whether to use the cache): `initialize_distributed` and `run.train` call it."""
+    from envs._runtime import cached_collectives_hang, jaxlib_version, notice
+
+    if (jax.process_count() == 1 or jax.default_backend() != "cpu" or not cached_collectives_hang()
+            or not jax.config.jax_enable_compilation_cache):
+        return False
+    jax.config.update("jax_enable_compilation_cache", False)
+    notice(f"jaxlib {jaxlib_version()}: programs loaded from the compilation cache hang in CPU "
+           "collectives across processes; compiling every program of this multi-process run instead")
+    return True

@@ -40,7 +40,7 @@ import envs
 from envs.wrappers import VecEnv
 from jaxrl.io import runfolder
 from jaxrl.io.checkpoint import CheckpointManager
-from jaxrl.train import registry
+from jaxrl.train import parallel, registry
 from jaxrl.train.loop import notice
 
 NUM_EVAL_ENVS = 16  # evaluation envs of a config without its own ``num_eval_envs`` field
@@ -255,6 +255,7 @@ def train(
     if init_from is not None and not runfolder.is_run(init_from):
         raise FileNotFoundError(f"--init-from {init_from}: not a jaxrl run folder (no config.json)")
     primary = jax.process_index() == 0  # several hosts: one of them writes the run folder
+    parallel.guard_compilation_cache()  # several CPU processes on jaxlib 0.12.1: no cached programs
     if out_dir is not None:
         runfolder.claim(Path(out_dir), overwrite and primary)
     env_kwargs = dict(env_kwargs or {})

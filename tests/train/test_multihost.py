@@ -53,3 +53,62 @@ def test_two_processes_train_one_run_into_one_folder(tmp_path):
     # one process, one device: the two-process checkpoint verifies and restores
     _, _, _, agent, _ = lifecycle.load_run(out)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(agent))
+
+
+# Two processes sum one number each through a cross-process psum, as a multi-host run's programs
+# do; the program is cached whatever its compile time.
+_PSUM = """
+import os, sys
+import numpy as np
+import jax, jax.numpy as jnp
+from jaxrl.train import parallel
+assert parallel.initialize_distributed()
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+mesh = parallel.make_mesh(jax.device_count())
+spec = jax.sharding.PartitionSpec(parallel.AXIS)
+x = jax.make_array_from_process_local_data(jax.sharding.NamedSharding(mesh, spec),
+                                           np.full((1,), jax.process_index() + 1.0, np.float32))
+f = jax.jit(parallel.local_map(lambda v: jax.lax.psum(v, parallel.AXIS), mesh, spec, spec))
+print("SUM", float(f(x).addressable_data(0)[0]), flush=True)
+"""
+
+
+def _run_pair(code: str, cache, timeout: float = 120) -> list[str]:
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={
+        **base, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAXRL_NUM_PROCESSES": "2",
+        "JAXRL_PROCESS_ID": str(pid), "JAXRL_CPU_DEVICES": "1", "JAXRL_COMPILATION_CACHE": str(cache)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:  # a hang: jax's preemption handler ignores SIGTERM
+            for q in procs:
+                q.kill()
+            pytest.fail(f"two processes hung on a cross-process psum for {timeout} s "
+                        f"(cache {cache}: {sorted(x.name for x in cache.iterdir())})")
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(log[-3000:] for log in logs)
+    return logs
+
+
+def test_a_second_multi_process_run_does_not_hang_on_cached_collectives(tmp_path):
+    """jaxlib 0.12.1 deadlocks a cross-process CPU collective whose program came from the
+    persistent compilation cache (the first run compiles and finishes, the second hangs:
+    `envs._runtime.cached_collectives_hang`).  Two runs against one cache must both finish with
+    the right sum.  (With jaxlib 0.9-0.12.0, which have no such hang, this passes either way.)"""
+    from envs._runtime import cached_collectives_hang
+
+    cache = tmp_path / "xla"
+    logs = [log for _ in range(2) for log in _run_pair(_PSUM, cache)]
+    assert all("SUM 3.0" in log for log in logs), logs
+    # the affected jaxlib compiles every time and says so; the others use the cache quietly
+    assert all(("compiling every program" in log) == cached_collectives_hang() for log in logs)
+
+
+def test_which_jaxlib_versions_skip_the_cache_on_several_cpu_processes():
+    from envs._runtime import cached_collectives_hang
+
+    assert not any(map(cached_collectives_hang, ["0.9.2", "0.10.0", "0.11.2", "0.12.0", "0.12.0.1"]))
+    assert all(map(cached_collectives_hang, ["0.12.1", "0.12.1+cuda", "0.13.0", "1.0", "custom"]))
