@@ -168,7 +168,13 @@ class SmoothDynamics:
         def substep(d, f):
             return mjx.step(self.model, d.replace(qfrc_applied=f)), None
 
-        d, _ = jax.lax.scan(substep, d, forces)
+        if self.n_substeps == 1:
+            # No scan for one substep: under vmap, a scan whose carry starts as the unbatched
+            # template is batched over and over until its carry's batching settles, which made
+            # tracing `linearise` ~1.6× slower (measured: 10.4 s vs 6.6 s, CartpoleSwingup).
+            d, _ = substep(d, forces[0])
+        else:
+            d, _ = jax.lax.scan(substep, d, forces)
         return self.state_of(d)
 
 
@@ -328,7 +334,11 @@ class WorldModel:
             xf = jnp.concatenate([x, jnp.zeros(self.dyn.nv, x.dtype)])
             return g(xf), jax.jacfwd(g)(xf)
 
-        f0, jac = jax.vmap(jax.vmap(one))(data.x, data.ctrl)
+        # One vmap over the M×H transitions, not two nested ones: batching the differentiated MJX
+        # step once halves the trace (measured: 17.0 s vs 9.7 s, CartpoleSwingup).
+        lead = data.x.shape[:2]
+        f0, jac = jax.vmap(one)(data.x.reshape(-1, s), data.ctrl.reshape(-1, data.ctrl.shape[-1]))
+        f0, jac = f0.reshape(*lead, s), jac.reshape(*lead, *jac.shape[1:])
         return Linearised(f0, jac[..., :s], jac[..., s:])
 
     def rollout_linear(self, params: Any, scaler: Scaler, data: Sequences, lin: Linearised
