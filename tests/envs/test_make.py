@@ -294,3 +294,19 @@ def test_reset_and_step_states_have_one_signature_so_a_jitted_rollout_compiles_o
     assert signature(fresh) == signature(stepped)
     step(stepped)
     assert step._cache_size() == 1
+
+
+def test_every_vecenv_over_one_task_asks_its_observation_size_once(monkeypatch):
+    """Playground's ``observation_size`` traces the task's reset on each access (~1.4 s for
+    CartpoleBalance): a run's evaluation envs (`with_num_envs`) reuse the answer of the task
+    object they share; a new task object asks once."""
+    env = envs.make("CartpoleBalance", num_envs=2, episode_length=5)
+    calls = []
+    plain = type(env.env).observation_size
+    monkeypatch.setattr(type(env.env), "observation_size",
+                        property(lambda self: calls.append(self) or plain.fget(self)))
+    other = env.with_num_envs(3, seed=1)
+    assert other.spec.obs == env.spec.obs and other.spec.num_envs == 3 and calls == []
+    fresh = envs.make("CartpoleBalance", num_envs=2, episode_length=5)
+    fresh.with_num_envs(4, seed=1)
+    assert len(calls) == 1 and calls[0] is fresh.env and fresh.spec == env.spec
