@@ -171,7 +171,7 @@ class SmoothDynamics:
         if self.n_substeps == 1:
             # No scan for one substep: under vmap, a scan whose carry starts as the unbatched
             # template is batched over and over until its carry's batching settles, which made
-            # tracing `linearise` ~1.6× slower (measured: 10.4 s vs 6.6 s, CartpoleSwingup).
+            # tracing `linearise` ~1.5× slower (measured: 9.7 s vs 6.6 s, CartpoleSwingup).
             d, _ = substep(d, forces[0])
         else:
             d, _ = jax.lax.scan(substep, d, forces)

@@ -58,9 +58,8 @@ def test_two_processes_train_one_run_into_one_folder(tmp_path):
 # Two processes sum one number each through a cross-process psum, as a multi-host run's programs
 # do; the program is cached whatever its compile time.
 _PSUM = """
-import os, sys
 import numpy as np
-import jax, jax.numpy as jnp
+import jax
 from jaxrl.train import parallel
 assert parallel.initialize_distributed()
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
