@@ -23,7 +23,7 @@ one episode (evaluation) step `VecEnv.without_auto_reset` instead: no reset phys
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -115,6 +115,31 @@ def _traced(tree: Any) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
+@functools.cache
+def _reset_tracing_size_properties() -> tuple:
+    """The ``observation_size`` properties that run the task's reset on each access:
+    Playground's `MjxEnv` (traces it) and Brax's `PipelineEnv` (runs it)."""
+    found = []
+    try:
+        from mujoco_playground._src import mjx_env
+
+        found.append(mjx_env.MjxEnv.__dict__["observation_size"])
+    except (ImportError, KeyError):
+        pass
+    try:
+        from brax.envs import base
+
+        found.append(base.PipelineEnv.__dict__["observation_size"])
+    except (ImportError, KeyError):
+        pass
+    return tuple(found)
+
+
+def _size_traces_reset(env: Any) -> bool:
+    """Whether ``env``'s class inherits one of `_reset_tracing_size_properties` unchanged."""
+    return getattr(type(env), "observation_size", None) in _reset_tracing_size_properties()
+
+
 class _TaskOnly:
     """What `VecEnv._env_call` reads of its VecEnv (the task), and nothing else: the per-task
     jitted functions must not keep a VecEnv alive."""
@@ -184,15 +209,29 @@ class VecEnv:
     def _observation_size(self) -> Any:
         """The task's observation size, asked once per task object: Playground's
         ``observation_size`` traces ``reset`` on every access (CartpoleBalance ~1.4 s of the
-        2.1 s an `envs.make` takes), and every VecEnv over the task (`with_num_envs` for a
-        run's evaluation envs, a mixture's wrappers) asks again."""
+        2.1 s an `envs.make` takes; Brax's runs it), and every VecEnv over the task
+        (`with_num_envs` for a run's evaluation envs, a mixture's wrappers) asks again.  For those
+        tasks the answer comes from the shapes of `_one_env`'s reset instead: the trace that every
+        program resetting this task (first reset, auto-reset, evaluation) vmaps anyway, so an
+        `envs.make` followed by a run traces the task's reset once, not twice."""
         try:
             memo = self.env.__dict__
         except AttributeError:  # a task without a __dict__: ask every time
             return self.env.observation_size
         if "_jaxrl_observation_size" not in memo:
-            memo["_jaxrl_observation_size"] = self.env.observation_size
+            memo["_jaxrl_observation_size"] = (self._size_from_reset_trace() if _size_traces_reset(self.env)
+                                               else self.env.observation_size)
         return memo["_jaxrl_observation_size"]
+
+    def _size_from_reset_trace(self) -> Any:
+        """``observation_size`` as Playground / Brax define it (a dict of shapes for dict
+        observations, else the last axis), from the shared one-env reset traced in the context
+        `_vmapped` traces it in (the trace cache keys on the matmul precision too)."""
+        with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            obs = jax.eval_shape(self._one_env("reset", False), jax.random.PRNGKey(0)).obs
+        if isinstance(obs, Mapping):
+            return jax.tree.map(lambda x: x.shape, obs)
+        return obs.shape[-1]
 
     def _make_spec(self) -> EnvSpec:
         size = self._observation_size()

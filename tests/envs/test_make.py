@@ -296,17 +296,27 @@ def test_reset_and_step_states_have_one_signature_so_a_jitted_rollout_compiles_o
     assert step._cache_size() == 1
 
 
-def test_every_vecenv_over_one_task_asks_its_observation_size_once(monkeypatch):
+def test_a_task_traces_its_reset_once_for_its_observation_size_and_every_program(monkeypatch):
     """Playground's ``observation_size`` traces the task's reset on each access (~1.4 s for
-    CartpoleBalance): a run's evaluation envs (`with_num_envs`) reuse the answer of the task
-    object they share; a new task object asks once."""
+    CartpoleBalance, ~5 s for CheetahRun).  The size comes instead from the one-env reset that
+    every program resetting the task vmaps, so a task object traces its reset once: for its size,
+    its evaluation envs (`with_num_envs`) and the programs that reset or step it.  The size equals
+    Playground's own."""
     env = envs.make("CartpoleBalance", num_envs=2, episode_length=5)
+    playground_size = env.env.observation_size  # Playground's property, before counting
     calls = []
-    plain = type(env.env).observation_size
-    monkeypatch.setattr(type(env.env), "observation_size",
-                        property(lambda self: calls.append(self) or plain.fget(self)))
+    plain = type(env.env).reset
+    monkeypatch.setattr(type(env.env), "reset", lambda self, key: calls.append(self) or plain(self, key))
+    key = jax.random.PRNGKey(0)
     other = env.with_num_envs(3, seed=1)
+    jax.eval_shape(env.reset, key)
+    jax.eval_shape(other.reset, key)
     assert other.spec.obs == env.spec.obs and other.spec.num_envs == 3 and calls == []
+    assert env.spec.obs["state"].shape == (playground_size,)
+
     fresh = envs.make("CartpoleBalance", num_envs=2, episode_length=5)
-    fresh.with_num_envs(4, seed=1)
     assert len(calls) == 1 and calls[0] is fresh.env and fresh.spec == env.spec
+    state = jax.eval_shape(fresh.reset, key)
+    jax.eval_shape(fresh.step, state, jnp.zeros((2, fresh.action_size)))  # its auto-reset too
+    jax.eval_shape(fresh.with_num_envs(4, seed=1).reset, key)
+    assert len(calls) == 1
