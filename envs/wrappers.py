@@ -225,10 +225,20 @@ class VecEnv:
 
     def _size_from_reset_trace(self) -> Any:
         """``observation_size`` as Playground / Brax define it (a dict of shapes for dict
-        observations, else the last axis), from the shared one-env reset traced in the context
-        `_vmapped` traces it in (the trace cache keys on the matmul precision too)."""
+        observations, else the last axis), from the shared one-env reset traced as `_vmapped`
+        traces it: under the physics matmul precision (the trace cache keys on it) and, for
+        randomised models, on one env's model (``in_axes`` may be a prefix of the model tree)."""
+        key = jax.random.PRNGKey(0)
         with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
-            obs = jax.eval_shape(self._one_env("reset", False), jax.random.PRNGKey(0)).obs
+            if self._model_batch is None:
+                obs = jax.eval_shape(self._one_env("reset", False), key).obs
+            else:  # one env's model, as `_vmapped` hands it over: split leaves lose their env axis
+                def one(axis, sub):
+                    return sub if axis is None else jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                        x.shape[1:], x.dtype, weak_type=getattr(x, "weak_type", False)), sub)
+
+                model = jax.tree.map(one, self._model_axes, self._model_batch, is_leaf=lambda a: a is None)
+                obs = jax.eval_shape(self._one_env("reset", True), model, key).obs
         if isinstance(obs, Mapping):
             return jax.tree.map(lambda x: x.shape, obs)
         return obs.shape[-1]

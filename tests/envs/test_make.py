@@ -320,3 +320,28 @@ def test_a_task_traces_its_reset_once_for_its_observation_size_and_every_program
     jax.eval_shape(fresh.step, state, jnp.zeros((2, fresh.action_size)))  # its auto-reset too
     jax.eval_shape(fresh.with_num_envs(4, seed=1).reset, key)
     assert len(calls) == 1
+
+
+def test_a_domain_randomised_task_traces_its_reset_once_too(monkeypatch):
+    """With randomised models the size comes from the one-env reset on one env's model, the trace
+    that the vectorised reset and auto-reset vmap: one trace, for a randomiser whose ``in_axes``
+    name fields and for one that batches the whole model (a prefix ``0``)."""
+    plain = envs.make("CartpoleBalance", num_envs=3, episode_length=5)
+    calls = []
+    task_reset = type(plain.env).reset
+    monkeypatch.setattr(type(plain.env), "reset", lambda self, key: calls.append(self) or task_reset(self, key))
+
+    def per_field(m, keys):
+        damping = jax.vmap(lambda k: m.dof_damping * jax.random.uniform(k, (), minval=0.5, maxval=1.5))(keys)
+        axes = jax.tree.map(lambda _: None, m).tree_replace({"dof_damping": 0})
+        return m.tree_replace({"dof_damping": damping}), axes
+
+    def whole(m, keys):
+        return jax.vmap(lambda k: m.tree_replace({"dof_damping": m.dof_damping * jax.random.uniform(k, ())}))(keys), 0
+
+    for randomiser in (per_field, whole):
+        calls.clear()
+        env = envs.make("CartpoleBalance", num_envs=3, episode_length=5, randomization_fn=randomiser)
+        state = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+        jax.eval_shape(env.step, state, jnp.zeros((3, env.action_size)))
+        assert len(calls) == 1 and env.spec.obs == plain.spec.obs, randomiser.__name__
