@@ -35,6 +35,7 @@ from flax import struct
 
 from envs.specs import EnvSpec
 from jaxrl.algos import distributional
+from jaxrl.algos.compiled_init import compiled_init
 from jaxrl.data.transition import Transition
 from jaxrl.nets.bounded import BIAS, UNIT_KERNEL, project
 from jaxrl.nets.heads import (
@@ -301,6 +302,7 @@ def optimizer(cfg: FlashSACConfig) -> optax.GradientTransformation:
 
 
 # ============================================================================ init / act
+@compiled_init
 def init(key: jax.Array, spec: EnvSpec, cfg: FlashSACConfig) -> FlashSACState:
     """Fresh agent for ``spec``; bounded parameters start projected."""
     a = spec.action.size

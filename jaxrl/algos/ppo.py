@@ -43,6 +43,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxrl.algos.compiled_init import compiled_init
 from jaxrl.data import normalizer
 from jaxrl.nets import sde
 from jaxrl.nets.mlp import ACTIVATIONS
@@ -216,6 +217,7 @@ def _optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam())
 
 
+@compiled_init
 def init(key: jax.Array, spec: Any, cfg: PPOConfig) -> PPOState:
     """Fresh actor, critic, Adam state and normalisers for an env with ``spec`` (EnvSpec)."""
     for k in (cfg.actor_obs_key, cfg.critic_obs_key):

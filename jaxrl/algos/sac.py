@@ -44,6 +44,7 @@ import optax
 from flax import struct
 
 from envs.specs import EnvSpec
+from jaxrl.algos.compiled_init import compiled_init
 from jaxrl.data import normalizer
 from jaxrl.data.transition import Transition
 from jaxrl.nets.heads import sample_tanh_gaussian
@@ -311,6 +312,7 @@ def check_obs_keys(spec: EnvSpec, cfg: SACConfig) -> None:
                              f"it has {', '.join(sorted(spec.obs))}")
 
 
+@compiled_init
 def init(key: jax.Array, spec: EnvSpec, cfg: SACConfig) -> SACState:
     """Fresh agent for ``spec``: target = critic, empty normaliser statistics."""
     check_obs_keys(spec, cfg)

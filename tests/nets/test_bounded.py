@@ -1,20 +1,33 @@
 """Norm-bounded blocks: projection targets, BatchNorm statistics, identification by name."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from envs._runtime import run_once_options
 from jaxrl.nets import bounded
 from jaxrl.nets.heads import TanhGaussianActor, critic_ensemble
+
+# Eager Flax inits, projections and normal draws compile one XLA program per op and shape
+# (0.3-2 s each on a CPU): here each is one program, compiled the quick way (it runs once).
+ONCE = run_once_options()
+project = jax.jit(bounded.project, compiler_options=ONCE)
+
+
+def _init(module, *args):
+    return jax.jit(module.init, compiler_options=ONCE)(*args)
 
 
 @pytest.fixture(scope="module")
 def trunk_vars():
     trunk = bounded.BoundedTrunk(width=8, num_blocks=2, train=True, expansion=2)
-    return trunk, trunk.init(jax.random.PRNGKey(0), jnp.ones((4, 3)))
+    return trunk, _init(trunk, jax.random.PRNGKey(0), jnp.ones((4, 3)))
 
 
+@functools.partial(jax.jit, compiler_options=ONCE)
 def _perturbed(params, key):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
@@ -51,7 +64,7 @@ def _assert_bounded(params):
 
 def test_project_bounds_every_unit_kernel_bn_and_rmsnorm_of_a_trunk(trunk_vars):
     _, variables = trunk_vars
-    params = bounded.project(_perturbed(variables["params"], jax.random.PRNGKey(1)))
+    params = project(_perturbed(variables["params"], jax.random.PRNGKey(1)))
     kinds = _assert_bounded(params)
     # input BN + embed + 2 blocks x (2 unit + 2 BN) + RMSNorm
     assert sorted(kinds.values()).count("unit") == 5
@@ -61,8 +74,8 @@ def test_project_bounds_every_unit_kernel_bn_and_rmsnorm_of_a_trunk(trunk_vars):
 
 def test_project_handles_ensemble_leading_axis_per_member():
     critic = critic_ensemble(2)(num_atoms=5, width=8, num_blocks=1, train=False, expansion=2)
-    variables = critic.init(jax.random.PRNGKey(0), jnp.ones((3, 4)), jnp.ones((3, 2)))
-    params = bounded.project(_perturbed(variables["params"], jax.random.PRNGKey(2)))
+    variables = _init(critic, jax.random.PRNGKey(0), jnp.ones((3, 4)), jnp.ones((3, 2)))
+    params = project(_perturbed(variables["params"], jax.random.PRNGKey(2)))
     kinds = _assert_bounded(params)
     k = params["trunk"]["embed"]["unit_kernel"]
     assert k.shape == (2, 6, 8)  # per member, normalised over its own `in` axis
@@ -87,13 +100,13 @@ def test_heads_are_orthogonal_unit_kernels_with_a_free_zero_init_bias(which):
     bias zero at init and left alone by `project`, the kernel re-projected."""
     if which == "actor":
         module = TanhGaussianActor(action_size=3, width=8, num_blocks=1, train=False, expansion=2)
-        params = module.init(jax.random.PRNGKey(0), jnp.ones((2, 5)))["params"]
+        params = _init(module, jax.random.PRNGKey(0), jnp.ones((2, 5)))["params"]
         heads = ("mean", "log_std")
     else:
         module = critic_ensemble(2)(num_atoms=7, width=8, num_blocks=1, train=False, expansion=2)
-        params = module.init(jax.random.PRNGKey(0), jnp.ones((2, 4)), jnp.ones((2, 1)))["params"]
+        params = _init(module, jax.random.PRNGKey(0), jnp.ones((2, 4)), jnp.ones((2, 1)))["params"]
         heads = ("logits",)
-    perturbed = bounded.project(_perturbed(params, jax.random.PRNGKey(3)))
+    perturbed = project(_perturbed(params, jax.random.PRNGKey(3)))
     for head in heads:
         k = np.asarray(params[head]["unit_kernel"]).reshape(-1, 8, params[head]["bias"].shape[-1])
         for member in k:
