@@ -580,3 +580,36 @@ def test_policy_layers_interpreted_in_numpy_equal_deterministic_act(states):
     want, _ = fs.act(s2, obs, None, CFG, deterministic=True)
     got = _interpret(ops, np.asarray(obs["state"], np.float64))
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
+
+
+def test_an_eager_init_is_one_compiled_program_and_equals_the_traced_init():
+    """`jaxrl.algos.compiled_init`: called from Python, ``init`` compiles ONE program (op by op it
+    was ~40 on this config, 0.3-2 s each on a CPU), none the second time; inside a trace it is
+    inlined, and both give the same agent (to float tolerance: the eager program compiles with
+    the quick options)."""
+    from jax import monitoring
+
+    from envs._runtime import run_once_options
+
+    cfg = CFG.replace(actor_width=4)  # a config no other test builds: a fresh program
+    run_once_options()  # its one-off option probe is not the init's compile
+    k3, k4 = jax.random.PRNGKey(3), jax.random.PRNGKey(4)  # nor are the keys' programs
+    compiles = []
+
+    def listen(event, secs, **kw):
+        if event.endswith("backend_compile_duration"):  # also fired for a program the cache served
+            compiles.append(event)
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        eager = fs.init(k3, SPEC, cfg)
+        first = len(compiles)
+        again = fs.init(k4, SPEC, cfg)
+        second = len(compiles) - first
+    finally:
+        monitoring.unregister_event_duration_listener(listen)
+    traced = jax.jit(lambda k: fs.init(k, SPEC, cfg))(k3)
+    assert first == 1 and second == 0, (first, second)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert _max_abs_diff(eager.actor_params, again.actor_params) > 0  # the key is an argument
