@@ -41,23 +41,24 @@ class CPhysics:
         # compares it with put_data; False: they differed, so every call uses put_data.
         self.fast_conversion: bool | None = None
 
-    def _host_step(self, data: Any, n_substeps: np.ndarray) -> Any:
-        """numpy mjx.Data -> numpy mjx.Data after ``n_substeps`` C steps."""
+    def _host_step(self, template: Any, state: dict, n_substeps: np.ndarray) -> Any:
+        """The state fields (numpy) -> numpy mjx.Data shaped like ``template`` after ``n_substeps``
+        C steps."""
         import mujoco
         from mujoco import mjx
 
         d = self.data
         mujoco.mj_resetData(self.model, d)
-        d.time = float(data.time)
-        for name in _STATE_FIELDS:
-            if hasattr(data, name) and hasattr(d, name) and np.size(getattr(d, name)):
+        d.time = float(state["time"])
+        for name, value in state.items():
+            if name != "time":
                 target = getattr(d, name)
-                target[...] = np.asarray(getattr(data, name)).reshape(target.shape).astype(target.dtype)
+                target[...] = np.asarray(value).reshape(target.shape).astype(target.dtype)
         for _ in range(int(n_substeps)):
             mujoco.mj_step(self.model, d)
         self.warnings += int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)  # (reset zeroed it)
         self.calls += 1
-        as_data = lambda out: jax.tree.map(lambda t, x: np.asarray(x, dtype=t.dtype).reshape(t.shape), data, out)
+        as_data = lambda out: jax.tree.map(lambda t, x: np.asarray(x, dtype=t.dtype).reshape(t.shape), template, out)
         if self.fast_conversion is None:  # decided once: the fast path must equal mjx.put_data
             official = as_data(mjx.put_data(self.model, d, impl="jax"))
             try:
@@ -73,10 +74,35 @@ class CPhysics:
         return as_data(mjx.put_data(self.model, d, impl="jax"))
 
     def step_data(self, data: Any, n_substeps: int = 1) -> Any:
-        """Traceable: the mjx.Data after ``n_substeps`` C steps from ``data`` (ctrl as set in it)."""
-        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), data)
-        return jax.pure_callback(self._host_step, shapes, data, np.int32(n_substeps),
-                                 vmap_method="sequential")
+        """Traceable: the mjx.Data after ``n_substeps`` C steps from ``data`` (ctrl as set in it).
+
+        Only the state fields go to the host, and the new mjx.Data comes back packed into one
+        flat array per dtype, unpacked here: JAX moves each leaf of a callback's arguments and
+        results separately, and for the ~90 leaves of a whole mjx.Data that transfer was most of
+        a call (cartpole: ~13 of ~15 ms per step; packed, ~2 ms)."""
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), data)
+        leaves, treedef = jax.tree.flatten(template)
+        dtypes = sorted({np.dtype(t.dtype).str for t in leaves})
+        groups = [[i for i, t in enumerate(leaves) if np.dtype(t.dtype).str == dt] for dt in dtypes]
+        sizes = [int(np.prod(t.shape)) for t in leaves]
+        packed = tuple(jax.ShapeDtypeStruct((sum(sizes[i] for i in g),), np.dtype(dt)) for dt, g in zip(dtypes, groups))
+        state = {name: getattr(data, name) for name in _STATE_FIELDS
+                 if hasattr(data, name) and hasattr(self.data, name) and np.size(getattr(self.data, name))}
+        state["time"] = data.time
+
+        def host(state: dict, n: np.ndarray) -> tuple:
+            out = jax.tree.leaves(self._host_step(template, state, n))
+            return tuple(np.concatenate([out[i].reshape(-1) for i in g]) if g else np.zeros(0, p.dtype)
+                         for g, p in zip(groups, packed))
+
+        flats = jax.pure_callback(host, packed, state, np.int32(n_substeps), vmap_method="sequential")
+        out = [None] * len(leaves)
+        for flat, g in zip(flats, groups):
+            offset = 0
+            for i in g:
+                out[i] = flat[offset:offset + sizes[i]].reshape(leaves[i].shape)
+                offset += sizes[i]
+        return jax.tree.unflatten(treedef, out)
 
 
 class _JaxWithoutDevicePut:

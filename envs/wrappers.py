@@ -320,6 +320,14 @@ class VecEnv:
                                          else jax.jit(lambda *a: call(fn_name, None, *a)))
         return memo[fn_name, with_model]
 
+    def one_env_reset(self) -> Callable | None:
+        """The task's reset of ONE env on its nominal model: the jitted function every program
+        resetting this task vmaps, whose trace the observation size already made.  A caller that
+        calls it under `PHYSICS_MATMUL_PRECISION` (the trace cache keys on it) inside its own
+        program reuses that trace instead of tracing the task's reset again (sim2sim: T1 with
+        impl "jax" ~4 s).  None when this VecEnv's envs reset on randomised models."""
+        return None if self._model_batch is not None else self._one_env("reset", False)
+
     def with_num_envs(self, num_envs: int, seed: int) -> VecEnv:
         """Another VecEnv over the SAME task object (same config, same episode length and
         randomiser), e.g. a run's evaluation envs: it shares the task's traced reset / step."""

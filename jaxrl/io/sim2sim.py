@@ -27,7 +27,7 @@ from envs._runtime import few_steps_options, short_program_options
 
 # The physics swap lives with the envs (the finetuning targets simulated by MuJoCo C use it too).
 from envs.mujoco_c import CPhysics, mujoco_physics
-from envs.wrappers import strong_types
+from envs.wrappers import PHYSICS_MATMUL_PRECISION, strong_types
 
 
 def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -52,30 +52,43 @@ def _state_obs(obs: Any) -> np.ndarray:
     return np.asarray(obs["state"] if hasattr(obs, "keys") else obs, np.float32)
 
 
-def _programs(task: Any, env_steps: int) -> tuple[Callable, Callable]:
-    """Fresh jitted single-env (reset, step) of ``task``.  Both return strong types
-    (`envs.wrappers.strong_types`), so a reset state and a stepped one share one signature and the
-    step compiles once, not twice (T1, impl=jax, CPU: the second compile took 20-25 s).  They run
-    a few hundred steps, so compiling dominates: `short_program_options`, or `few_steps_options`
-    when the ``env_steps`` they will take are few (e.g. ``--max-steps 5``)."""
+def _programs(task: Any, env_steps: int, reset: Callable | None = None) -> tuple[Callable, Callable]:
+    """Fresh jitted single-env (reset, step) of ``task``, traced under the physics matmul
+    precision as training traces them.  Both return strong types (`envs.wrappers.strong_types`),
+    so a reset state and a stepped one share one signature and the step compiles once, not twice
+    (T1, impl=jax, CPU: the second compile took 20-25 s).  They run a few hundred steps, so
+    compiling dominates: `short_program_options`, or `few_steps_options` when the ``env_steps``
+    they will take are few (e.g. ``--max-steps 5``).  ``reset``: the one-env reset to call
+    instead of ``task.reset`` (`envs.wrappers.VecEnv.one_env_reset`: its trace is reused)."""
     quick = few_steps_options(env_steps) or short_program_options()
-    reset = jax.jit(lambda key: strong_types(task.reset(key)), compiler_options=quick)
-    step = jax.jit(lambda s, a: strong_types(task.step(s, a)), compiler_options=quick)
-    return reset, step
+    one_reset = task.reset if reset is None else reset
+
+    def reset_program(key):
+        with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            return strong_types(one_reset(key))
+
+    def step_program(state, action):
+        with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            return strong_types(task.step(state, action))
+
+    return jax.jit(reset_program, compiler_options=quick), jax.jit(step_program, compiler_options=quick)
 
 
 def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: jax.Array,
-                 episode_length: int, physics: CPhysics | None = None) -> dict:
+                 episode_length: int, physics: CPhysics | None = None,
+                 reset: Callable | None = None) -> dict:
     """Run one episode per key with ``policy`` (numpy in, numpy out) on the single-env ``task``.
 
     ``physics=None`` steps with MJX (the task as trained); a `CPhysics` steps with MuJoCo C.
-    Returns per-episode returns and lengths.
+    ``reset``: a jitted reset (key -> state) every episode starts from; by default the task's
+    own, traced with the physics swapped.  Returns per-episode returns and lengths.
     """
     ctx = mujoco_physics(task, physics) if physics is not None else contextlib.nullcontext()
     # Fresh closures (a jit of the bound method could reuse a trace made without the swap), and
     # the whole loop inside the context: a re-trace (e.g. reset and step states differing in
     # weak types) must see the swap too.
-    reset, step = _programs(task, len(keys) * episode_length)
+    own_reset, step = _programs(task, len(keys) * episode_length)
+    reset = own_reset if reset is None else reset
     returns, lengths = [], []
     with ctx:
         for key in keys:
@@ -101,7 +114,8 @@ def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: ja
 def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path | None = None,
             which: str = "latest", seed: int = 0, max_steps: int | None = None,
             write: bool = True, seed_index: int | None = None) -> dict:
-    """Exported policy in MuJoCo C vs in MJX, same task, same initial states; writes sim2sim.json.
+    """Exported policy in MuJoCo C vs in MJX, same task, same initial states (MJX's reset of the
+    same keys, for both); writes sim2sim.json.
 
     The policy file defaults to ``RUN_DIR/policy.onnx`` (exported first when missing).  Both sides
     run the same file through the same runtime, so the gap is the simulator's alone.  The MJX side
@@ -128,8 +142,12 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     length = min(venv.episode_length, max_steps or venv.episode_length)
     keys = jax.random.split(jax.random.PRNGKey(seed), episodes)
     physics = CPhysics(task.mj_model)
-    mjx_side = run_episodes(task, policy, keys, length)
-    c_side = run_episodes(task, policy, keys, length, physics)
+    # Both sides start every episode from MJX's reset of the same key: the same initial states,
+    # so the gap is the stepping's alone (a reset that settles, as CheetahRun's 200 substeps,
+    # settles in MJX).  It reuses the trace the observation size made (`VecEnv.one_env_reset`).
+    reset, _ = _programs(task, episodes * length, venv.one_env_reset() if venv.env is task else None)
+    mjx_side = run_episodes(task, policy, keys, length, reset=reset)
+    c_side = run_episodes(task, policy, keys, length, physics, reset=reset)
     m_mean, c_mean = float(np.mean(mjx_side["returns"])), float(np.mean(c_side["returns"]))
     report = {
         "env": record["env"], "policy": str(policy_file), "episodes": episodes, "episode_length": length,
