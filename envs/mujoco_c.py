@@ -92,8 +92,7 @@ class CPhysics:
 
         def host(state: dict, n: np.ndarray) -> tuple:
             out = jax.tree.leaves(self._host_step(template, state, n))
-            return tuple(np.concatenate([out[i].reshape(-1) for i in g]) if g else np.zeros(0, p.dtype)
-                         for g, p in zip(groups, packed))
+            return tuple(np.concatenate([out[i].reshape(-1) for i in g]) for g in groups)
 
         flats = jax.pure_callback(host, packed, state, np.int32(n_substeps), vmap_method="sequential")
         out = [None] * len(leaves)

@@ -5,9 +5,10 @@ every initializer as its own XLA program, one per parameter shape: the normal dr
 orthogonal heads' QR, the projections, the optimiser's zeros.  On a CPU each of those compiles
 in 0.3-2 s, so FlashSAC's eager init compiled ~40 programs.  `compiled_init` traces the whole
 init once per (spec, config) and compiles it as one program with the quick options of a program
-run once (`envs._runtime.run_once_options`: XLA's default options took as long as the ops one by
-one), which the persistent compilation cache then serves to every later process.  Inside a trace (the training loop's jitted
-`_init_agent`, a vmap over seeds, ``jax.eval_shape``) the init is inlined as before.
+run once (`envs._runtime.run_once_options`: with XLA's default options the one program took as
+long as the ops one by one), which the persistent compilation cache then serves to every later
+process.  Inside a trace (the training loop's jitted `_init_agent`, a vmap over seeds,
+``jax.eval_shape``) the init is inlined as before.
 """
 
 from __future__ import annotations
