@@ -54,6 +54,10 @@ def child(algo: str, task: str) -> dict:
         steps = cfg.num_envs * cfg.unroll_length
     else:
         steps = cfg.min_buffer + 2 * cfg.num_envs
+    from envs._runtime import FEW_STEPS
+
+    # above it a run compiles as every real run does, not the quick way of a short run
+    assert steps > FEW_STEPS, f"{algo} {task}: {steps} steps is a short run (envs._runtime.short_run_options)"
     t0 = time.perf_counter()
     run.train(algo, task, cfg, steps=steps, num_evals=1, progress=False, devices=1)
     wall = time.perf_counter() - t0

@@ -192,6 +192,13 @@ class FinetuneLoop(HostLoop):
         self.epoch_iters = math.ceil(cfg.real_steps_per_epoch / env.num_envs)
         self.chunk_iters, total_epochs = chunk_plan(epochs, num_evals)
         self.total_iters = self.prefill_iters + total_epochs * self.epoch_iters
+        # At most, per epoch: every round at rounds_max and horizon_max; each model fit at
+        # max_epochs over a full real buffer (sequences of `horizon` steps).
+        w = cfg.world_model
+        fit_rows = w.max_epochs * max(w.min_epoch_steps, math.ceil(cfg.real_buffer / w.batch_size)) * w.batch_size * w.horizon
+        sac_rows = cfg.rounds_max * cfg.updates_per_round * (cfg.imagined_batch + cfg.real_batch)
+        imagined = cfg.rounds_max * cfg.starts * cfg.horizon_max
+        self.quick_if_short(steps + epochs * imagined, epochs * (fit_rows + sac_rows))
         self.make_evaluate(self.deploy)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
 

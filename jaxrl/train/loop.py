@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from envs._runtime import short_run_options
 from envs.wrappers import EnvState
 from jaxrl.train import guards
 from jaxrl.train.evaluate import eval_keys, evaluation, evaluation_from
@@ -146,6 +147,7 @@ class HostLoop:
     num_seeds: int = 1
     mesh: Any = None
     evaluate: Callable | None = None
+    compiler_options: dict | None = None  # XLA options of the chunk, init and reset (`quick_if_short`)
     eval_resets_apart: bool = False  # `_evaluation`: the eval envs reset like the training envs
 
     def __init__(self) -> None:
@@ -177,6 +179,14 @@ class HostLoop:
             self.env = self.env.across(SEED_AXIS)
             if self.eval_env is not None:
                 self.eval_env = self.eval_env.across(SEED_AXIS)
+
+    def quick_if_short(self, env_steps: int, gradient_rows: int) -> None:
+        """Compile the chunk, init and first reset the quick way (`envs._runtime.short_run_options`)
+        when one seed's run simulates ``env_steps`` env steps and its gradient steps read
+        ``gradient_rows`` rows, few enough that compiling is nearly all the run costs.  Per seed
+        and independent of the evaluations: K seeds, or another number of evaluations, leave the
+        training programs as they are.  Call before `program`."""
+        self.compiler_options = short_run_options(env_steps, gradient_rows)
 
     @property
     def seeds(self) -> list[int]:
@@ -226,10 +236,12 @@ class HostLoop:
         common to all seeds, e.g. an iteration count) lifted over seeds and jitted with a donated
         carry that keeps its shardings."""
         lifted = self._lift(fn, shared=True)
+        opts = self.compiler_options
         if self.mesh is None:
-            return jax.jit(lifted, donate_argnums=0)
+            return jax.jit(lifted, donate_argnums=0, compiler_options=opts)
         sharding = self.carry_sharding()
-        return jax.jit(lifted, donate_argnums=0, out_shardings=sharding if carry_out else (sharding, None))
+        return jax.jit(lifted, donate_argnums=0, out_shardings=sharding if carry_out else (sharding, None),
+                       compiler_options=opts)
 
     # ------------------------------------------------------------------ protocol
     def _init(self, key: jax.Array, agent: Any = None, env_state: Any = None) -> Any:
@@ -247,9 +259,10 @@ class HostLoop:
         # Keyed by the env's id too: the env's copies (`VecEnv.distribute` / `across`) share its
         # __dict__ entries, and each entry's program holds its env, so an id is never reused.
         memo = env.__dict__.setdefault("_jaxrl_reset_program", {})
-        key = (id(env), self.num_seeds)
+        opts = self.compiler_options
+        key = (id(env), self.num_seeds, tuple(sorted((opts or {}).items())))
         if key not in memo:
-            memo[key] = jax.jit(self._lift(lambda k: env.reset(k)))
+            memo[key] = top_level_jit(self._lift(lambda k: env.reset(k)), opts)
         return memo[key]
 
     def initial_env_state(self, keys: jax.Array) -> Any:
@@ -272,14 +285,16 @@ class HostLoop:
         env_state = self.initial_env_state(keys)
         if self.mesh is None:
             if "init" not in self._compiled:
-                self._compiled["init"] = jax.jit(self._lift(lambda k, e: self._init(k, None, e)))
+                self._compiled["init"] = top_level_jit(self._lift(lambda k, e: self._init(k, None, e)),
+                                                       self.compiler_options)
             return self._compiled["init"](keys, env_state)
         from jaxrl.train import parallel
 
         if "init" not in self._compiled:
             sharding = self.carry_sharding()
-            self._compiled["init_agent"] = jax.jit(self._lift(self._init_agent))
-            self._compiled["init"] = jax.jit(self._lift(self._init), out_shardings=sharding)
+            opts = self.compiler_options
+            self._compiled["init_agent"] = top_level_jit(self._lift(self._init_agent), opts)
+            self._compiled["init"] = top_level_jit(self._lift(self._init), opts, out_shardings=sharding)
         # On this host's first device, then through host memory onto every device of the mesh
         # (all hosts compute the same values; a device-to-device copy across hosts is not
         # available on every backend).
@@ -386,6 +401,20 @@ class HostLoop:
         """The training chunk lowered for ``carry`` (real or `jax.ShapeDtypeStruct`s): lets tests
         and tools trace GPU-sized presets on abstract shapes without allocating them."""
         return self._chunk.lower(carry, jax.ShapeDtypeStruct((), jnp.int32), jnp.bool_(warm))
+
+
+def top_level_jit(fn: Callable, options: dict | None, **kw) -> Callable:
+    """``jax.jit(fn, compiler_options=options, **kw)`` where JAX takes compiler options, a call
+    from Python; called inside a trace (``jax.eval_shape(loop.init_carry)``) the plain jit."""
+    if not options:
+        return jax.jit(fn, **kw)
+    quick, plain = jax.jit(fn, compiler_options=options, **kw), jax.jit(fn, **kw)
+
+    def call(*args):
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args))
+        return (plain if traced else quick)(*args)
+
+    return call
 
 
 def seed_summary(metrics: dict[str, Any], num_seeds: int) -> dict[str, float]:

@@ -131,6 +131,10 @@ class OffPolicyLoop(HostLoop):
         spec = env.spec.obs
         self._state_prefix = (spec["state"].shape[-1] if getattr(env, "state_in_privileged", False)
                               and "privileged_state" in spec else None)
+        # the budget, not its rounding to whole chunks (which depends on the number of evaluations)
+        budget = max(1, math.ceil(settings.total_steps / env.num_envs))
+        self.quick_if_short(budget * env.num_envs,
+                            (budget - self.warmup_iters) * settings.updates_per_step * settings.batch_size)
         self.make_evaluate(agent.act)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
 

@@ -83,7 +83,10 @@ class OnPolicyLoop(HostLoop):
         self.setup(env, eval_env, seed, devices, seeds,
                    {"minibatch": cfg.batch_size // cfg.num_minibatches})
         self.cfg = cfg
-        self.chunk_iters, self.total_iters = chunk_plan(math.ceil(steps / cfg.batch_size), num_evals)
+        iters = math.ceil(steps / cfg.batch_size)
+        self.chunk_iters, self.total_iters = chunk_plan(iters, num_evals)
+        # the budget, not its rounding to whole chunks; every epoch passes over the whole batch
+        self.quick_if_short(iters * cfg.batch_size, iters * cfg.num_epochs * cfg.batch_size)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
         self.make_evaluate(lambda state, obs, key: ppo.act(state, obs, key, cfg, deterministic=True)[0])
 

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from envs._runtime import run_once_options
 from envs.specs import ArraySpec, EnvSpec
 from jaxrl.algos import distributional
 from jaxrl.algos import flashsac as fs
@@ -17,6 +18,7 @@ from jaxrl.data.transition import Transition
 from jaxrl.nets import bounded
 
 N, D, P, A, B = 4, 3, 5, 2, 16
+ONCE = run_once_options()  # programs a test runs a few times: the quick compile (CPU)
 CFG = fs.FlashSACConfig(
     num_envs=N,
     batch_size=B,
@@ -63,7 +65,7 @@ def _batch(key, b=B):
 
 @pytest.fixture(scope="module")
 def update_fn():
-    return jax.jit(functools.partial(fs.update, cfg=CFG))
+    return jax.jit(functools.partial(fs.update, cfg=CFG), compiler_options=ONCE)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,7 @@ def test_update_period_equals_consecutive_updates_and_has_no_branch(history):
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[_batch(jax.random.PRNGKey(2 * i + 1)) for i in range(2)])
     keys = jnp.stack([jax.random.PRNGKey(2 * i + 2) for i in range(2)])
     fn = functools.partial(fs.update_period, cfg=CFG)
-    state, metrics = jax.jit(fn)(history[0][0], batches, keys)
+    state, metrics = jax.jit(fn, compiler_options=ONCE)(history[0][0], batches, keys)
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(history[2][0])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6,
                                    err_msg=jax.tree_util.keystr(path))
@@ -198,14 +200,14 @@ def test_update_order_is_actor_then_alpha_then_critic_on_the_new_actor_then_poly
     want = states[1][0]
     k_actor, k_critic = jax.random.split(key)  # update's own key split
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=ONCE)
     def official(s):
         s, m = fs.actor_step(s, batch, k_actor, CFG)
         s, _ = fs.temperature_step(s, m["entropy"], CFG)
         s, _ = fs.critic_step(s, batch, k_critic, CFG)
         return fs.polyak_step(s, CFG)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=ONCE)
     def critic_first(s):
         s, _ = fs.critic_step(s, batch, k_critic, CFG)
         s, m = fs.actor_step(s, batch, k_actor, CFG)
@@ -227,7 +229,7 @@ def test_update_order_is_actor_then_alpha_then_critic_on_the_new_actor_then_poly
 def test_actor_gradient_ignores_next_state_values_but_its_batchnorm_sees_next_states(states):
     s0 = states[0]
     batch, key = _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(7)
-    grad = jax.jit(jax.grad(fs.actor_loss, has_aux=True), static_argnames="cfg")
+    grad = jax.jit(jax.grad(fs.actor_loss, has_aux=True), static_argnames="cfg", compiler_options=ONCE)
     alpha = jnp.exp(s0.log_alpha)
 
     def run(b):
@@ -326,7 +328,7 @@ def test_bfloat16_update_is_finite_and_near_float32_while_acting_stays_float32(s
     bit-equal (the products really are bfloat16); acting is float32 in both."""
     s0, (s32, m32), _ = states
     cfg16 = CFG.replace(compute_dtype="bfloat16")
-    s16, m16 = jax.jit(functools.partial(fs.update, cfg=cfg16))(
+    s16, m16 = jax.jit(functools.partial(fs.update, cfg=cfg16), compiler_options=ONCE)(
         s0, _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))  # as `history`'s first update
     assert all(np.isfinite(float(v)) for v in m16.values())
     for name in ("critic_loss", "actor_loss", "alpha_loss", "critic_grad_norm", "actor_grad_norm"):

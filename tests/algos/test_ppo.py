@@ -8,9 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from envs._runtime import run_once_options
 from envs.specs import ArraySpec, EnvSpec
 from jaxrl.algos import ppo
 from jaxrl.data import normalizer
+
+ONCE = run_once_options()  # programs a test runs a few times: the quick compile (CPU)
 
 D, P, A = 5, 7, 3
 
@@ -323,7 +326,8 @@ def test_act_stochastic_extras_and_update_runs(cfg):
         reward=jnp.asarray(rng.normal(size=(T, N)), jnp.float32),
         terminated=jnp.zeros((T, N), bool), truncated=jnp.zeros((T, N), bool),
     )
-    new, metrics = jax.jit(lambda s, r, k: ppo.update(s, r, k, cfg))(state, rollout, jax.random.PRNGKey(3))
+    new, metrics = jax.jit(lambda s, r, k: ppo.update(s, r, k, cfg), compiler_options=ONCE)(
+        state, rollout, jax.random.PRNGKey(3))
     assert int(new.updates) == cfg.num_epochs * cfg.num_minibatches
     assert float(new.obs_stats["state"].count) == 0  # statistics are `observe`'s job, not update's
     assert cfg.lr_min <= float(metrics["lr"]) <= cfg.lr_max

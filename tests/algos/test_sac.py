@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import envs
+from envs._runtime import run_once_options
 from envs.specs import ArraySpec, EnvSpec
 from jaxrl.algos import sac
 from jaxrl.data import normalizer
@@ -30,6 +31,7 @@ def _spec(obs=OBS, priv=PRIV, act=ACT) -> EnvSpec:
                    has_privileged_state=True)
 
 
+ONCE = run_once_options()  # programs a test runs a few times: the quick compile (CPU)
 # The LIFT networks and optimiser (swish, no LayerNorm, log σ ∈ [−5, 2], AdamW 1e-4) at toy size;
 # the cpu preset's Brax-style choices are tested on their own below.
 TINY = sac.SACConfig.cpu().replace(actor_hidden=(16, 16), critic_hidden=(32, 32), batch_size=B,
@@ -55,7 +57,7 @@ def tiny():
     batch = _batch(jax.random.PRNGKey(1))
     state = sac.observe(state, _batch(jax.random.PRNGKey(2), 64)._replace(
         obs={k: 3.0 + 2.0 * v for k, v in _batch(jax.random.PRNGKey(2), 64).obs.items()}), TINY)
-    update = jax.jit(functools.partial(sac.update, cfg=TINY))
+    update = jax.jit(functools.partial(sac.update, cfg=TINY), compiler_options=ONCE)
     return state, batch, update
 
 
@@ -133,7 +135,7 @@ def test_previous_alpha_switch_feeds_the_pre_update_alpha_to_critic_and_actor(ti
     state, batch, update = tiny
     cfg = TINY.replace(alpha_in_losses="previous")
     key = jax.random.PRNGKey(7)
-    new, m = jax.jit(functools.partial(sac.update, cfg=cfg))(state, batch, key)
+    new, m = jax.jit(functools.partial(sac.update, cfg=cfg), compiler_options=ONCE)(state, batch, key)
     new_lift, _ = update(state, batch, key)
     np.testing.assert_allclose(new.log_alpha, new_lift.log_alpha, rtol=1e-6)  # same α step
     _, k_critic, k_actor = jax.random.split(key, 3)
@@ -174,7 +176,7 @@ def test_bfloat16_compute_is_finite_and_close_to_float32_on_the_same_batch(tiny)
     """Same fp32 parameters, hidden layers in bf16 vs fp32.  Measured on this batch: Q values
     within ~1e-2 relative, policy means within ~1e-2 absolute; asserted: 5e-2 (bf16 has an 8-bit
     mantissa, ~4e-3 relative per rounding, compounded over 3 layers)."""
-    state, batch, _ = tiny
+    state, batch, update = tiny
     bf = TINY.replace(compute_dtype="bfloat16")
     q32 = sac.q_values(state.critic_params, state, batch.obs, batch.action, TINY)
     q16 = sac.q_values(state.critic_params, state, batch.obs, batch.action, bf)
@@ -184,8 +186,8 @@ def test_bfloat16_compute_is_finite_and_close_to_float32_on_the_same_batch(tiny)
     m16, s16 = sac.policy(state.actor_params, state, batch.obs, bf)
     np.testing.assert_allclose(m16, m32, atol=5e-2)
     np.testing.assert_allclose(s16, s32, atol=5e-2)
-    new, m = jax.jit(functools.partial(sac.update, cfg=bf))(state, batch, jax.random.PRNGKey(3))
-    _, m32 = jax.jit(functools.partial(sac.update, cfg=TINY))(state, batch, jax.random.PRNGKey(3))
+    new, m = jax.jit(functools.partial(sac.update, cfg=bf), compiler_options=ONCE)(state, batch, jax.random.PRNGKey(3))
+    _, m32 = update(state, batch, jax.random.PRNGKey(3))
     assert all(np.isfinite(float(v)) for v in m.values())
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(new))
     np.testing.assert_allclose(m["critic_loss"], m32["critic_loss"], rtol=5e-2)

@@ -230,7 +230,8 @@ def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_pro
     ev = loop._evaluation(carry.agent, key)
     assert "evaluate" in traced and "_reset" not in traced, traced
     k_reset, k_act = eval_keys(key)
-    own = jax.jit(loop.eval_env.reset)(k_reset)  # traced, as in a program (called eagerly: quick options)
+    # traced, as in a program (called eagerly: quick options), with the run's (a short run's: quick)
+    own = jax.jit(loop.eval_env.reset, compiler_options=loop.compiler_options)(k_reset)
     for a, b in zip(jax.tree.leaves(first_reset(k_reset)), jax.tree.leaves(own)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     one_program = jax.jit(evaluation(loop.eval_env, loop.agent.act))
@@ -246,10 +247,40 @@ def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_pro
     assert resets.search(str(jax.make_jaxpr(other.evaluate)(other.init_carry().agent, key)))
 
 
+def test_short_runs_compile_the_quick_way_whatever_their_evaluations_and_seeds():
+    """A run short enough that compiling is nearly all its cost (one seed: <= FEW_STEPS env steps
+    and <= FEW_ROWS rows through gradient steps) compiles its chunk, init and first reset with
+    `few_steps_options`; a longer one (more env steps, or more rows) with XLA's defaults, as
+    before.  The number of evaluations and of seeds do not enter: they never change training.
+    (That the chunk really compiles with them: the donation test below compares it bit for bit
+    with a program compiled with ``loop.compiler_options``; with the defaults 19 of 32 values
+    differed in their last bits.)  Traced only."""
+    from envs import _runtime
+
+    quick = _runtime.few_steps_options(0)
+    assert quick and quick["xla_backend_optimization_level"] == 0
+    env = envs.make("CartpoleBalance", 4, **ENV)
+    cases = [  # (algo, config, steps, quick?)
+        ("flashsac", TINY["flashsac"], STEPS["flashsac"], True),
+        ("flashsac", TINY["flashsac"], _runtime.FEW_STEPS + 4, False),  # env steps
+        # 496 env steps, but 120 iterations x 8 updates x 32 rows = 30,720 > FEW_ROWS
+        ("flashsac", TINY["flashsac"].replace(updates_per_step=8, batch_size=32), 496, False),
+        ("ppo", TINY["ppo"], STEPS["ppo"], True),
+        ("ppo", TINY["ppo"].replace(num_epochs=16, num_minibatches=1), 32 * 40, False),  # 20,480 rows
+    ]
+    for algo, cfg, steps, short in cases:
+        for num_evals, seeds in ((1, 1), (7, 2)):
+            loop = registry.get(algo).make_loop(cfg, env, None, steps, 0, num_evals, seeds=seeds, devices=1)
+            assert loop.compiler_options == (quick if short else None), (algo, steps, num_evals, seeds)
+    reset = registry.get("ppo").make_loop(TINY["ppo"], env, None, STEPS["ppo"], 0, 2).reset_program(env)
+    assert reset is not registry.get("ppo").make_loop(TINY["ppo"], env, None, 10**6, 0, 2).reset_program(env)
+
+
 def test_chunk_donates_its_carry_and_equals_the_copying_path(tiny_loop):
     loop = tiny_loop
     carry, _ = loop.run_chunk(loop.init_carry())  # warm-up; flat task: state IS privileged_state
-    reference, _ = jax.jit(loop._chunk_fn)(jax.tree.map(jnp.copy, carry), loop.chunk_iters, False)  # no donation
+    copying = jax.jit(loop._chunk_fn, compiler_options=loop.compiler_options)  # no donation
+    reference, _ = copying(jax.tree.map(jnp.copy, carry), loop.chunk_iters, False)
     buffer_in = jax.tree.leaves(carry.buffer)
     out, _ = loop.run_chunk(carry)
     assert all(x.is_deleted() for x in buffer_in)  # updated in place, not copied

@@ -20,11 +20,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import envs
+from envs._runtime import run_once_options
 from envs.specs import ArraySpec, EnvSpec
 from jaxrl.algos import flashsac, ppo
 from jaxrl.data.transition import Transition
 from jaxrl.io.checkpoint import CheckpointManager
 from jaxrl.train import parallel, registry, run
+
+ONCE = run_once_options()  # programs a test runs a few times: the quick compile (CPU)
 
 pytestmark = [pytest.mark.xdist_group("parallel"),
               pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 devices (one per CPU core)")]
@@ -104,9 +107,9 @@ def test_flashsac_updates_on_two_devices_equal_one_device():
     def updates(state, batches, keys):
         return jax.lax.scan(lambda s, x: flashsac.update(s, x[0], x[1], cfg), state, (batches, keys))
 
-    one = jax.jit(updates)(state, batches, keys)
+    one = jax.jit(updates, compiler_options=ONCE)(state, batches, keys)
     mesh = parallel.make_mesh(2)
-    two_fn = jax.jit(updates)
+    two_fn = jax.jit(updates, compiler_options=ONCE)
     args = (jax.device_put(state, parallel.replicated(mesh)), _split(batches, mesh, 1),
             jax.device_put(keys, parallel.replicated(mesh)))
     two = two_fn(*args)
@@ -137,9 +140,9 @@ def test_ppo_normaliser_and_update_on_two_devices_equal_one_device():
         return ppo.update(state, rollout, key, cfg, shards=2)
 
     key = jax.random.PRNGKey(2)
-    one = jax.jit(learn)(state, rollout, key)
+    one = jax.jit(learn, compiler_options=ONCE)(state, rollout, key)
     mesh = parallel.make_mesh(2)
-    two = jax.jit(learn)(jax.device_put(state, parallel.replicated(mesh)), _split(rollout, mesh, 1),
+    two = jax.jit(learn, compiler_options=ONCE)(jax.device_put(state, parallel.replicated(mesh)), _split(rollout, mesh, 1),
                          jax.device_put(key, parallel.replicated(mesh)))
     _assert_trees_close(one[0], two[0])
     np.testing.assert_allclose(np.asarray(two[0].obs_stats["state"].mean), obs["state"].mean((0, 1)), rtol=1e-5)
