@@ -85,11 +85,12 @@ def short_program_options() -> dict | None:
     loop emitters instead of its newer fusion emitters (`SHORT_PROGRAM_OPTIONS`, where this
     jaxlib takes it: `accepted_options`).
     Measured 2026-12-02 (2-core AMD EPYC with AVX-512, jax 0.9.2, empty cache): sim2sim's T1
-    single-env reset compiles in 17.5 s instead of 25.2, its step in 20.7 instead of 27.4.  Not
-    for the rest: the cpu presets' updates ran ~20% slower this way (SAC 15.7 vs 12.5 s, FlashSAC
-    12.9 vs 10.6 s per 200 iterations) and evaluations 25-70% slower (PPO 64 envs 0.48 vs 0.38 s,
-    SAC 16 envs 0.31 vs 0.18 s per evaluation) for compile savings of 0-2 s.  None (XLA's
-    defaults) on GPU/TPU, with ``JAXRL_SHORT_PROGRAM_OPTIONS=0``, or where XLA refuses it."""
+    single-env reset compiles in 17.5 s instead of 25.2, its step in 20.7 instead of 27.4.  A
+    training run's evaluations compile this way too (`jaxrl.train.loop.HostLoop.make_evaluate`:
+    1-3.5 s sooner, as fast to run since they hold no auto-reset; measured 2026-12-07).  Not for
+    training chunks: the cpu presets' updates ran ~20% slower this way (SAC 15.7 vs 12.5 s,
+    FlashSAC 12.9 vs 10.6 s per 200 iterations).  None (XLA's defaults) on GPU/TPU, with
+    ``JAXRL_SHORT_PROGRAM_OPTIONS=0``, or where XLA refuses it."""
     return accepted_options(SHORT_PROGRAM_OPTIONS) if _quick_compiles() else None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from envs._runtime import few_steps_options
+from envs._runtime import few_steps_options, short_program_options
 from jaxrl.io import export, runfolder
 from jaxrl.io.checkpoint import CheckpointManager
 from jaxrl.train import run
@@ -187,8 +187,10 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         d = s.inner.data
         return (d.qpos[:k], d.mocap_pos[:k], d.mocap_quat[:k])
 
-    # a short evaluation (e.g. a 5-step check) compiles the quick way (`few_steps_options`)
-    @functools.partial(jax.jit, compiler_options=few_steps_options(episodes * env.episode_length))
+    # a short evaluation (e.g. a 5-step check) compiles the quick way (`few_steps_options`), a
+    # longer one as a run's evaluations do (`short_program_options`: as fast, compiled sooner)
+    @functools.partial(jax.jit, compiler_options=few_steps_options(episodes * env.episode_length)
+                       or short_program_options())
     def rollout(key):
         return episode_rollout(env, lambda obs, _: policy(obs["state"]), env.reset(key), key,
                                record=frame if k else None)

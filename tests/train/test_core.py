@@ -211,12 +211,23 @@ def tiny_loop():
                                               None, STEPS["flashsac"], 0, 2)
 
 
-def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_program():
+def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_program(monkeypatch):
     """When the eval envs reset like the training envs (16 and 16), an evaluation's start states
     come from the training envs' first-reset program (its one compiled executable reused, equal
     to the eval envs' own reset) and the evaluation program holds no reset physics.  Its score
     equals `evaluation`'s, which resets inside one program (where the same check does find the
-    reset).  Eval envs of another size keep the reset inside the evaluation program."""
+    reset).  Eval envs of another size keep the reset inside the evaluation program.  Either
+    way the evaluation compiles with `short_program_options` (`HostLoop.make_evaluate`)."""
+    from envs import _runtime
+
+    compiled_with = []  # the options of every ahead-of-time compile (`HostLoop._call`)
+    real_compile = jax.stages.Lowered.compile
+
+    def compile_spy(self, compiler_options=None, **kw):
+        compiled_with.append(compiler_options)
+        return real_compile(self, compiler_options, **kw)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", compile_spy)
     cfg = TINY["flashsac"].replace(num_envs=run.NUM_EVAL_ENVS)
     train_env, eval_env, _ = run.make_envs("CartpoleBalance", cfg.num_envs, 0, ENV)
     loop = registry.get("flashsac").make_loop(cfg, train_env, eval_env, STEPS["flashsac"], 0, 1)
@@ -227,8 +238,10 @@ def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_pro
     traced = []  # functions traced during the evaluation: its own, but no reset
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, _, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration") else None)
+    compiled_with.clear()
     ev = loop._evaluation(carry.agent, key)
     assert "evaluate" in traced and "_reset" not in traced, traced
+    assert compiled_with == [_runtime.short_program_options()], compiled_with  # the evaluation alone
     k_reset, k_act = eval_keys(key)
     # traced, as in a program (called eagerly: quick options), with the run's (a short run's: quick)
     own = jax.jit(loop.eval_env.reset, compiler_options=loop.compiler_options)(k_reset)
@@ -245,6 +258,10 @@ def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_pro
                                                eval_env, STEPS["flashsac"], 0, 1)
     assert not other.eval_resets_apart and not other.eval_env.resets_like(other.env)
     assert resets.search(str(jax.make_jaxpr(other.evaluate)(other.init_carry().agent, key)))
+    agent = other.init_carry().agent
+    compiled_with.clear()
+    other._evaluation(agent, key)
+    assert compiled_with == [_runtime.short_program_options()], compiled_with
 
 
 def test_short_runs_compile_the_quick_way_whatever_their_evaluations_and_seeds():
