@@ -49,7 +49,9 @@ def pytest_collection_modifyitems(config, items):
 def _compile_profiler(out_dir: str):
     """`JAXRL_TEST_PROFILE=DIR pytest ...` writes, per test, the programs compiled (name, seconds,
     cache hit or not) and the tracing/lowering seconds to DIR/<worker>.jsonl: where the suite's
-    time goes on CPU is compilation, and this says which test pays for which program."""
+    time goes on CPU is compilation, and this says which test pays for which program.
+    ``trace_s`` sums every trace and lowering, nested ones (a jitted env step inside a chunk)
+    included; ``trace_wall_s`` is the wall time they covered, each moment counted once."""
     import json
     import pathlib
     import time
@@ -70,6 +72,8 @@ def _compile_profiler(out_dir: str):
             hits[0] = 0
         elif event.endswith(("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration")):
             current["trace_s"] += secs
+            end = time.perf_counter()
+            current["_spans"].append((end - secs, end))
 
     def on_event(event, **kw):
         if event == "/jax/compilation_cache/cache_hits":
@@ -83,9 +87,11 @@ def _compile_profiler(out_dir: str):
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(item, nextitem):
         current.clear()
-        current.update(test=item.nodeid, compiles=[], small_compiles_s=0.0, trace_s=0.0, start=time.time())
+        current.update(test=item.nodeid, compiles=[], small_compiles_s=0.0, trace_s=0.0, _spans=[],
+                       start=time.time())
         yield
         current["wall_s"] = round(time.time() - current.pop("start"), 2)
+        current["trace_wall_s"] = round(_covered(current.pop("_spans")), 2)
         for k in ("trace_s", "small_compiles_s"):
             current[k] = round(current[k], 2)
         with path.open("a") as f:
@@ -93,6 +99,16 @@ def _compile_profiler(out_dir: str):
         current.clear()
 
     return pytest_runtest_protocol
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of (start, end) spans."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 if os.environ.get("JAXRL_TEST_PROFILE"):
