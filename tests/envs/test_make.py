@@ -117,8 +117,8 @@ def test_one_episode_rollout_without_auto_reset_scores_as_the_auto_resetting_env
     assert "cond[" not in str(jax.make_jaxpr(env.without_auto_reset()._step)(state, action))
 
 
-def test_same_seed_same_trajectory_other_seed_differs():
-    a = envs.make("CartpoleBalance", num_envs=4, episode_length=5, seed=0)
+def test_same_seed_same_trajectory_other_seed_differs(cartpole4):
+    a = cartpole4  # the session's env (its traces are shared); b is made anew with the same settings
     b = envs.make("CartpoleBalance", num_envs=4, episode_length=5, seed=0)
     ta = _rollout(a, 7, key=11)
     tb = _rollout(b, 7, key=11)

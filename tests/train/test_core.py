@@ -328,9 +328,11 @@ def test_warm_up_branch_is_skipped_not_selected_with_several_seeds():
         num_envs=4, batch_size=16, buffer_size=512, min_buffer=16, updates_per_step=1,
         actor_hidden=(8,), critic_hidden=(8,))
 
+    env = envs.make("CartpoleBalance", 4, **ENV)  # one task: both chunks vmap its one traced step
+
     def conds(seeds: int, devices: int = 1) -> int:
-        loop = registry.get("sac").make_loop(cfg, envs.make("CartpoleBalance", 4, **ENV), None,
-                                             STEPS["flashsac"], 0, 2, seeds=seeds, devices=devices)
+        loop = registry.get("sac").make_loop(cfg, env, None, STEPS["flashsac"], 0, 2, seeds=seeds,
+                                             devices=devices)
         carry = jax.eval_shape(loop._lift(loop._init), loop._keys())
         lifted = loop._lift(loop._chunk_fn, shared=True)
         return str(jax.make_jaxpr(lifted)(carry, jnp.int32(1), jnp.bool_(True))).count("cond[")
