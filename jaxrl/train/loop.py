@@ -368,15 +368,18 @@ class HostLoop:
         inside the evaluation program: compiled alone it cost more (PPO's 16-env reset 3.9 s,
         against 1.1 s less for its evaluation)."""
         if not self.eval_resets_apart:
-            return self._call("evaluate", self.evaluate, agent, key, donate=False, options=short_program_options())
+            return self._call_evaluate(agent, key)
         k_reset, k_act = self._lift(eval_keys)(key)
         # The training envs' own jitted reset, called as `initial_env_state` calls it (uncommitted
         # keys): its compiled program is reused in memory.  (A second jit of the eval envs' reset
         # lowers to the same module only while JAX's trace caches happen to agree, and `_call`'s
         # committed arguments lower to another module.)
         start = self.reset_program(self.env)(k_reset)
-        return self._call("evaluate", self.evaluate, agent, start, k_act, donate=False,
-                          options=short_program_options())
+        return self._call_evaluate(agent, start, k_act)
+
+    def _call_evaluate(self, *args) -> dict:
+        """The evaluation program (nothing donated), compiled with the options `make_evaluate` names."""
+        return self._call("evaluate", self.evaluate, *args, donate=False, options=short_program_options())
 
     # ------------------------------------------------------------------ helpers
     def place(self, args: tuple, donate: bool = True) -> tuple:

@@ -257,8 +257,8 @@ def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_pro
     other = registry.get("flashsac").make_loop(TINY["flashsac"], run.make_envs("CartpoleBalance", 4, 0, ENV)[0],
                                                eval_env, STEPS["flashsac"], 0, 1)
     assert not other.eval_resets_apart and not other.eval_env.resets_like(other.env)
-    assert resets.search(str(jax.make_jaxpr(other.evaluate)(other.init_carry().agent, key)))
     agent = other.init_carry().agent
+    assert resets.search(str(jax.make_jaxpr(other.evaluate)(agent, key)))
     compiled_with.clear()
     other._evaluation(agent, key)
     assert compiled_with == [_runtime.short_program_options()], compiled_with
