@@ -346,11 +346,13 @@ def gae(
 
 # ----------------------------------------------------------------------------- update
 def adapt_lr(lr: jax.Array, kl: jax.Array, cfg: PPOConfig) -> jax.Array:
-    """rsl_rl's adaptive schedule: ÷lr_factor if KL > 2·desired, ×lr_factor if KL < desired/2."""
+    """rsl_rl's adaptive schedule: ÷lr_factor if KL > 2·desired, ×lr_factor if 0 < KL < desired/2.
+    A KL of exactly 0 (the minibatch's policy is still the rollout's, e.g. the first minibatch
+    without observation normalisation) leaves the rate alone, as rsl_rl's ``kl_mean > 0`` guard does."""
     if cfg.desired_kl is None:
         return lr
     lr = jnp.where(kl > 2.0 * cfg.desired_kl, lr / cfg.lr_factor, lr)
-    lr = jnp.where(kl < 0.5 * cfg.desired_kl, lr * cfg.lr_factor, lr)
+    lr = jnp.where((kl < 0.5 * cfg.desired_kl) & (kl > 0.0), lr * cfg.lr_factor, lr)
     return jnp.clip(lr, cfg.lr_min, cfg.lr_max)
 
 

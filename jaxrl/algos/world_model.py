@@ -51,6 +51,7 @@ import optax
 from flax import struct
 
 from envs._runtime import run_once_options
+from envs.wrappers import PHYSICS_MATMUL_PRECISION
 from jaxrl.nets.mlp import ACTIVATIONS, MLP
 
 
@@ -169,13 +170,15 @@ class SmoothDynamics:
         def substep(d, f):
             return mjx.step(self.model, d.replace(qfrc_applied=f)), None
 
-        if self.n_substeps == 1:
-            # No scan for one substep: under vmap, a scan whose carry starts as the unbatched
-            # template is batched over and over until its carry's batching settles, which made
-            # tracing `linearise` ~1.5× slower (measured: 9.7 s vs 6.6 s, CartpoleSwingup).
-            d, _ = substep(d, forces[0])
-        else:
-            d, _ = jax.lax.scan(substep, d, forces)
+        # Physics at the env step's matmul precision, whatever the learner's (TF32 on GPUs).
+        with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            if self.n_substeps == 1:
+                # No scan for one substep: under vmap, a scan whose carry starts as the unbatched
+                # template is batched over and over until its carry's batching settles, which made
+                # tracing `linearise` ~1.5× slower (measured: 9.7 s vs 6.6 s, CartpoleSwingup).
+                d, _ = substep(d, forces[0])
+            else:
+                d, _ = jax.lax.scan(substep, d, forces)
         return self.state_of(d)
 
 
@@ -556,7 +559,8 @@ def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
             nxt = nxt + jax.random.normal(key, nxt.shape) * jnp.exp(0.5 * logvar) * state.scaler.x_std
         qpos, qvel, act = dyn.split(nxt)
         d = data.replace(qpos=qpos, qvel=qvel, act=act, ctrl=ctrl, time=data.time + dyn.dt)
-        return mjx.forward(full_model, d)
+        with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            return mjx.forward(full_model, d)
 
     def swapped(env_state, action, key):
         if own:

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from envs.wrappers import VecEnv, split_obs
+from envs.wrappers import PHYSICS_MATMUL_PRECISION, VecEnv, split_obs
 from jaxrl.algos import sac
 from jaxrl.algos import world_model as wm
 from jaxrl.data import replay
@@ -119,9 +119,12 @@ class FinetuneConfig:
     @staticmethod
     def sac_overrides(cfg: sac.SACConfig) -> sac.SACConfig:
         """The pretraining config with LIFT's finetuning SAC settings: AdamW lr 2e-4 (actor and
-        critic), α lr 3e-4, γ 0.99, τ 0.001, float32, H̄ = −0.5|A|, log α re-initialised at −7.13."""
+        critic), α lr 3e-4, γ 0.99, τ 0.001, float32 (bfloat16 layers off, and 'highest' matmul
+        precision: JAX's default runs float32 matmuls as TF32 on recent GPUs), H̄ = −0.5|A|, log α
+        re-initialised at −7.13."""
         return cfg.replace(actor_lr=2e-4, critic_lr=2e-4, alpha_lr=3e-4, gamma=0.99, tau=0.001,
-                           compute_dtype="float32", entropy_coef=0.5, init_log_alpha=-7.13)
+                           compute_dtype="float32", matmul_precision="highest", entropy_coef=0.5,
+                           init_log_alpha=-7.13)
 
     @classmethod
     def paper(cls, env_name: str | None = None, pretrained: sac.SACConfig | None = None) -> FinetuneConfig:
@@ -299,7 +302,8 @@ class FinetuneLoop(HostLoop):
             qpos, qvel, act = dyn.split(xi)
             return mjx.forward(full, d.replace(qpos=qpos, qvel=qvel, act=act))
 
-        return start.replace(data=jax.vmap(rebuild)(template, x))
+        with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):  # physics, as the env step
+            return start.replace(data=jax.vmap(rebuild)(template, x))
 
     def _imagine(self, carry: FinetuneCarry, horizon: jax.Array, key: jax.Array) -> FinetuneCarry:
         """One round: ``horizon`` model steps from real start states with the stochastic policy,
@@ -376,7 +380,10 @@ class FinetuneLoop(HostLoop):
 
     def _chunk_fn(self, carry: FinetuneCarry, n: jax.Array, prefill: jax.Array):
         before = carry.env_state
-        carry, metrics = repeat(lambda c: self._epoch(c, prefill), carry, n)
+        # The learner's precision (SAC, the model's network); every physics step inside — the
+        # real env's, the world model's smooth dynamics, imagined kinematics — keeps 'highest'.
+        with jax.default_matmul_precision(self.cfg.sac.matmul_precision):
+            carry, metrics = repeat(lambda c: self._epoch(c, prefill), carry, n)
         return carry, {**metrics, **chunk_counters(before, carry.env_state)}
 
     # ------------------------------------------------------------------ host

@@ -207,10 +207,13 @@ def test_adaptive_kl_lowers_lr_when_kl_high_and_raises_when_low(cfg):
     assert float(ppo.adapt_lr(lr, 2.5 * k, cfg)) == pytest.approx(1e-3 / 1.5)
     assert float(ppo.adapt_lr(lr, 0.4 * k, cfg)) == pytest.approx(1e-3 * 1.5)
     assert float(ppo.adapt_lr(lr, 1.0 * k, cfg)) == pytest.approx(1e-3)
+    # rsl_rl's guard: a KL of exactly 0 (the policy has not moved yet) does not raise the rate
+    assert float(ppo.adapt_lr(lr, 0.0, cfg)) == pytest.approx(1e-3)
+    assert float(ppo.adapt_lr(lr, 1e-9, cfg)) == pytest.approx(1e-3 * 1.5)
 
 
 def test_adaptive_kl_is_bounded_and_can_be_switched_off(cfg):
-    assert float(ppo.adapt_lr(jnp.asarray(cfg.lr_max), 0.0, cfg)) == pytest.approx(cfg.lr_max)
+    assert float(ppo.adapt_lr(jnp.asarray(cfg.lr_max), 1e-6, cfg)) == pytest.approx(cfg.lr_max)
     assert float(ppo.adapt_lr(jnp.asarray(cfg.lr_min), 1.0, cfg)) == pytest.approx(cfg.lr_min)
     fixed = dataclasses.replace(cfg, desired_kl=None)
     assert float(ppo.adapt_lr(jnp.asarray(1e-3), 1.0, fixed)) == pytest.approx(1e-3)

@@ -131,6 +131,8 @@ def test_every_preset_traces_its_training_chunk_on_abstract_shapes(algo, preset,
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(carry))
     text = loop.lower_chunk(carry).as_text()
     assert "dot_general" in text and f"tensor<{cfg.num_envs}x" in text
+    if algo == "finetune":  # LIFT's finetuning SAC is float32: no TF32 anywhere, physics or learner
+        assert set(_dot_precisions(text)) == {"HIGHEST"}
 
 
 @pytest.mark.parametrize("algo", list(TINY))
