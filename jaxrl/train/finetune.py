@@ -116,6 +116,14 @@ class FinetuneConfig:
     def replace(self, **kw) -> FinetuneConfig:
         return dataclasses.replace(self, **kw)
 
+    @property
+    def env_overrides(self) -> tuple:
+        """The target env's config changes: the pretraining config's (``sac.env_overrides``; LIFT:
+        pushes off, T1 observation noise 0), so that the target differs from the pretraining env
+        only by its variant's physics.  `jaxrl.train.run.train` applies them as it applies any
+        config's; explicit ``env_kwargs`` win."""
+        return self.sac.env_overrides
+
     @staticmethod
     def sac_overrides(cfg: sac.SACConfig) -> sac.SACConfig:
         """The pretraining config with LIFT's finetuning SAC settings: AdamW lr 2e-4 (actor and

@@ -297,8 +297,9 @@ def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = No
     """World-model finetuning (`jaxrl.train.finetune`) of the `sac` run in ``run_dir`` on the
     target task ``env`` with a budget of ``real_steps`` REAL env steps.
 
-    The config defaults to ``FinetuneConfig.<preset>`` around the pretraining run's networks;
-    everything but α is loaded from the run's newest verified checkpoint (`FINETUNE_PARTS`), with
+    The config defaults to ``FinetuneConfig.<preset>`` around the pretraining run's networks, and
+    the target env takes the pretraining config's env changes (`FinetuneConfig.env_overrides`;
+    LIFT: pushes off, T1 observation noise 0; ``env_kwargs`` win); everything but α is loaded from the run's newest verified checkpoint (`FINETUNE_PARTS`), with
     the layout checked against the target env (observation / action sizes) before compiling.
     Other keyword arguments are `train`'s (``num_evals``, ``progress``, ``checkpoint_every_s``, ...).
     """
@@ -310,12 +311,13 @@ def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = No
         raise ValueError(f"{run_dir} is a {record['algo']!r} run: world-model finetuning loads a large-batch "
                          "SAC agent (train one with `jaxrl train sac`)")
     pretrained = runfolder.config_from_dict(sac_algo.SACConfig, record["config"])
-    check_same_layout(record, env, kwargs.get("env_kwargs") or {})
     if config is None:
         if preset not in ("cpu", "paper"):
             raise ValueError(f"finetune preset must be 'cpu' or 'paper', got {preset!r}")
         config = (FinetuneConfig.cpu(pretrained) if preset == "cpu"
                   else FinetuneConfig.paper(env, pretrained))
+    # the target as `train` will make it: the config's env changes (the pretraining run's), then env_kwargs
+    check_same_layout(record, env, {**dict(config.env_overrides), **(kwargs.get("env_kwargs") or {})})
     return train("finetune", env, config, steps=real_steps, seed=seed, out_dir=out_dir, init_from=run_dir,
                  init_parts=list(FINETUNE_PARTS), **kwargs)
 

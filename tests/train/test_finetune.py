@@ -24,7 +24,8 @@ pytestmark = pytest.mark.xdist_group("finetune")
 PRE = sac.SACConfig.cpu().replace(
     actor_hidden=(16, 16), critic_hidden=(32, 32), batch_size=8, alpha_lr=0.3, init_log_alpha=math.log(0.5),
     actor_lr=3e-4, critic_lr=3e-4, weight_decay=1e-4, activation="swish", critic_layer_norm=False,
-    log_std_min=-5.0, log_std_max=2.0, num_envs=4, min_buffer=16, buffer_size=1024, updates_per_step=2)
+    log_std_min=-5.0, log_std_max=2.0, num_envs=4, min_buffer=16, buffer_size=1024, updates_per_step=2,
+    env_overrides=(("vision", False),))  # an env change (Playground's default value) the target must inherit
 EPOCH = 16
 FT = FinetuneConfig.cpu(PRE).replace(
     prefill=16, real_steps_per_epoch=EPOCH, real_buffer=64, starts=8, rounds_min=1, rounds_max=2,
@@ -99,6 +100,8 @@ def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained,
     assert record["algo"] == "finetune" and record["init_from"]["parts"] == list(
         __import__("jaxrl.train.finetune", fromlist=["x"]).FINETUNE_PARTS)
     assert rows[-1]["env_steps"] == FT.prefill + 2 * EPOCH  # real steps only
+    # the target env took the pretraining config's env changes (`FinetuneConfig.env_overrides`)
+    assert record["env_kwargs"] == {"vision": False}
     last = rows[-1]
     for k in ("model_val_error", "critic_loss", "alpha", "eval_return"):
         assert np.isfinite(last[k]), (k, last)
@@ -112,6 +115,15 @@ def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained,
     assert np.all((rewards >= 0) & (rewards <= 1))  # Cartpole's own reward on predicted states
     # the run continues like any other: export its deterministic policy
     assert lifecycle.export_run(out, "npz").exists()
+
+
+def test_lift_targets_inherit_the_pretraining_env_changes():
+    """LIFT finetunes in targets without pushes or observation noise, as it pretrained: a T1 target
+    takes `SACConfig.lift`'s env changes, not Playground's defaults (pushes on, noise 1)."""
+    lift = sac.SACConfig.lift("T1JoystickFlatTerrain")
+    cfg = FinetuneConfig.paper("T1JoystickFlatTerrainFast", lift)
+    assert dict(cfg.env_overrides) == {"push_config.enable": False, "noise_config.level": 0.0}
+    assert FinetuneConfig.cpu(sac.SACConfig.cpu()).env_overrides == ()
 
 
 def test_bad_finetuning_requests_are_refused_before_compiling(pretrained, tmp_path):
