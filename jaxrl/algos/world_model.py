@@ -10,7 +10,9 @@ The smooth dynamics is MJX itself (`SmoothDynamics`): the task's MuJoCo model wi
 contacts disabled, the predicted force applied as ``qfrc_applied``, stepped over the task's control
 substeps with ``mjx.step`` — so the mass matrix, bias forces, actuator law (PD position actuators
 are recomputed every substep) and integrator are MuJoCo's, for ANY model, not hand-written for one
-robot.  With the network's output replaced by the true per-substep ``qfrc_constraint`` the smooth
+robot.  (LIFT's official code instead holds the mass matrix and bias forces of the step's start over
+the substeps; here they follow the state, so the network learns only what the smooth model lacks —
+README "The world model" gives the trade-off.)  With the network's output replaced by the true per-substep ``qfrc_constraint`` the smooth
 model reproduces MJX's next state (tests/algos/test_world_model.py).
 
 The network (`ForceNet`, 4×400 swish) maps the normalised state x = [qpos, qvel, act] and the
