@@ -210,7 +210,9 @@ def simulate_and_check(
     settle_steps: int,
     shake_steps: int,
 ) -> tuple[SimState, dict[str, jax.Array]]:
-    """Hold every candidate's targets for ``settle_steps`` (after optional shaking) on MJX.
+    """Hold every candidate's targets for ``settle_steps`` (after optional shaking) on MJX: the
+    paper's "zero action" in its relative action space (set points unchanged, a grasp stays
+    closed), not the env's action 0, whose absolute gripper command is half open.
 
     Returns the settled states (held targets reset to the settled joint positions) and per-candidate
     measurements plus the boolean ``ok``.
