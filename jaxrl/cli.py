@@ -5,6 +5,7 @@
     jaxrl train flashsac --env CartpoleSwingup --init-from runs/cp [--init-parts actor,critic] --out runs/swingup
     jaxrl train ppo --env CartpoleBalance --steps 200000 --out runs/ppo [--resets FILE --mix 0.25,0.25,0.25,0.25]
     jaxrl train flashsac --env CartpoleBalance --seeds 4 --devices 2 --out runs/cp4    # 4 seeds, 2 devices
+    jaxrl train sac --env T1JoystickFlatTerrain --preset lift --env-kwargs push_config.enable=true domain_randomization=true
     jaxrl finetune RUN_DIR --env CartpoleBalanceHeavyPole --real-steps 5000 --out runs/ft [--preset cpu|paper] [--config.starts 128 ...]
     jaxrl resume RUN_DIR [--devices N]
     jaxrl export RUN_DIR --format onnx|npz [--out FILE] [--seed I]
@@ -79,6 +80,27 @@ def _help(text: str):
     return tyro.conf.arg(help=text)
 
 
+ENV_KWARGS_HELP = ("env settings KEY=VALUE ...: Playground config keys, dotted (push_config.enable=false "
+                   "noise_config.level=0), episode_length=N, impl=jax|warp, domain_randomization=true; VALUE "
+                   "is read as JSON (true, 0.5, [1,2]) or else as text. Recorded in the run: resume, eval, "
+                   "export and sim2sim rebuild the same env")
+
+
+def parse_env_kwargs(items: tuple[str, ...] | list[str]) -> dict:
+    """``--env-kwargs KEY=VALUE ...`` as the ``env_kwargs`` dict of `jaxrl.train.run.train`."""
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(f"--env-kwargs {item!r}: expected KEY=VALUE, e.g. push_config.enable=false")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a plain word: impl=jax
+        out[key.strip()] = value
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
     """Options shared by every trainer."""
@@ -98,6 +120,7 @@ class TrainArgs:
     wandb: Annotated[bool, _help("also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")] = False
     devices: Annotated[int | None, _help("data parallel over N devices (default: every visible device that divides num_envs and the batch)")] = None
     seeds: Annotated[int, _help("train K seeds (--seed, --seed+1, ...) as one vmapped program; rows hold mean, 95% interval and each seed")] = 1
+    env_kwargs: Annotated[tuple[str, ...], _help(ENV_KWARGS_HELP)] = ()
 
 
 def _chosen_preset(rest: list[str]) -> tuple[str, str]:
@@ -169,7 +192,7 @@ def train_cmd(argv: list[str]) -> None:
               num_evals=a.num_evals, progress=a.progress, checkpoint_every_s=a.checkpoint_every_s,
               overwrite=a.overwrite, wandb=a.wandb, init_from=a.init_from,
               init_parts=a.init_parts.split(",") if a.init_parts else None, devices=a.devices,
-              seeds=a.seeds)
+              seeds=a.seeds, env_kwargs=parse_env_kwargs(a.env_kwargs))
     import jax
 
     if jax.process_index() == 0:  # several hosts: process 0 writes the run folder
@@ -190,6 +213,8 @@ class FinetuneArgs:
     overwrite: bool = False
     progress: bool = True
     checkpoint_every_s: float = 600.0
+    env_kwargs: Annotated[tuple[str, ...], _help("target env settings KEY=VALUE ..., over the pretraining config's "
+                                                  "env changes (as `jaxrl train --env-kwargs`)")] = ()
 
 
 def finetune_cmd(rest: list[str]) -> None:
@@ -216,7 +241,7 @@ def finetune_cmd(rest: list[str]) -> None:
     a = tyro.cli(Args, args=rest, prog="jaxrl finetune RUN_DIR")
     run.finetune(a.run_dir, a.env, real_steps=a.real_steps, config=a.config, out_dir=a.out, seed=a.seed,
                  num_evals=a.num_evals, overwrite=a.overwrite, progress=a.progress,
-                 checkpoint_every_s=a.checkpoint_every_s)
+                 checkpoint_every_s=a.checkpoint_every_s, env_kwargs=parse_env_kwargs(a.env_kwargs))
     print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
 
 

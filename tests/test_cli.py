@@ -80,3 +80,13 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
 def test_export_takes_the_run_dir_positionally(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
         cli.main(["export", str(tmp_path), "--format", "npz"])
+
+
+def test_env_kwargs_are_read_as_json_values_or_text_and_malformed_ones_are_refused():
+    got = cli.parse_env_kwargs(["push_config.enable=false", "noise_config.level=0.5", "impl=jax",
+                                "episode_length=200", "vision_config.cam_res=[32,32]"])
+    assert got == {"push_config.enable": False, "noise_config.level": 0.5, "impl": "jax",
+                   "episode_length": 200, "vision_config.cam_res": [32, 32]}
+    for bad in ("push_config.enable", "=1"):
+        with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+            cli.parse_env_kwargs([bad])

@@ -23,6 +23,7 @@ TINY = [
     "--no-progress", "--config.num-envs", "8", "--config.batch-size", "32", "--config.buffer-size", "4000",
     "--config.min-buffer", "256", "--config.actor-width", "16", "--config.critic-width", "16",
     "--config.num-blocks", "1",
+    "--env-kwargs", "vision=false",  # Playground's default value: recorded, rebuilt on resume, same physics
 ]
 
 
@@ -63,6 +64,8 @@ def runs(tmp_path_factory):
 def test_resumed_run_equals_uninterrupted_run(runs):
     full, crashed, killed_at = runs
     assert 3 <= len(killed_at) < 7  # killed in the middle (warm-up + 6 chunks in all)
+    # --env-kwargs reached the run record, which `jaxrl resume` rebuilt the env from
+    assert json.loads((crashed / "config.json").read_text())["env_kwargs"] == {"vision": False}
     _, _, _, agent_a, _ = lifecycle.load_run(full)
     _, _, _, agent_b, _ = lifecycle.load_run(crashed)
     leaves_a, leaves_b = jax.tree.leaves(agent_a), jax.tree.leaves(agent_b)
