@@ -1,6 +1,7 @@
 """How well the physics-informed world model predicts a contact-rich task, next to two baselines.
 
-    python experiments/world_model_fit.py --task HopperHop --out experiments/results/world_model_hopper.json
+    python experiments/world_model_fit.py --task HopperHop --out experiments/results/world_model_hopper_held.json
+    python experiments/world_model_fit.py --task HopperHop --hold 0 --out experiments/results/world_model_hopper.json
 
 Data: random actions on ``--envs`` envs for ``--steps`` control steps (train: seed 0; held out:
 seed 1, other episodes).  Fits (`jaxrl.algos.world_model`, ``WorldModelConfig.cpu()``, H = 4
@@ -42,10 +43,15 @@ def collect(task, dyn, key, num_envs: int, steps: int) -> wm.Sequences:
     return wm.Sequences(*run(key))
 
 
+def windows(data: wm.Sequences, h: int) -> wm.Sequences:
+    """Every ``h``-step window of time-major data (`wm.sequences`)."""
+    return wm.sequences(data.x, data.ctrl, data.x_next, data.done, h)
+
+
 def evaluate(model: wm.WorldModel, state: wm.WorldModelState, test: wm.Sequences) -> dict:
     out = {}
     for h in (1, 4):
-        seq = wm.sequences(*test, h)
+        seq = windows(test, h)
         out[f"h{h}"] = float(jax.jit(model.error)(state, seq))
     return out
 
@@ -63,7 +69,9 @@ def main() -> None:
     p.add_argument("--envs", type=int, default=16)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--max-epochs", type=int, default=30)
-    p.add_argument("--out", default="experiments/results/world_model_hopper.json")
+    p.add_argument("--hold", type=int, choices=(0, 1), default=1,
+                   help="1: M and bias forces held over a step's substeps (LIFT, the default); 0: a full MJX step per substep")
+    p.add_argument("--out", default="experiments/results/world_model_hopper_held.json")
     a = p.parse_args()
 
     task = envs.make(a.task, num_envs=1).env
@@ -71,12 +79,12 @@ def main() -> None:
     train = collect(task, dyn, jax.random.PRNGKey(0), a.envs, a.steps)
     test = collect(task, dyn, jax.random.PRNGKey(1), a.envs, a.steps)
     results = {"task": a.task, "train_transitions": a.envs * a.steps, "test_transitions": a.envs * a.steps,
-               "machine": "2-core CPU", "jax": jax.__version__, "models": {}}
+               "machine": "2-core CPU", "jax": jax.__version__, "hold_dynamics": bool(a.hold), "models": {}}
     scaler = None
     for physics in (True, False):
-        cfg = wm.WorldModelConfig.cpu().replace(physics=physics, max_epochs=a.max_epochs)
+        cfg = wm.WorldModelConfig.cpu().replace(physics=physics, max_epochs=a.max_epochs, hold_dynamics=bool(a.hold))
         model = wm.WorldModel(cfg, dyn)
-        seqs = wm.sequences(*train, cfg.horizon)
+        seqs = windows(train, cfg.horizon)
         state = model.init(jax.random.PRNGKey(0), seqs)
         t = time.perf_counter()
         fit = jax.jit(model.fit).lower(state, seqs, jax.random.PRNGKey(1)).compile()
@@ -93,7 +101,7 @@ def main() -> None:
             scaler = state.scaler
             zero = state.replace(params=jax.tree.map(jnp.zeros_like, state.params))
             results["models"]["smooth_only"] = evaluate(model, zero, test)
-    results["models"]["next_equals_current"] = {f"h{h}": stay_error(wm.sequences(*test, h), scaler)
+    results["models"]["next_equals_current"] = {f"h{h}": stay_error(windows(test, h), scaler)
                                                 for h in (1, 4)}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,20 @@ only learns what the smooth model lacks — contact and constraint forces and wh
 world does differently (a heavier part, friction), expressed as a force on each dof.
 
 The smooth dynamics is MJX itself (`SmoothDynamics`): the task's MuJoCo model with constraints and
-contacts disabled, the predicted force applied as ``qfrc_applied``, stepped over the task's control
-substeps with ``mjx.step`` — so the mass matrix, bias forces, actuator law (PD position actuators
-are recomputed every substep) and integrator are MuJoCo's, for ANY model, not hand-written for one
-robot.  (LIFT's official code instead holds the mass matrix and bias forces of the step's start over
-the substeps; here they follow the state, so the network learns only what the smooth model lacks —
-README "The world model" gives the trade-off.)  With the network's output replaced by the true per-substep ``qfrc_constraint`` the smooth
-model reproduces MJX's next state (tests/algos/test_world_model.py).
+contacts disabled, the predicted force applied as ``qfrc_applied``, integrated over the task's
+control substeps with MJX's own functions — so mass matrix, bias forces, actuator law and
+integrator are MuJoCo's, for ANY model, not hand-written for one robot.  Two forms
+(``WorldModelConfig.hold_dynamics``):
+
+* held (default, LIFT): the mass matrix and bias forces of the step's start serve every substep;
+  each substep recomputes the actuator forces (the PD law at the substep's state), the passive
+  forces, the acceleration and the semi-implicit Euler update.  One kinematics / mass-matrix
+  evaluation per control step (T1: 10 substeps).  Tested against MuJoCo C doing the same in float64.
+* exact: a full smooth ``mjx.step`` per substep, so M and the bias forces follow the state.  With
+  the network's output replaced by the true per-substep ``qfrc_constraint`` it reproduces MJX's
+  next state (tests/algos/test_world_model.py).
+
+With one substep per control step (Cartpole, Cheetah) the two agree to float precision.
 
 The network (`ForceNet`, 4×400 swish) maps the normalised state x = [qpos, qvel, act] and the
 normalised actuator input ``ctrl`` to the force (one per dof, in units of ``force_scale``, held over
@@ -42,6 +49,7 @@ on finetuning data, silently changes what the network's inputs mean).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -65,6 +73,7 @@ class WorldModelConfig:
     hidden: tuple[int, ...] = (400, 400, 400, 400)  # MLP widths (LIFT: 4×400)
     activation: str = "swish"  # hidden activation (LIFT: swish)
     physics: bool = True  # True: predict forces for MJX's smooth dynamics; False: plain-MLP baseline
+    hold_dynamics: bool = True  # mass matrix and bias forces of a step's start held over its substeps (LIFT); False: a full MJX step per substep
     logvar_min: float = -10.0  # soft lower clamp of the predicted log-variance (LIFT)
     logvar_max: float = 0.5  # soft upper clamp: the model may never claim more than e^0.5 noise
     learning_rate: float = 1e-3  # Adam step size (LIFT)
@@ -161,8 +170,12 @@ class SmoothDynamics:
         """x = [qpos, qvel, act] of an mjx.Data (any leading axes)."""
         return jnp.concatenate([data.qpos, data.qvel, data.act], axis=-1)
 
-    def integrate(self, x: jax.Array, ctrl: jax.Array, force: jax.Array) -> jax.Array:
-        """One control step of one state (vmap for batches)."""
+    def integrate(self, x: jax.Array, ctrl: jax.Array, force: jax.Array, hold: bool = False) -> jax.Array:
+        """One control step of one state (vmap for batches).  ``hold``: the mass matrix, its
+        factorisation and the bias forces of the step's start serve all its substeps, and each
+        substep recomputes only the actuator forces (the PD law at the substep's state), the
+        passive forces, the acceleration and the semi-implicit Euler update (LIFT's world model).
+        Otherwise every substep is a full smooth ``mjx.step`` (exact).  With one substep both agree."""
         from mujoco import mjx
 
         qpos, qvel, act = self.split(x)
@@ -174,6 +187,8 @@ class SmoothDynamics:
 
         # Physics at the env step's matmul precision, whatever the learner's (TF32 on GPUs).
         with jax.default_matmul_precision(PHYSICS_MATMUL_PRECISION):
+            if hold:
+                d, substep = self._held_start(d), self._held_substep
             if self.n_substeps == 1:
                 # No scan for one substep: under vmap, a scan whose carry starts as the unbatched
                 # template is batched over and over until its carry's batching settles, which made
@@ -182,6 +197,27 @@ class SmoothDynamics:
             else:
                 d, _ = jax.lax.scan(substep, d, forces)
         return self.state_of(d)
+
+
+    def _held_start(self, d: Any) -> Any:
+        """The step's start: kinematics, mass matrix (factorised), actuator moments, bias forces."""
+        from mujoco.mjx._src import forward
+
+        return forward.fwd_velocity(self.model, forward.fwd_position(self.model, d))
+
+    def _held_substep(self, d: Any, f: jax.Array) -> tuple[Any, None]:
+        """One substep on the held mass matrix and bias forces (`integrate` with ``hold``).  MJX's
+        own pieces: the actuator lengths from this substep's qpos (joint transmissions: exact;
+        moments held), their velocities, passive and actuator forces, then ``fwd_acceleration``
+        (``qfrc_bias`` and the factorised M are the start's: nothing recomputes them) and Euler."""
+        from mujoco.mjx._src import forward, passive, smooth
+
+        m = self.model
+        d = smooth.transmission(m, d)
+        d = d.tree_replace({"_impl.actuator_velocity": d._impl.actuator_moment @ d.qvel})
+        d = forward.fwd_actuation(m, passive.passive(m, d))
+        d = forward.fwd_acceleration(m, d.replace(qfrc_applied=f))
+        return forward.euler(m, d.replace(qacc=d.qacc_smooth)), None
 
 
 def _copy_model(mj_model: Any) -> Any:
@@ -252,6 +288,8 @@ class WorldModel:
     def __init__(self, cfg: WorldModelConfig, dynamics: SmoothDynamics):
         self.cfg = cfg
         self.dyn = dynamics
+        # The control step every prediction, rollout and linearisation integrates.
+        self.integrate = functools.partial(dynamics.integrate, hold=cfg.hold_dynamics)
         out = dynamics.nv if cfg.physics else dynamics.state_size
         self.net = ForceNet(hidden=tuple(cfg.hidden), activation=cfg.activation, out=out,
                             state_size=dynamics.state_size)
@@ -283,7 +321,7 @@ class WorldModel:
         if self.cfg.physics:
             # Force unit per dof: the mass-matrix diagonal times the spread of the acceleration
             # the smooth model misses on this data (so the network's outputs start at O(1)).
-            smooth = jax.vmap(lambda a, b: self.dyn.integrate(a, b, jnp.zeros(self.dyn.nv)))(x, c)
+            smooth = jax.vmap(lambda a, b: self.integrate(a, b, jnp.zeros(self.dyn.nv)))(x, c)
             _, v_true, _ = self.dyn.split(xn)
             _, v_smooth, _ = self.dyn.split(smooth)
             acc = (v_true - v_smooth) / self.dyn.dt
@@ -312,7 +350,7 @@ class WorldModel:
         out, raw = self.net.apply({"params": params}, z)
         if self.cfg.physics:
             force = out * scaler.out_scale
-            integrate = self.dyn.integrate
+            integrate = self.integrate
             for _ in range(x.ndim - 1):
                 integrate = jax.vmap(integrate)
             nxt = integrate(x, ctrl, force)
@@ -344,7 +382,7 @@ class WorldModel:
         s = self.dyn.state_size
 
         def one(x, c):
-            g = lambda xf: self.dyn.integrate(xf[:s], c, xf[s:])
+            g = lambda xf: self.integrate(xf[:s], c, xf[s:])
             xf = jnp.concatenate([x, jnp.zeros(self.dyn.nv, x.dtype)])
             return g(xf), jax.jacfwd(g)(xf)
 

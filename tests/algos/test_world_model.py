@@ -74,6 +74,80 @@ def test_smooth_dynamics_plus_the_true_forces_reproduces_mjx(hopper):
     assert float(jnp.abs(integrate(x, c, fc) - xn).max()) < 1e-3
 
 
+# A floating base with two PD-driven hinges (position actuators with kv, a force limit), joint
+# damping and a spring: every term of LIFT's held step, and a free joint's quaternion.
+ARM_XML = """
+<mujoco>
+  <option timestep="0.004"/>
+  <worldbody>
+    <body name="base" pos="0 0 1">
+      <freejoint/>
+      <geom type="box" size=".1 .05 .05" mass="2"/>
+      <body name="arm1" pos=".1 0 0">
+        <joint name="j1" type="hinge" axis="0 1 0" damping="0.3" stiffness="2"/>
+        <geom type="capsule" fromto="0 0 0 .2 0 0" size=".02" mass=".5"/>
+        <body name="arm2" pos=".2 0 0">
+          <joint name="j2" type="hinge" axis="0 0 1" damping="0.1"/>
+          <geom type="capsule" fromto="0 0 0 .2 0 0" size=".02" mass=".3"/>
+        </body>
+      </body>
+    </body>
+  </worldbody>
+  <actuator>
+    <position joint="j1" kp="40" kv="2"/>
+    <position joint="j2" kp="20" kv="1" forcerange="-3 3" forcelimited="true"/>
+  </actuator>
+</mujoco>"""
+
+
+def test_held_dynamics_is_lifts_control_step_computed_with_mujoco_c():
+    """`integrate(..., hold=True)`: M and the bias forces of the step's start, the PD torques and
+    passive forces recomputed every substep, semi-implicit Euler (implicit joint damping as
+    MuJoCo's Euler).  Reference: MuJoCo C in float64 — M (`mj_fullM`) and ``qfrc_bias`` from one
+    `mj_forward`, then per substep `mj_transmission` / `mj_fwdVelocity` / `mj_fwdActuation` for
+    the actuator and passive forces, numpy's solve and `mj_integratePos`."""
+    import mujoco
+
+    mj, n = mujoco.MjModel.from_xml_string(ARM_XML), 5
+    dyn = wm.SmoothDynamics(mj, n)
+    rng = np.random.default_rng(0)
+    quat = rng.normal(size=4)
+    qpos = np.concatenate([[0.1, -0.2, 1.0], quat / np.linalg.norm(quat), rng.uniform(-0.8, 0.8, 2)])
+    qvel, ctrl, force = rng.normal(size=mj.nv), rng.uniform(-1, 1, mj.nu), rng.normal(size=mj.nv)
+    x = np.concatenate([qpos, qvel])
+    step = jax.jit(lambda x, c, f, hold: dyn.integrate(x, c, f, hold=hold), static_argnums=3,
+                   compiler_options=few_steps_options(1))
+    held, exact = (np.asarray(step(*map(jnp.float32, (x, ctrl, force)), h)) for h in (True, False))
+
+    smooth = copy.deepcopy(mj)
+    smooth.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_CONSTRAINT) | int(mujoco.mjtDisableBit.mjDSBL_CONTACT)
+    d = mujoco.MjData(smooth)
+    d.qpos[:], d.qvel[:], d.ctrl[:] = qpos, qvel, ctrl
+    mujoco.mj_forward(smooth, d)
+    mass = np.zeros((mj.nv, mj.nv))
+    mujoco.mj_fullM(smooth, d, mass)
+    bias, dt = d.qfrc_bias.copy(), mj.opt.timestep
+    damped = mass + dt * np.diag(smooth.dof_damping)  # MuJoCo's Euler: joint damping implicit
+    q, v = qpos.copy(), qvel.copy()
+    for _ in range(n):
+        d.qpos[:], d.qvel[:] = q, v
+        mujoco.mj_transmission(smooth, d)
+        mujoco.mj_fwdVelocity(smooth, d)
+        mujoco.mj_fwdActuation(smooth, d)
+        v = v + dt * np.linalg.solve(damped, d.qfrc_passive + d.qfrc_actuator + force - bias)
+        mujoco.mj_integratePos(smooth, q, v, dt)
+    want = np.concatenate([q, v])
+    assert np.abs(d.actuator_force).max() > 1.0 and np.abs(d.actuator_force[1]) <= 3.0  # the PD law acts
+    err = np.abs(held - want).max()
+    assert err < 2e-5 * max(1.0, np.abs(want).max()), err
+    assert np.abs(exact - want).max() > 20 * err  # the exact step differs: the check can tell them apart
+    one = wm.SmoothDynamics(mj, 1)  # one substep: nothing is held, both forms are MJX's step
+    held1, exact1 = (np.asarray(jax.jit(lambda x, c, f, h=h: one.integrate(x, c, f, hold=h),
+                                        compiler_options=few_steps_options(1))(*map(jnp.float32, (x, ctrl, force))))
+                     for h in (True, False))
+    np.testing.assert_allclose(held1, exact1, rtol=1e-6, atol=1e-6)
+
+
 def _zero_force_state(model: wm.WorldModel, data: wm.Sequences) -> wm.WorldModelState:
     state = model.init(jax.random.PRNGKey(0), data)
     return state.replace(params=jax.tree.map(jnp.zeros_like, state.params))
