@@ -149,6 +149,18 @@ def _quiet_warp_model(env: Any) -> None:
     inner._mjx_model = model.replace(opt=model.opt.replace(_impl=impl_opt.replace(warn_overflow=0)))
 
 
+def override_pairs(pairs: Any, where: str) -> tuple:
+    """A config's ``env_overrides`` as a tuple of (config key, value) pairs, JSON round trips
+    (lists) normalised back to tuples; a clear ValueError naming ``where`` for anything else."""
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str):
+            raise ValueError(f"{where}={pairs!r} is invalid: it must be a tuple of (config key, value) "
+                             "pairs, e.g. (('push_config.enable', False),)")
+        out.append((pair[0], tuple(pair[1]) if isinstance(pair[1], list) else pair[1]))
+    return tuple(out)
+
+
 def expand_overrides(name: str, overrides: dict, default: Any) -> dict:
     """Dotted Playground config keys (``push_config.enable=False``, as presets and config.json
     carry them) as whole top-level sub-configs (the task's default with those values replaced)."""

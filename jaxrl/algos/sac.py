@@ -43,6 +43,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from envs.registry import override_pairs
 from envs.specs import EnvSpec
 from jaxrl.algos.compiled_init import compiled_init
 from jaxrl.data import normalizer
@@ -126,13 +127,7 @@ class SACConfig:
         # JSON round trips (config.json) turn tuples into lists: normalise back.
         object.__setattr__(self, "actor_hidden", tuple(int(w) for w in self.actor_hidden))
         object.__setattr__(self, "critic_hidden", tuple(int(w) for w in self.critic_hidden))
-        pairs = []
-        for pair in self.env_overrides:
-            if len(pair) != 2 or not isinstance(pair[0], str):
-                bad("env_overrides", self.env_overrides,
-                    "it must be a tuple of (config key, value) pairs, e.g. (('push_config.enable', False),)")
-            pairs.append((pair[0], tuple(pair[1]) if isinstance(pair[1], list) else pair[1]))
-        object.__setattr__(self, "env_overrides", tuple(pairs))
+        object.__setattr__(self, "env_overrides", override_pairs(self.env_overrides, "SACConfig.env_overrides"))
         for f in ("num_envs", "batch_size", "updates_per_step", "buffer_size", "num_eval_envs"):
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import json
 import math
 
 import jax
@@ -543,6 +544,7 @@ def test_log_std_is_minus_10_plus_6_times_1_plus_tanh_raw_within_minus_10_and_2(
         ({"num_atoms": 0}, "num_atoms"),
         ({"tau": 0.0}, "tau"),
         ({"compute_dtype": "float16"}, "compute_dtype"),
+        ({"env_overrides": (("push_config.enable", False, 1),)}, "env_overrides"),
     ],
 )
 def test_invalid_config_raises_value_error_naming_field(kw, field):
@@ -561,6 +563,15 @@ def test_presets_paper_gamma_and_cpu_are_valid():
     cpu = fs.FlashSACConfig.cpu()
     assert cpu.num_envs <= 64 and cpu.buffer_size <= 200_000
     hash(cpu)  # static under jit
+    # the headline numbers' env: pushes off on the G1/T1 joystick tasks, nothing changed elsewhere
+    t1 = fs.FlashSACConfig.paper("T1JoystickFlatTerrain")
+    assert t1.env_overrides == (("push_config.enable", False),)
+    assert fs.FlashSACConfig.paper("G1JoystickRoughTerrain").env_overrides == t1.env_overrides
+    assert fs.FlashSACConfig.paper("CartpoleBalance").env_overrides == ()
+    assert fs.FlashSACConfig.paper("H1JoystickGaitTracking").env_overrides == ()  # no push_config
+    from jaxrl.io import runfolder  # a run's config.json (lists) gives the same config back
+
+    assert runfolder.config_from_dict(fs.FlashSACConfig, json.loads(json.dumps(runfolder.config_to_dict(t1)))) == t1
 
 
 # ----------------------------------------------------------------------- export
