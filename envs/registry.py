@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from envs import menagerie
 from envs.wrappers import RandomizationFn, VecEnv
@@ -152,12 +153,19 @@ def _quiet_warp_model(env: Any) -> None:
 def override_pairs(pairs: Any, where: str) -> tuple:
     """A config's ``env_overrides`` as a tuple of (config key, value) pairs, JSON round trips
     (lists) normalised back to tuples; a clear ValueError naming ``where`` for anything else."""
+    def frozen(v):  # configs are static under jit: hashable values only
+        if isinstance(v, (list, tuple)):
+            return tuple(frozen(x) for x in v)
+        if isinstance(v, dict):
+            raise TypeError(f"{where}: value {v!r} is a dict; give each entry its own dotted key")
+        return v
+
     out = []
     for pair in pairs:
         if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str):
             raise ValueError(f"{where}={pairs!r} is invalid: it must be a tuple of (config key, value) "
                              "pairs, e.g. (('push_config.enable', False),)")
-        out.append((pair[0], tuple(pair[1]) if isinstance(pair[1], list) else pair[1]))
+        out.append((pair[0], frozen(pair[1])))
     return tuple(out)
 
 
@@ -259,6 +267,8 @@ def make(
       **overrides: task config overrides (Playground config keys, dotted keys such as
         ``push_config.enable`` for one entry of a sub-config; Brax constructor kwargs).
     """
+    if not isinstance(domain_randomization, (bool, np.bool_)):  # "False" would be truthy
+        raise TypeError(f"domain_randomization must be True or False, got {domain_randomization!r}")
     if domain_randomization and randomization_fn is None:
         randomization_fn = playground_randomizer(name)
     src = source_of(name)

@@ -82,7 +82,7 @@ def _help(text: str):
 
 ENV_KWARGS_HELP = ("env settings KEY=VALUE ...: Playground config keys, dotted (push_config.enable=false "
                    "noise_config.level=0), episode_length=N, impl=jax|warp, domain_randomization=true; VALUE "
-                   "is read as JSON (true, 0.5, [1,2]) or else as text. Recorded in the run: resume, eval, "
+                   "is read as JSON (true, 0.5, [1,2]; True/False too) or else as text. Recorded in the run: resume, eval, "
                    "export and sim2sim rebuild the same env")
 
 
@@ -93,10 +93,13 @@ def parse_env_kwargs(items: tuple[str, ...] | list[str]) -> dict:
         key, eq, text = item.partition("=")
         if not eq or not key.strip():
             raise SystemExit(f"--env-kwargs {item!r}: expected KEY=VALUE, e.g. push_config.enable=false")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text  # a plain word: impl=jax
+        if text.lower() in ("true", "false"):  # True / False as Python spells them, too
+            value = text.lower() == "true"
+        else:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text  # a plain word: impl=jax
         out[key.strip()] = value
     return out
 

@@ -87,6 +87,7 @@ def test_env_kwargs_are_read_as_json_values_or_text_and_malformed_ones_are_refus
                                 "episode_length=200", "vision_config.cam_res=[32,32]"])
     assert got == {"push_config.enable": False, "noise_config.level": 0.5, "impl": "jax",
                    "episode_length": 200, "vision_config.cam_res": [32, 32]}
+    assert cli.parse_env_kwargs(["domain_randomization=False"]) == {"domain_randomization": False}  # not "False"
     for bad in ("push_config.enable", "=1"):
         with pytest.raises(SystemExit, match="expected KEY=VALUE"):
             cli.parse_env_kwargs([bad])

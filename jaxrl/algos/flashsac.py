@@ -186,7 +186,8 @@ class FlashSACConfig:
         """The published GPU configuration; gamma 0.97 for Playground humanoid joystick tasks;
         bfloat16 products (the official ``use_amp: true`` of its GPU-simulator runs); on the G1 / T1
         joystick tasks (and their variants) pushes off, as for the headline numbers (pushes and
-        domain randomisation off; `jaxrl train --env-kwargs push_config.enable=true` turns them on)."""
+        domain randomisation off; `jaxrl train --env-kwargs push_config.enable=true
+        domain_randomization=true` turns both on)."""
         humanoid = (
             bool(env_name) and "Joystick" in env_name and env_name.startswith(_HUMANOID_PREFIXES)
         )

@@ -20,7 +20,9 @@ integrator are MuJoCo's, for ANY model, not hand-written for one robot.  Two for
   the network's output replaced by the true per-substep ``qfrc_constraint`` it reproduces MJX's
   next state (tests/algos/test_world_model.py).
 
-With one substep per control step (Cartpole, Cheetah) the two agree to float precision.
+With one substep per control step (Cartpole, Cheetah) the two agree to float precision.  The held
+form integrates with semi-implicit Euler, as LIFT; a model with another integrator needs
+``hold_dynamics=False`` (a clear error says so).
 
 The network (`ForceNet`, 4×400 swish) maps the normalised state x = [qpos, qvel, act] and the
 normalised actuator input ``ctrl`` to the force (one per dof, in units of ``force_scale``, held over
@@ -51,7 +53,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -105,6 +107,10 @@ class WorldModelConfig:
         if not 0.0 < self.holdout < 1.0:
             bad("holdout", self.holdout, "it must be in (0, 1)")
 
+    # Runs recorded before a field existed behaved like this (`runfolder.config_from_dict`):
+    # before hold_dynamics every substep was a full MJX step.
+    RECORDED_BEFORE: ClassVar[dict] = {"hold_dynamics": False}
+
     def replace(self, **kw) -> WorldModelConfig:
         return dataclasses.replace(self, **kw)
 
@@ -137,6 +143,8 @@ class SmoothDynamics:
         smooth.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_CONSTRAINT) | int(
             mujoco.mjtDisableBit.mjDSBL_CONTACT)
         self.mj_model = mj_model
+        self.integrator = int(mj_model.opt.integrator)
+        self.euler = self.integrator == int(mujoco.mjtIntegrator.mjINT_EULER)  # the held form's integrator
         self.model = mjx.put_model(smooth, impl="jax")
         self.template = mjx.make_data(self.model)
         self.n_substeps = int(n_substeps)
@@ -175,7 +183,8 @@ class SmoothDynamics:
         factorisation and the bias forces of the step's start serve all its substeps, and each
         substep recomputes only the actuator forces (the PD law at the substep's state), the
         passive forces, the acceleration and the semi-implicit Euler update (LIFT's world model).
-        Otherwise every substep is a full smooth ``mjx.step`` (exact).  With one substep both agree."""
+        Otherwise every substep is a full smooth ``mjx.step`` (exact).  With one substep both agree
+        (Euler models: the held form's integrator)."""
         from mujoco import mjx
 
         qpos, qvel, act = self.split(x)
@@ -198,7 +207,6 @@ class SmoothDynamics:
                 d, _ = jax.lax.scan(substep, d, forces)
         return self.state_of(d)
 
-
     def _held_start(self, d: Any) -> Any:
         """The step's start: kinematics, mass matrix (factorised), actuator moments, bias forces."""
         from mujoco.mjx._src import forward
@@ -207,14 +215,17 @@ class SmoothDynamics:
 
     def _held_substep(self, d: Any, f: jax.Array) -> tuple[Any, None]:
         """One substep on the held mass matrix and bias forces (`integrate` with ``hold``).  MJX's
-        own pieces: the actuator lengths from this substep's qpos (joint transmissions: exact;
-        moments held), their velocities, passive and actuator forces, then ``fwd_acceleration``
-        (``qfrc_bias`` and the factorised M are the start's: nothing recomputes them) and Euler."""
+        own pieces: actuator lengths and moments from this substep's qpos (`smooth.transmission`:
+        exact for joint transmissions; site transmissions read the start's kinematics), actuator
+        and tendon velocities, passive and actuator forces, then ``fwd_acceleration`` (``qfrc_bias``
+        and the factorised M are the start's: nothing recomputes them) and semi-implicit Euler.
+        Passive terms that read body velocities (fluid forces) see the start's."""
         from mujoco.mjx._src import forward, passive, smooth
 
         m = self.model
         d = smooth.transmission(m, d)
-        d = d.tree_replace({"_impl.actuator_velocity": d._impl.actuator_moment @ d.qvel})
+        d = d.tree_replace({"_impl.actuator_velocity": d._impl.actuator_moment @ d.qvel,
+                            "_impl.ten_velocity": d._impl.ten_J @ d.qvel})
         d = forward.fwd_actuation(m, passive.passive(m, d))
         d = forward.fwd_acceleration(m, d.replace(qfrc_applied=f))
         return forward.euler(m, d.replace(qacc=d.qacc_smooth)), None
@@ -288,6 +299,11 @@ class WorldModel:
     def __init__(self, cfg: WorldModelConfig, dynamics: SmoothDynamics):
         self.cfg = cfg
         self.dyn = dynamics
+        if cfg.physics and cfg.hold_dynamics and not dynamics.euler:
+            raise ValueError("WorldModelConfig.hold_dynamics=True integrates with semi-implicit Euler "
+                             "(LIFT), but this task's model uses another integrator "
+                             f"(mjtIntegrator {dynamics.integrator}): set hold_dynamics=False to step "
+                             "MJX's own integrator every substep")
         # The control step every prediction, rollout and linearisation integrates.
         self.integrate = functools.partial(dynamics.integrate, hold=cfg.hold_dynamics)
         out = dynamics.nv if cfg.physics else dynamics.state_size

@@ -62,11 +62,15 @@ def config_to_dict(cfg: Any) -> dict:
 
 def config_from_dict(cls: type, d: dict) -> Any:
     """The config ``cls`` from its JSON form (lists back to tuples; nested configs, such as the
-    finetuning config's SAC and world-model parts, rebuilt as their own classes)."""
+    finetuning config's SAC and world-model parts, rebuilt as their own classes).  A field the
+    record predates takes the value in ``cls.RECORDED_BEFORE`` when the class has one (the
+    behaviour runs had before the field existed, so an old run resumes as it started), else its
+    default."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ValueError(f"config has fields {unknown} that {cls.__name__} does not know")
+    d = {**{k: v for k, v in getattr(cls, "RECORDED_BEFORE", {}).items() if k not in d}, **d}
 
     def value(f: dataclasses.Field, v: Any) -> Any:
         if isinstance(v, dict):

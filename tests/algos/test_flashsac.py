@@ -572,6 +572,11 @@ def test_presets_paper_gamma_and_cpu_are_valid():
     from jaxrl.io import runfolder  # a run's config.json (lists) gives the same config back
 
     assert runfolder.config_from_dict(fs.FlashSACConfig, json.loads(json.dumps(runfolder.config_to_dict(t1)))) == t1
+    nested = fs.FlashSACConfig(env_overrides=[["a.b", [[1, 2], [3, 4]]]])  # as JSON gives it back
+    assert nested.env_overrides == (("a.b", ((1, 2), (3, 4))),)
+    hash(nested)
+    with pytest.raises(TypeError, match="is a dict; give each entry its own dotted key"):
+        fs.FlashSACConfig(env_overrides=(("push_config", {"enable": False}),))
 
 
 # ----------------------------------------------------------------------- export

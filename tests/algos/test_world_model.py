@@ -118,6 +118,10 @@ def test_held_dynamics_is_lifts_control_step_computed_with_mujoco_c():
     step = jax.jit(lambda x, c, f, hold: dyn.integrate(x, c, f, hold=hold), static_argnums=3,
                    compiler_options=few_steps_options(1))
     held, exact = (np.asarray(step(*map(jnp.float32, (x, ctrl, force)), h)) for h in (True, False))
+    for h in (True, False):  # physics at 'highest' whatever the caller's matmul precision
+        dots = re.findall(r"stablehlo\.dot_general.*?precision = \[(\w+), \w+\]",
+                          step.lower(*map(jnp.float32, (x, ctrl, force)), h).as_text())
+        assert dots and set(dots) == {"HIGHEST"}, (h, sorted(set(dots)))
 
     smooth = copy.deepcopy(mj)
     smooth.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_CONSTRAINT) | int(mujoco.mjtDisableBit.mjDSBL_CONTACT)
@@ -146,6 +150,25 @@ def test_held_dynamics_is_lifts_control_step_computed_with_mujoco_c():
                                         compiler_options=few_steps_options(1))(*map(jnp.float32, (x, ctrl, force))))
                      for h in (True, False))
     np.testing.assert_allclose(held1, exact1, rtol=1e-6, atol=1e-6)
+
+
+def test_the_held_form_needs_an_euler_model_and_old_records_keep_the_exact_form():
+    """The held step integrates with semi-implicit Euler (LIFT): another integrator is refused
+    with the fix named.  A run recorded before ``hold_dynamics`` existed stepped every substep
+    exactly, and resumes that way (`WorldModelConfig.RECORDED_BEFORE`)."""
+    import mujoco
+
+    from jaxrl.io import runfolder
+
+    rk4 = wm.SmoothDynamics(mujoco.MjModel.from_xml_string(ARM_XML.replace('timestep="0.004"',
+                                                                           'timestep="0.004" integrator="RK4"')), 2)
+    with pytest.raises(ValueError, match="set hold_dynamics=False"):
+        wm.WorldModel(wm.WorldModelConfig.cpu(), rk4)
+    wm.WorldModel(wm.WorldModelConfig.cpu().replace(hold_dynamics=False), rk4)  # the exact form is fine
+    record = runfolder.config_to_dict(wm.WorldModelConfig.cpu())
+    assert runfolder.config_from_dict(wm.WorldModelConfig, record).hold_dynamics is True
+    del record["hold_dynamics"]
+    assert runfolder.config_from_dict(wm.WorldModelConfig, record).hold_dynamics is False
 
 
 def _zero_force_state(model: wm.WorldModel, data: wm.Sequences) -> wm.WorldModelState:

@@ -163,6 +163,8 @@ def test_bad_impl_and_unknown_override_are_refused():
         envs.make("CartpoleBalance", impl="cuda")
     with pytest.raises(ValueError, match="unknown config override"):
         envs.make("CartpoleBalance", not_a_key=3)
+    with pytest.raises(TypeError, match="domain_randomization must be True or False"):
+        envs.make("CartpoleBalance", domain_randomization="False")  # a truthy string
 
 
 def test_wrong_action_shape_and_dtype_are_refused(cartpole4):

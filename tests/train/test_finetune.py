@@ -4,6 +4,7 @@ loads everything but α; bad requests are refused before compiling."""
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,11 @@ def test_the_target_env_only_ever_receives_the_deterministic_policy(pretrained, 
 def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained, finetuned):
     out, carry, rows = finetuned
     loop = run.rebuild(run.read_record(out), with_eval=False)[3]
+    # imagination's start states are rebuilt by MJX's forward at the physics precision ('highest'),
+    # whatever the precision of the caller (here JAX's default)
+    text = jax.jit(loop._starts).lower(jax.eval_shape(loop.init_carry), jax.random.PRNGKey(0)).as_text()
+    dots = re.findall(r"stablehlo\.dot_general.*?precision = \[(\w+), \w+\]", text)
+    assert dots and set(dots) == {"HIGHEST"}, sorted(set(dots))
     nominal = envs.make("CartpoleBalance", num_envs=1).env
     assert loop.model.dyn.mass_diag == pytest.approx(wm.SmoothDynamics.of_task(nominal).mass_diag)  # the prior
     record = json.loads((out / "config.json").read_text())
