@@ -193,12 +193,6 @@ def test_imagined_step_is_the_tasks_own_step_on_the_predicted_state(monkeypatch)
                         jnp.zeros((4, 1)))
     quick = few_steps_options(5)  # five steps: the quick compile
     imagine = jax.jit(wm.imagined_step(task, model, _zero_force_state(model, data)), compiler_options=quick)
-    # The model's physics (smooth dynamics, kinematics of the predicted state) is traced at the
-    # env step's 'highest' matmul precision whatever the caller's; its network at the caller's.
-    state0 = jax.eval_shape(task.reset, jax.random.PRNGKey(0))
-    dots = re.findall(r"stablehlo\.dot_general.*?precision = \[(\w+), \w+\]",
-                      imagine.lower(state0, jnp.zeros(1)).as_text())
-    assert "HIGHEST" in dots and "DEFAULT" in dots, sorted(set(dots))
     physics = mjx_env.step
     monkeypatch.setattr(mjx_env, "step", lambda m, d, c, n=1: mjx.forward(m, physics(m, d, c, n)))
     real = jax.jit(task.step).lower(jax.eval_shape(task.reset, jax.random.PRNGKey(0)), jnp.zeros(1)).compile(quick)
@@ -210,6 +204,10 @@ def test_imagined_step_is_the_tasks_own_step_on_the_predicted_state(monkeypatch)
         np.testing.assert_allclose(np.asarray(im.obs), np.asarray(nxt.obs), atol=1e-4)
         np.testing.assert_allclose(float(im.reward), float(nxt.reward), atol=1e-4)
         st = nxt
+    # The model's physics (smooth dynamics, kinematics of the predicted state) is traced at the
+    # env step's 'highest' matmul precision whatever the caller's; its network at the caller's.
+    dots = re.findall(r"stablehlo\.dot_general.*?precision = \[(\w+), \w+\]", imagine.lower(st, a).as_text())
+    assert "HIGHEST" in dots and "DEFAULT" in dots, sorted(set(dots))
 
 
 def test_imagination_rolls_the_mean_and_the_actor_observes_the_predicted_noise():
