@@ -152,7 +152,8 @@ def _quiet_warp_model(env: Any) -> None:
 
 def override_pairs(pairs: Any, where: str) -> tuple:
     """A config's ``env_overrides`` as a tuple of (config key, value) pairs, JSON round trips
-    (lists) normalised back to tuples; a clear ValueError naming ``where`` for anything else."""
+    (lists, nested too) normalised back to tuples; a ValueError naming ``where`` for a malformed
+    pair, a TypeError for a dict value (configs must stay hashable)."""
     def frozen(v):  # configs are static under jit: hashable values only
         if isinstance(v, (list, tuple)):
             return tuple(frozen(x) for x in v)

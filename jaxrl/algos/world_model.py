@@ -144,7 +144,6 @@ class SmoothDynamics:
             mujoco.mjtDisableBit.mjDSBL_CONTACT)
         self.mj_model = mj_model
         self.integrator = int(mj_model.opt.integrator)
-        self.euler = self.integrator == int(mujoco.mjtIntegrator.mjINT_EULER)  # the held form's integrator
         self.model = mjx.put_model(smooth, impl="jax")
         self.template = mjx.make_data(self.model)
         self.n_substeps = int(n_substeps)
@@ -161,6 +160,13 @@ class SmoothDynamics:
             mujoco.mj_mulM(mj_model, d, col, unit)
             diag[i] = col[i]
         self.mass_diag = np.maximum(diag, 1e-6).astype(np.float32)
+
+    @property
+    def euler(self) -> bool:
+        """Whether the model integrates with (semi-implicit) Euler: the held form's integrator."""
+        import mujoco
+
+        return self.integrator == int(mujoco.mjtIntegrator.mjINT_EULER)
 
     @classmethod
     def of_task(cls, task: Any) -> SmoothDynamics:

@@ -205,6 +205,13 @@ def read_record(run_dir: str | Path) -> dict:
     return runfolder.read_record(run_dir)
 
 
+def config_env_kwargs(config: Any, env_kwargs: dict | None) -> dict:
+    """The `envs.make` keywords of a run on a named task: the config's env changes (``env_overrides``,
+    e.g. LIFT: pushes off), then ``env_kwargs``, which win.  They go into the record, so resume /
+    eval / export rebuild the same env."""
+    return {**dict(getattr(config, "env_overrides", ())), **(env_kwargs or {})}
+
+
 def train(
     algo: str,
     env: str | VecEnv,
@@ -258,11 +265,7 @@ def train(
     parallel.guard_compilation_cache()  # several CPU processes on jaxlib 0.12.1: no cached programs
     if out_dir is not None:
         runfolder.claim(Path(out_dir), overwrite and primary)
-    env_kwargs = dict(env_kwargs or {})
-    if isinstance(env, str) and getattr(config, "env_overrides", ()):
-        # The config's env changes (e.g. LIFT: pushes off) go into the record's env_kwargs, so
-        # resume / eval / export rebuild the same env; explicit env_kwargs win.
-        env_kwargs = {**dict(config.env_overrides), **env_kwargs}
+    env_kwargs = config_env_kwargs(config, env_kwargs) if isinstance(env, str) else dict(env_kwargs or {})
     if isinstance(env, VecEnv):
         env_kwargs = {**recorded_env_kwargs(env, quiet=out_dir is None), **env_kwargs}
         if not resets and _draws_from_dataset(env):
@@ -299,7 +302,8 @@ def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = No
 
     The config defaults to ``FinetuneConfig.<preset>`` around the pretraining run's networks, and
     the target env takes the pretraining config's env changes (`FinetuneConfig.env_overrides`;
-    LIFT: pushes off, T1 observation noise 0; ``env_kwargs`` win); everything but α is loaded from the run's newest verified checkpoint (`FINETUNE_PARTS`), with
+    LIFT: pushes off, T1 observation noise 0; ``env_kwargs`` win); everything but α is loaded
+    from the run's newest verified checkpoint (`FINETUNE_PARTS`), with
     the layout checked against the target env (observation / action sizes) before compiling.
     Other keyword arguments are `train`'s (``num_evals``, ``progress``, ``checkpoint_every_s``, ...).
     """
@@ -316,8 +320,7 @@ def finetune(run_dir: str | Path, env: str, *, real_steps: int, config: Any = No
             raise ValueError(f"finetune preset must be 'cpu' or 'paper', got {preset!r}")
         config = (FinetuneConfig.cpu(pretrained) if preset == "cpu"
                   else FinetuneConfig.paper(env, pretrained))
-    # the target as `train` will make it: the config's env changes (the pretraining run's), then env_kwargs
-    check_same_layout(record, env, {**dict(config.env_overrides), **(kwargs.get("env_kwargs") or {})})
+    check_same_layout(record, env, config_env_kwargs(config, kwargs.get("env_kwargs")))  # the target `train` makes
     return train("finetune", env, config, steps=real_steps, seed=seed, out_dir=out_dir, init_from=run_dir,
                  init_parts=list(FINETUNE_PARTS), **kwargs)
 
