@@ -17,7 +17,7 @@
   unless ``JAXRL_VERBOSE=1`` or `set_verbose(True)` (CLI ``--verbose``).
 * One CPU device per core: XLA:CPU shows one device by default, so a data-parallel program
   (`jaxrl.train.parallel`) would leave all cores but one idle for simulation.  Before JAX starts
-  its backends we ask for ``os.cpu_count()`` host devices (``--xla_force_host_platform_device_count``),
+  its backends we ask for one host device per usable core (`usable_cores`) (``--xla_force_host_platform_device_count``),
   unless the user's own ``XLA_FLAGS`` already set it or ``JAXRL_CPU_DEVICES=N`` chooses N
   (``JAXRL_CPU_DEVICES=1`` restores XLA's default).  Not with a jaxlib whose batched LAPACK
   kernels deadlock on several CPU devices (`lapack_deadlock_prone`; excluded by pyproject.toml
@@ -168,7 +168,16 @@ def cpu_device_count() -> int:
         if n < 1:
             raise ValueError(f"JAXRL_CPU_DEVICES={value!r}: give a positive integer (1 = XLA's default)")
         return n
-    return max(1, os.cpu_count() or 1)
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (containers and `taskset` limit it), else
+    ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
 
 
 def lapack_deadlock_prone(version: str | None = None) -> bool:

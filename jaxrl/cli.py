@@ -121,7 +121,7 @@ class TrainArgs:
     progress: Annotated[bool, _help("live progress bar (env steps, steps/s, eval return, ETA)")] = True
     verbose: Annotated[bool, _help("show the simulators' raw console messages (warp module loads, solver-limit prints)")] = False
     wandb: Annotated[bool, _help("also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")] = False
-    devices: Annotated[int | None, _help("data parallel over N devices (default: every visible device that divides num_envs and the batch)")] = None
+    devices: Annotated[int | None, _help("data parallel over N devices (default on GPU/TPU: every visible device that divides num_envs and the batch; on CPU: 1); several hosts: all of their devices")] = None
     seeds: Annotated[int, _help("train K seeds (--seed, --seed+1, ...) as one vmapped program; rows hold mean, 95% interval and each seed")] = 1
     env_kwargs: Annotated[tuple[str, ...], _help(ENV_KWARGS_HELP)] = ()
 

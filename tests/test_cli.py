@@ -42,19 +42,20 @@ def test_train_help_shows_config_defaults_from_the_preset(capsys):
     assert "--init-from" in out and "--verbose" in out
 
 
-@pytest.mark.parametrize("algo", ["flashsac", "ppo"])
-def test_paper_preset_help_shows_the_paper_defaults(capsys, algo):
+@pytest.mark.parametrize("algo, preset", [("flashsac", "paper"), ("ppo", "paper"), ("sac", "paper"),
+                                          ("sac", "lift")])
+def test_paper_preset_help_shows_the_paper_defaults(capsys, algo, preset):
     """`jaxrl train ppo --preset paper --help` used to die with a TypeError."""
     from jaxrl.train import registry
 
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", algo, "--preset", "paper", "--env", "T1JoystickFlatTerrain", "--help"])
+        cli.main(["train", algo, "--preset", preset, "--env", "T1JoystickFlatTerrain", "--help"])
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.replace("│", " ").split())
-    paper = registry.get(algo).preset("paper", "T1JoystickFlatTerrain")
+    paper = registry.get(algo).preset(preset, "T1JoystickFlatTerrain")
     num_envs = out[out.index("--config.num-envs"):]
     assert f"(default: {paper.num_envs})" in num_envs[:200] and paper.num_envs != 16
-    assert "(default: paper)" in out
+    assert f"(default: {preset})" in out
 
 
 @pytest.mark.parametrize("cmd", ["eval", "sim2sim"])

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,10 @@ class PPOConfig:
     gae_lambda: float = 0.95
     """GAE λ: bias/variance trade-off of the advantages."""
     max_grad_norm: float = 1.0
-    """Global gradient-norm clip."""
+    """Gradient-norm clip (per network or over both: ``grad_clip``)."""
+    grad_clip: str = "separate"
+    """"separate": actor and critic gradients each clipped to ``max_grad_norm`` (OmniReset's
+    rsl_rl fork, ``grad_norm_clip_mode`` default); "global": one norm over both (optax's)."""
     learning_rate: float = 1e-4
     """Initial Adam learning rate (then adapted by the KL schedule)."""
     desired_kl: float | None = 0.01
@@ -126,6 +129,8 @@ class PPOConfig:
         need(self.value_coef >= 0, f"value_coef must be >= 0, got {self.value_coef}")
         need(self.entropy_coef >= 0, f"entropy_coef must be >= 0, got {self.entropy_coef}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(self.grad_clip in ("separate", "global"),
+             f"grad_clip must be 'separate' or 'global', got {self.grad_clip!r}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(
             self.desired_kl is None or self.desired_kl > 0,
@@ -176,6 +181,9 @@ class PPOConfig:
         base.update(overrides)
         return cls(**base)
 
+    # Runs recorded before a field existed behaved like this (`runfolder.config_from_dict`).
+    RECORDED_BEFORE: ClassVar[dict] = {"grad_clip": "global"}
+
     def replace(self, **kw) -> PPOConfig:
         return dataclasses.replace(self, **kw)
 
@@ -212,9 +220,22 @@ class Rollout(NamedTuple):
     truncated: jax.Array  # [T, N] bool
 
 
+def clip_gradients(grads: dict, cfg: PPOConfig) -> dict:
+    """``grads`` ({'actor', 'critic'}) scaled to norm ≤ ``max_grad_norm``: each network on its own
+    (``grad_clip="separate"``, as OmniReset's rsl_rl fork clips its actor and critic modules) or
+    both together ("global")."""
+    def clip(tree):
+        return optax.clip_by_global_norm(cfg.max_grad_norm).update(tree, optax.EmptyState())[0]
+
+    return {k: clip(v) for k, v in grads.items()} if cfg.grad_clip == "separate" else clip(grads)
+
+
 def _optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-    # Unit step size: `update` multiplies by the (adaptive) lr itself.
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam())
+    # Unit step size: `update` multiplies by the (adaptive) lr itself.  The first element keeps
+    # the state layout of the former ``clip_by_global_norm`` (empty), so checkpoints still load.
+    clip = optax.GradientTransformation(optax.init_empty_state,
+                                        lambda g, s, p=None: (clip_gradients(g, cfg), s))
+    return optax.chain(clip, optax.scale_by_adam())
 
 
 @compiled_init

@@ -89,24 +89,28 @@ def peak_bytes(buffer_bytes: int, platform: str | None = None) -> int:
 
 def check_memory(example: Any, capacity: int, *, memory_fraction: float = 0.8,
                  other_bytes: int = 0, free_bytes: int | None = None,
-                 platform: str | None = None, devices: int = 1) -> tuple[int, int | None]:
+                 platform: str | None = None, devices: int = 1,
+                 replicated_bytes: int = 0) -> tuple[int, int | None]:
     """Raise `ReplayCapacityError` when the peak memory of a ``capacity``-row buffer (plus
     ``other_bytes``: networks, optimiser, env state) does not fit in ``memory_fraction`` of the
     device's free memory; returns (peak bytes per device, free bytes or None when unknown).
 
     With ``devices`` > 1 the buffer and ``other_bytes`` are split evenly over that many devices
-    (each device holds its share of the envs and of the batch; the networks are small).
+    (each device holds its share of the envs and of the batch); ``replicated_bytes`` (the agent:
+    networks, optimiser, normalisers) sit whole on every device.
     ``free_bytes`` and ``platform`` default to the current device's; give them to ask about
     another device (e.g. a 24 GB GPU from a laptop: ``free_bytes=24 * 10**9, platform="gpu"``).
     """
     row = nbytes(example, 1)
     devices = max(int(devices), 1)
-    need = (peak_bytes(row * int(capacity), platform) + int(other_bytes)) // devices
+    need = (peak_bytes(row * int(capacity), platform) + int(other_bytes)) // devices + int(replicated_bytes)
     have = device_memory_bytes() if free_bytes is None else int(free_bytes)
     if have is not None and need > memory_fraction * have:
         per_row = peak_bytes(row, platform) / devices
-        fit = max(0, int((memory_fraction * have - other_bytes / devices) / max(per_row, 1e-9)))
-        rest = f" plus {other_bytes / 2**30:.2f} GiB for the rest of the run" if other_bytes else ""
+        fit = max(0, int((memory_fraction * have - other_bytes / devices - replicated_bytes)
+                         / max(per_row, 1e-9)))
+        others = other_bytes + replicated_bytes * devices
+        rest = f" plus {others / 2**30:.2f} GiB for the rest of the run" if others else ""
         split = f" over {devices} devices" if devices > 1 else ""
         raise ReplayCapacityError(
             f"replay buffer of {int(capacity):,} transitions ({row:,} bytes each) needs "

@@ -186,24 +186,29 @@ class OffPolicyLoop(HostLoop):
         the device has free, and refuse a buffer that cannot fit (naming the knobs)."""
         carry = jax.eval_shape(self._init, jax.random.PRNGKey(0))  # one seed, shapes only
         k = self.num_seeds
-        rest = k * replay.nbytes(carry.replace(buffer=None), 1)
+        agent = k * replay.nbytes(carry.agent, 1)  # replicated: whole on every device
+        rest = k * replay.nbytes(carry.replace(buffer=None, agent=None), 1)
         if self.eval_env is not None:  # the evaluation's envs, as many bytes per env as training's
             unsplit = 1 if self.eval_split else self.devices  # counted whole on the device holding them
             rest += (k * unsplit * replay.nbytes(carry.env_state, 1) * self.eval_env.num_envs
                      // self.env.num_envs)
-        # One iteration's sampled rows (batch x updates when sampled at once) live beside it,
-        # unpacked (float32, ``state`` sliced back out).
+        # One iteration's sampled rows (batch x updates when sampled at once) live beside it:
+        # as gathered (the buffer's layout) and twice unpacked (float32, ``state`` sliced back
+        # out; then laid out [updates, batch]).  Not counted: XLA's temporaries (the update's
+        # activations, the physics step's intermediates), known only after compiling.
         rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)
         example = self._example(carry.env_state.obs)
-        rest += k * rows * replay.nbytes(self._full_example(carry.env_state.obs), 1)
+        full = replay.nbytes(self._full_example(carry.env_state.obs), 1)
+        rest += k * rows * (replay.nbytes(example, 1) + 2 * full)
         capacity = k * replay.time_rows(self.s.buffer_size, self.env.num_envs) * self.env.num_envs
-        need, have = replay.check_memory(example, capacity, other_bytes=rest, devices=self.devices)
+        need, have = replay.check_memory(example, capacity, other_bytes=rest, devices=self.devices,
+                                         replicated_bytes=agent)
         free = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
         where = f" per device ({self.devices} devices)" if self.devices > 1 else ""
         seeds = f" x {k} seeds" if k > 1 else ""
         notice(f"replay buffer {self.s.buffer_size:,} transitions{seeds} ({replay.nbytes(example, 1):,} "
                f"bytes each) + agent, env states and sampled batch: {need / 2**30:.2f} GiB at peak"
-               f"{where}; device free memory {free}")
+               f"{where} (not counting XLA's temporaries: the update's activations); device free memory {free}")
 
     def _init_agent(self, key: jax.Array) -> Any:
         return self.agent.init(init_keys(key)[0])

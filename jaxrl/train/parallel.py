@@ -79,6 +79,10 @@ def resolve_devices(requested: int | None, divisors: dict[str, int]) -> int:
                 f"devices={requested} but only {visible} {jax.default_backend()} device(s) are visible; "
                 "use --devices <= that (on CPU, JAXRL_CPU_DEVICES or XLA_FLAGS="
                 "--xla_force_host_platform_device_count=N before starting Python gives N host devices)")
+        if jax.process_count() > 1 and requested != visible:
+            raise ValueError(
+                f"devices={requested} in a run over {jax.process_count()} processes: a multi-host run "
+                f"uses every device of every host ({visible}); omit --devices or pass {visible}")
         bad = {k: v for k, v in divisors.items() if v % requested}
         if bad:
             what = ", ".join(f"{k}={v}" for k, v in bad.items())

@@ -238,15 +238,16 @@ def train(
 ) -> tuple[Any, list[dict]]:
     """Train ``algo`` on ``env``; returns (final carry, metrics rows).
 
-    ``devices``: data parallel over that many devices (None: every visible device that divides
-    num_envs and the batch; `jaxrl.train.parallel`).  ``seeds``: K > 1 trains seeds ``seed ...
+    ``devices``: data parallel over that many devices (None: on GPU/TPU every visible device that
+    divides num_envs and the batch, on CPU one; `jaxrl.train.parallel.resolve_devices`).  ``seeds``: K > 1 trains seeds ``seed ...
     seed + K - 1`` as one vmapped program; every carry leaf then has a leading seed axis and each
     metrics row holds the mean over seeds, ``seed{i}/NAME`` per seed and a 95% interval of the
     returns.
 
     ``out_dir`` must not already hold a run: its checkpoints would mix with this run's (resume and
     export pick the newest step of either).  Continue it with `resume`, or pass ``overwrite=True``
-    to delete that run's files (only the files a run writes) first.
+    to delete that run's files (only the files a run writes) once every request (devices, seeds,
+    memory, ``init_from``'s layout) has been checked, before the first compile.
 
     ``init_from`` (a run folder) loads the agent subtrees named by ``init_parts`` (agent fields or
     their prefixes, e.g. ``actor`` = actor_params, actor_stats, actor_opt; default: the whole
@@ -263,13 +264,15 @@ def train(
         raise FileNotFoundError(f"--init-from {init_from}: not a jaxrl run folder (no config.json)")
     primary = jax.process_index() == 0  # several hosts: one of them writes the run folder
     parallel.guard_compilation_cache()  # several CPU processes on jaxlib 0.12.1: no cached programs
-    if out_dir is not None:
-        runfolder.claim(Path(out_dir), overwrite and primary)
+    if out_dir is not None and not overwrite:
+        runfolder.claim(Path(out_dir), False)  # a folder holding a run is refused at once
     env_kwargs = config_env_kwargs(config, env_kwargs) if isinstance(env, str) else dict(env_kwargs or {})
+    dataset_env = None  # a hand-built mixture VecEnv whose dataset the run folder keeps
     if isinstance(env, VecEnv):
         env_kwargs = {**recorded_env_kwargs(env, quiet=out_dir is None), **env_kwargs}
         if not resets and _draws_from_dataset(env):
-            resets, env_kwargs = keep_resets(env, out_dir, env_kwargs, primary)
+            dataset_env = env
+            resets, env_kwargs = keep_resets(env, out_dir, env_kwargs, write=False)
     train_env, eval_env, env_name = make_envs(env, config.num_envs, seed, env_kwargs, resets,
                                               eval_env_count(config))
     record = {
@@ -285,6 +288,11 @@ def train(
     _preflight(loop)
     if init_from is not None:  # a layout mismatch is refused before anything compiles
         load_parts(jax.eval_shape(loop._lift(loop._init), loop._keys()), init_from, init_parts, check_only=True)
+    if out_dir is not None and overwrite and primary:
+        # Only now, when every request has been checked: a refused run leaves the old one intact.
+        runfolder.claim(Path(out_dir), True)
+    if dataset_env is not None and primary:
+        keep_resets(dataset_env, out_dir, env_kwargs)
     carry = loop.init_carry()
     if init_from is not None:
         carry, record["init_from"] = load_parts(carry, init_from, init_parts)

@@ -6,12 +6,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from envs._runtime import run_once_options
 from envs.specs import ArraySpec, EnvSpec
 from jaxrl.algos import ppo
 from jaxrl.data import normalizer
+from jaxrl.io import runfolder
 
 ONCE = run_once_options()  # programs a test runs a few times: the quick compile (CPU)
 
@@ -338,6 +340,49 @@ def test_act_stochastic_extras_and_update_runs(cfg):
         assert np.isfinite(float(metrics[k])), k
 
 
+def _np_clip(tree, max_norm):
+    """Reference clip in float64: scale every leaf of ``tree`` by min(1, max_norm / ‖tree‖)."""
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+    norm = np.sqrt(sum(float((x ** 2).sum()) for x in leaves))
+    return jax.tree.map(lambda x: np.asarray(x, np.float64) * min(1.0, max_norm / norm), tree), norm
+
+
+@pytest.mark.parametrize("mode", ["separate", "global"])
+def test_gradient_clip_per_network_as_the_rsl_rl_fork_or_over_both(cfg, mode):
+    """"separate" (the default, OmniReset's rsl_rl fork): the actor's gradient (norm ~25) is
+    scaled to norm 1 and the critic's (norm 0.5) is left alone; "global" scales both by one
+    factor.  The optimiser `update` steps with applies exactly that clip before Adam."""
+    params = ppo.init(jax.random.PRNGKey(0), _spec(), cfg).params
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
+    grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape), params)
+    for net, target in (("actor", 25.0), ("critic", 0.5)):
+        norm = float(optax.tree.norm(grads[net]))
+        grads[net] = jax.tree.map(lambda g, f=target / norm: g * f, grads[net])
+    c = cfg.replace(grad_clip=mode)
+    got = ppo.clip_gradients(grads, c)
+    if mode == "separate":
+        want = {net: _np_clip(grads[net], c.max_grad_norm)[0] for net in grads}
+        assert float(optax.tree.norm(got["actor"])) == pytest.approx(1.0, rel=1e-5)
+        assert float(optax.tree.norm(got["critic"])) == pytest.approx(0.5, rel=1e-5)
+    else:
+        want, norm = _np_clip(grads, c.max_grad_norm)
+        assert norm == pytest.approx(np.hypot(25.0, 0.5), rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), got, want)
+    opt = ppo._optimizer(c)
+    step, _ = opt.update(grads, opt.init(params), params)
+    ref, _ = optax.scale_by_adam().update(jax.tree.map(jnp.asarray, got), optax.scale_by_adam().init(params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), step, ref)
+
+
+def test_runs_recorded_before_grad_clip_resume_with_the_global_clip():
+    """A run's config.json from before ``grad_clip`` existed rebuilds with the clip it trained
+    with (one global norm), while new configs default to the fork's per-network clip."""
+    record = runfolder.config_to_dict(ppo.PPOConfig.cpu())
+    record.pop("grad_clip")
+    assert runfolder.config_from_dict(ppo.PPOConfig, record).grad_clip == "global"
+    assert ppo.PPOConfig.cpu().grad_clip == ppo.PPOConfig.paper().grad_clip == "separate"
+
+
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize(
     "overrides, message",
@@ -352,6 +397,7 @@ def test_act_stochastic_extras_and_update_runs(cfg):
         ({"hidden": ()}, "hidden"),
         ({"activation": "gelu"}, "activation"),
         ({"obs_norm_eps": 0.0}, "obs_norm_eps"),
+        ({"grad_clip": "both"}, "grad_clip"),
     ],
 )
 def test_invalid_config_raises_clear_value_error(overrides, message):

@@ -81,6 +81,13 @@ def test_critic_loss_masks_truncated_samples_and_bootstraps_only_non_terminated(
     np.testing.assert_allclose(y, [5.15, 4.0, 6.0], rtol=1e-6)
     # errors (col 2 truncated -> 0): [[-4.15, -2, 0], [-3.65, -2, 0]]; ½·mean(sq) = ½·38.545/6
     np.testing.assert_allclose(sac.critic_loss_value(q, y, trunc), 0.5 * 38.545 / 6, rtol=1e-6)
+    # the flags' roles: every sample truncated -> nothing left to learn from; terminated alone
+    # drops the bootstrap (y = s_r·r) but keeps the sample in the loss
+    assert float(sac.critic_loss_value(q, y, jnp.ones(3, bool))) == 0.0
+    y_term = sac.critic_target(reward, jnp.ones(3, bool), next_q, next_lp, 0.5, cfg)
+    np.testing.assert_allclose(y_term, [2.0, 4.0, 6.0], rtol=1e-6)
+    # errors [[-1, -2, -3], [-0.5, -2, -6]]: ½·mean(1, 4, 9, 0.25, 4, 36) = ½·54.25/6
+    np.testing.assert_allclose(sac.critic_loss_value(q, y_term, jnp.zeros(3, bool)), 0.5 * 54.25 / 6, rtol=1e-6)
 
 
 def test_actor_loss_matches_hand_value_and_log_std_range():
@@ -181,6 +188,12 @@ def test_bfloat16_compute_is_finite_and_close_to_float32_on_the_same_batch(tiny)
     q32 = sac.q_values(state.critic_params, state, batch.obs, batch.action, TINY)
     q16 = sac.q_values(state.critic_params, state, batch.obs, batch.action, bf)
     assert q16.dtype == jnp.float32 and np.all(np.isfinite(q16))
+    assert np.abs(np.asarray(q16) - np.asarray(q32)).max() > 0  # the switch does change the arithmetic
+    # hidden matmuls in bf16, the output layer and the parameters in fp32
+    text = jax.jit(lambda p: sac.q_values(p, state, batch.obs, batch.action, bf)).lower(state.critic_params).as_text()
+    kinds = re.findall(r"stablehlo\.dot_general[^\n]*?: \(tensor<[0-9x]*(bf16|f32)>", text)
+    assert kinds == ["bf16"] * len(TINY.critic_hidden) + ["f32"], kinds  # the twins are one batched dot
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.critic_params))
     np.testing.assert_allclose(q16, q32, rtol=5e-2, atol=5e-2 * float(jnp.abs(q32).mean()))
     m32, s32 = sac.policy(state.actor_params, state, batch.obs, TINY)
     m16, s16 = sac.policy(state.actor_params, state, batch.obs, bf)
@@ -274,7 +287,7 @@ def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task, capsys
     On top: the agent (actor, twin critic, target, AdamW moments, normalisers) 0.03 GiB, the env
     state of 4096 envs 0.20 GiB (T1) / 0.25 GiB (G1) and of the 1024 evaluation envs a quarter of
     that, and the one sample of updates_per_step x batch_size rows per iteration (T1: 16 x 16384,
-    G1: 19 x 16384).  The run's own report before compiling says the same.  Far inside the 80% of 24 GB
+    G1: 19 x 16384) as gathered and twice in float32 (unpacked, then laid out [updates, batch]).  The run's own report before compiling says the same.  Far inside the 80% of 24 GB
     (17.9 GiB) the check allows.  Not counted (XLA temporaries, measured only on a GPU): the
     physics step's intermediates and the update's activations at batch 16384."""
     from jaxrl.data import replay
@@ -299,12 +312,14 @@ def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task, capsys
         assert replay.nbytes(row, 1) == per_row and size(carry.buffer.data) == per_row * rows
         assert 1_000_000 <= rows < 1_000_000 + cfg.num_envs
     assert both / (4 * (2 * p_dim + a_dim + 1) + 2) > 1.4
-    sampled = both * cfg.updates_per_step * cfg.batch_size  # sampled rows come back with 'state'
+    # sampled rows: as gathered (bfloat16 layout, the last loop above) and twice in float32 with
+    # 'state' (unpacked, then laid out [updates, batch])
+    sampled = (replay.nbytes(row, 1) + 2 * both) * cfg.updates_per_step * cfg.batch_size
     evaluation = size(carry.env_state) * cfg.num_eval_envs // cfg.num_envs
-    other = size(carry.agent) + size(carry.env_state) + evaluation + sampled
-    assert size(carry.agent) < 0.05 * GIB and size(carry.env_state) < 0.3 * GIB and sampled < 0.8 * GIB
+    other = size(carry.env_state) + evaluation + sampled
+    assert size(carry.agent) < 0.05 * GIB and size(carry.env_state) < 0.3 * GIB and sampled < 2 * GIB
     need, have = replay.check_memory(row, cfg.buffer_size, other_bytes=other, free_bytes=24 * 10**9,
-                                     platform="gpu")
+                                     platform="gpu", replicated_bytes=size(carry.agent))
     assert need < 4 * GIB and have == 24 * 10**9
     # the run's own estimate (bfloat16 replay, as the last loop above; on this machine's platform,
     # where CPU counts the buffer twice: a checkpoint copies it): the same bytes.  Free memory is
@@ -314,7 +329,8 @@ def test_lift_preset_with_4096_envs_and_a_1m_buffer_fits_a_24gb_gpu(task, capsys
                                          env.with_num_envs(cfg.num_eval_envs, 1), 10**9, 0, 10, devices=1)
     capsys.readouterr()
     loop.preflight()
-    expected, _ = replay.check_memory(row, rows, other_bytes=other, free_bytes=24 * 10**9)
+    expected, _ = replay.check_memory(row, rows, other_bytes=other, free_bytes=24 * 10**9,
+                                      replicated_bytes=size(carry.agent))
     said = re.search(r"([\d.]+) GiB at peak", capsys.readouterr().err)
     assert said and abs(float(said[1]) - expected / GIB) < 0.006  # (counters and keys: a few bytes more)
     # forty times the buffer does not fit: refused before anything is allocated
@@ -376,6 +392,20 @@ def test_registry_lists_sac_with_its_presets():
     assert brax.warmup_actions == "policy" and sac.SACConfig.cpu().warmup_actions == "uniform"
     assert algo.preset("lift", "T1JoystickFlatTerrain") == sac.SACConfig.lift("T1JoystickFlatTerrain")
     assert algo.preset("lift-smoke", "G1JoystickFlatTerrain").num_envs == 8
+    with pytest.raises(ValueError, match="no settings for task 'CartpoleBalance'; supported: G1Joystick"):
+        algo.preset("lift-smoke", "CartpoleBalance")
+
+
+@pytest.mark.parametrize("task", sorted(sac.LIFT_TASKS))
+def test_every_lift_task_builds_offline_with_its_preset_env_changes(task):
+    """The four LIFT tasks, rough terrain included, load from the offline Menagerie stand-in with
+    the preset's env changes (pushes off, T1 noise 0) and have both observation keys."""
+    cfg = sac.SACConfig.lift(task)
+    env = envs.make(task, num_envs=2, **dict(cfg.env_overrides))
+    assert env.state_in_privileged and {cfg.actor_obs_key, cfg.critic_obs_key} <= set(env.obs_spec)
+    pg = env.unwrapped._config
+    assert pg.push_config.enable is False
+    assert task.startswith("G1") or pg.noise_config.level == 0.0
 
 
 def test_policy_layers_equal_the_deterministic_policy(tiny):

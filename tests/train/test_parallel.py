@@ -1,9 +1,11 @@
 """Data parallelism over devices (`jaxrl.train.parallel`), on this machine's CPU devices.
 
-The suite runs with one XLA:CPU device per core (`envs._runtime`; 2 on CI), so every training
-test elsewhere already runs data-parallel; here: equal results on 1 and 2 devices for the same
-global batches, real sharding, no buffer-sized traffic between devices, checkpoints that move
-between device counts, and the errors for impossible requests.
+The suite runs with two XLA:CPU devices whatever the core count (tests/conftest.py sets
+``JAXRL_CPU_DEVICES=2``; outside the tests it is one per core).  A run takes one CPU device unless
+asked, so the runs here and the PPO learning test (tests/train/test_onpolicy.py) ask for two.
+Here: equal results on 1 and 2 devices for the same global batches, real sharding, no
+buffer-sized traffic between devices, checkpoints that move between device counts, and the
+errors for impossible requests.
 """
 
 import json
@@ -22,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 import envs
 from envs._runtime import run_once_options
 from envs.specs import ArraySpec, EnvSpec
-from jaxrl.algos import flashsac, ppo
+from jaxrl.algos import flashsac, ppo, sac
 from jaxrl.data.transition import Transition
 from jaxrl.io.checkpoint import CheckpointManager
 from jaxrl.train import parallel, registry, run
@@ -63,9 +65,10 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 def test_one_cpu_device_per_core_unless_the_user_chose():
     from envs import _runtime
 
-    assert jax.device_count() == _runtime.cpu_device_count() == os.cpu_count()
+    assert jax.device_count() == _runtime.cpu_device_count()
     code = "import envs, jax; print(jax.device_count())"
-    for env, want in (({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, "3"),
+    for env, want in (({}, str(len(os.sched_getaffinity(0)))),  # one per core this process may use
+                      ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, "3"),
                       ({"JAXRL_CPU_DEVICES": "1"}, "1")):
         full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXRL_CPU_DEVICES")}
         out = subprocess.run([sys.executable, "-c", code], check=False, env={**full, **env}, capture_output=True,
@@ -93,30 +96,43 @@ def test_batched_lapack_kernels_on_two_devices_do_not_deadlock():
         qr(jax.random.PRNGKey(i), x).block_until_ready()
 
 
-def test_flashsac_updates_on_two_devices_equal_one_device():
-    """Three FlashSAC updates on the same global batches: one device vs the batch split over two
-    (parameters replicated).  BatchNorm running statistics, the cross-batch critic target, the
-    C51 projection and Adam moments all agree to float tolerance, so every statistic is global;
-    the two-device program really is partitioned (it all-reduces)."""
-    cfg = flashsac.FlashSACConfig.cpu().replace(num_envs=4, batch_size=B, actor_width=8, critic_width=8,
-                                                num_blocks=1)
-    state = flashsac.init(jax.random.PRNGKey(0), _spec(), cfg)
+@pytest.mark.parametrize("algo", ["flashsac", "sac"])
+def test_off_policy_statistics_and_updates_on_two_devices_equal_one_device(algo):
+    """Three env steps observed (FlashSAC's reward-scale statistics, SAC's observation
+    normalisers) and three updates on the same global batches: one device vs the envs and the
+    batch split over two (parameters replicated).  FlashSAC's BatchNorm running statistics, the
+    cross-batch critic target, the C51 projection, SAC's normalised twin-Q targets and every Adam
+    moment agree to float tolerance, so every statistic is global; the two-device program really
+    is partitioned (it all-reduces)."""
+    if algo == "flashsac":
+        mod, cfg = flashsac, flashsac.FlashSACConfig.cpu().replace(
+            num_envs=B, batch_size=B, actor_width=8, critic_width=8, num_blocks=1)
+        learned = ("actor_stats", "critic_stats", "critic_params", "reward_stats")
+    else:
+        mod, cfg = sac, sac.SACConfig.cpu().replace(num_envs=B, batch_size=B, actor_hidden=(8,),
+                                                    critic_hidden=(8,))
+        learned = ("actor_params", "critic_params", "obs_stats")
+    state = mod.init(jax.random.PRNGKey(0), _spec(B), cfg)
     batches = _transitions(np.random.default_rng(0), 3, B)
+    batches = batches._replace(obs={k: v + 3.0 for k, v in batches.obs.items()})  # statistics move
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
 
-    def updates(state, batches, keys):
-        return jax.lax.scan(lambda s, x: flashsac.update(s, x[0], x[1], cfg), state, (batches, keys))
+    def learn(state, batches, keys):
+        def step(s, x):
+            s = mod.observe(s, x[0], cfg)  # this env step's B envs
+            return mod.update(s, x[0], x[1], cfg)
+        return jax.lax.scan(step, state, (batches, keys))
 
-    one = jax.jit(updates, compiler_options=ONCE)(state, batches, keys)
+    one = jax.jit(learn, compiler_options=ONCE)(state, batches, keys)
     mesh = parallel.make_mesh(2)
-    two_fn = jax.jit(updates, compiler_options=ONCE)
+    two_fn = jax.jit(learn, compiler_options=ONCE)
     args = (jax.device_put(state, parallel.replicated(mesh)), _split(batches, mesh, 1),
             jax.device_put(keys, parallel.replicated(mesh)))
     two = two_fn(*args)
     _assert_trees_close(one, two)
     assert "all-reduce" in two_fn.lower(*args).compile().as_text()
-    for field in ("actor_stats", "critic_stats", "critic_params"):  # the updates did something
-        moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+    for field in learned:  # the steps did something
+        moved = [np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()
                  for a, b in zip(jax.tree.leaves(getattr(one[0], field)), jax.tree.leaves(getattr(state, field)))]
         assert max(moved) > 1e-4, field
 
@@ -161,27 +177,50 @@ def _collectives(hlo: str) -> set[str]:
                           r"(?:-start)?\(", hlo))
 
 
-@pytest.mark.parametrize("algo", ["flashsac", "ppo"])
+def _all_reduce_sizes(hlo: str) -> list[int]:
+    """Elements of every all-reduce result in compiled HLO text (tuples: each member)."""
+    sizes = []
+    for line in hlo.splitlines():
+        m = re.search(r"= \(?([^=]*?)\)? all-reduce(?:-start)?\(", line)
+        if m:
+            for dims in re.findall(r"\w+\[([\d,]*)\]", m[1]):
+                sizes.append(int(np.prod([int(d) for d in dims.split(",") if d])))
+    return sizes
+
+
+TINY_SAC = sac.SACConfig.cpu().replace(num_envs=4, batch_size=16, buffer_size=512, min_buffer=16,
+                                       updates_per_step=2, actor_hidden=(8,), critic_hidden=(8,))
+
+
+@pytest.mark.parametrize("algo", ["flashsac", "sac", "ppo"])
 def test_training_state_is_split_over_devices_and_only_reductions_cross_them(algo):
     """The carry of a 2-device run: env state and replay buffer split on their env axis, the
     agent replicated; the compiled chunk moves nothing between devices but all-reduces
-    (gradients and statistics) — no all-gather of observations, batches or buffer rows."""
-    cfg = TINY_FLASH if algo == "flashsac" else ppo.PPOConfig.cpu(
+    (gradients and statistics) — no all-gather of observations, batches or buffer rows, and no
+    all-reduce larger than the agent's largest array (buffer rows gathered as a sum of zero-padded
+    shards would be).  SAC samples its 2 updates' rows at once and reshapes them."""
+    cfg = {"flashsac": TINY_FLASH, "sac": TINY_SAC}.get(algo) or ppo.PPOConfig.cpu(
         num_envs=4, unroll_length=8, num_minibatches=2, num_epochs=1, hidden=(8,))
     env = envs.make("CartpoleBalance", num_envs=4, episode_length=50)
-    loop = registry.get(algo).make_loop(cfg, env, None, FLASH_STEPS if algo == "flashsac" else 256, 0, 2,
+    loop = registry.get(algo).make_loop(cfg, env, None, 256 if algo == "ppo" else FLASH_STEPS, 0, 2,
                                         devices=2)
     assert loop.devices == 2 and loop.env.mesh is not None
     carry = loop.init_carry()
     assert carry.env_state.obs["state"].sharding.spec == P(parallel.AXIS)
     assert carry.env_state.stats.completed.sharding.spec == P()
-    if algo == "flashsac":
+    if algo != "ppo":
         assert carry.buffer.data.obs["privileged_state"].sharding.spec == P(None, parallel.AXIS)
+    if algo == "flashsac":
         assert carry.agent.explore.noise.sharding.spec == P(parallel.AXIS)  # per-env held noise
-    params = jax.tree.leaves(carry.agent.actor_params if algo == "flashsac" else carry.agent.params)
+    params = jax.tree.leaves(carry.agent.params if algo == "ppo" else carry.agent.actor_params)
     assert all(x.sharding.spec == P() for x in params)
     hlo = loop.lower_chunk(carry).compile().as_text()
     assert _collectives(hlo) == {"all-reduce"}, _collectives(hlo)
+    if algo != "ppo":  # each all-reduce is at most one agent leaf (a gradient, a statistic)
+        largest_leaf = max(x.size for x in jax.tree.leaves(carry.agent))
+        assert largest_leaf < carry.buffer.data.obs["privileged_state"].size  # so the check can fail
+        sizes = _all_reduce_sizes(hlo)
+        assert sizes and max(sizes) <= largest_leaf, (max(sizes), largest_leaf)
 
 
 def test_a_two_device_checkpoint_resumes_on_one_device_and_back(tmp_path):
@@ -258,6 +297,26 @@ def test_impossible_device_and_seed_requests_are_refused_before_compiling(monkey
     cfg = ppo.PPOConfig.cpu(num_envs=4, unroll_length=3, num_minibatches=4, num_epochs=1, hidden=(8,))
     with pytest.raises(ValueError, match="devices=2 must divide minibatch=3"):
         registry.get("ppo").make_loop(cfg, env4, None, 64, 0, 1, devices=2)
+    # several processes: a mesh smaller than every device of every host would leave hosts out
+    monkeypatch.delenv("JAXRL_DEVICES")
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="devices=1 in a run over 2 processes.*omit --devices or pass 2"):
+        make(TINY_FLASH, env4, None, 64, 0, 1, devices=1)
+    assert make(TINY_FLASH, env4, None, 64, 0, 1).devices == make(TINY_FLASH, env4, None, 64, 0, 1, devices=2).devices == 2
+
+
+def test_a_refused_overwrite_leaves_the_old_run_in_place(tmp_path):
+    """``overwrite=True`` deletes the old run only once every request has been checked: a run
+    refused for its device count leaves the folder as it was."""
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="devices=3 but only 2"):
+        run.train("flashsac", "CartpoleBalance", TINY_FLASH, steps=64, progress=False, out_dir=old,
+                  overwrite=True, devices=3, env_kwargs={"episode_length": 50})
+    assert (old / "config.json").read_text() == "{}"
+    with pytest.raises(FileExistsError, match="already holds a run"):  # and without overwrite: refused
+        run.train("flashsac", "CartpoleBalance", TINY_FLASH, steps=64, progress=False, out_dir=old)
 
 
 def test_memory_estimate_counts_eval_envs_that_do_not_split_whole_on_one_device(monkeypatch):

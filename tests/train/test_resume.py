@@ -206,3 +206,41 @@ def test_export_card_carries_the_checkpoints_config_hash(runs, tmp_path):
     card = json.loads(Path(f"{path}.card.json").read_text())
     assert card["config_sha256"] == CheckpointManager(full).metadata()["config_hash"]
     assert len(card["config_sha256"]) == 64
+
+
+def test_sac_run_stopped_mid_way_resumes_to_the_uninterrupted_result(tmp_path):
+    """The LIFT-style SAC (bfloat16 hidden layers, normalisers, U updates from one sample) goes
+    through the same lifecycle: a run stopped after its second row resumes from its checkpoint
+    and ends bit for bit where the uninterrupted run ends (agent, normalisers, buffer, env state,
+    keys) with the same rows."""
+    from jaxrl.algos import sac
+    from jaxrl.train import run
+
+    cfg = sac.SACConfig.cpu().replace(num_envs=4, batch_size=16, buffer_size=512, min_buffer=16,
+                                      updates_per_step=2, actor_hidden=(8,), critic_hidden=(8,),
+                                      compute_dtype="bfloat16", num_eval_envs=4)
+    kw = {"steps": 64, "num_evals": 4, "progress": False, "checkpoint_every_s": 0,
+          "env_kwargs": {"episode_length": 20}}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(n):
+        seen = []
+
+        def fn(row):
+            seen.append(row)
+            if len(seen) == n:
+                raise Stop
+        return fn
+
+    full, full_rows = run.train("sac", "CartpoleBalance", cfg, out_dir=tmp_path / "full", **kw)
+    with pytest.raises(Stop):
+        run.train("sac", "CartpoleBalance", cfg, out_dir=tmp_path / "cut", progress_fn=stop_after(2), **kw)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    resumed, rows = run.resume(tmp_path / "cut", progress=False, checkpoint_every_s=0)
+    assert rows[-1]["env_steps"] == full_rows[-1]["env_steps"] == 64
+    assert [r["eval_return"] for r in rows] == [r["eval_return"] for r in full_rows]
+    assert int(full.agent.step) > 0
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(full)[0], jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
