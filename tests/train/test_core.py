@@ -60,24 +60,30 @@ def test_number_of_evaluations_does_not_change_training(runs, algo):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_k_vmapped_seeds_equal_k_separate_runs(runs, tmp_path):
+@pytest.mark.parametrize("algo", ["ppo", "flashsac"])
+def test_k_vmapped_seeds_equal_k_separate_runs(runs, tmp_path, algo):
     """--seeds 2: seeds 0 and 1 as ONE vmapped program give each seed's separate run (seed 0 is
-    the fixture's run, seed 1 another) to float tolerance; rows hold the mean, a 95% interval and
-    each seed, in metrics.jsonl, TensorBoard and the learning curve; export picks a seed.  (PPO
-    here; the seed axis is the shared HostLoop's, the same for every algorithm.)"""
-    algo = "ppo"
+    the fixture's run, seed 1 another) to float tolerance, for the on-policy loop and the
+    off-policy one (warm-up, replay, per-env held noise).  For PPO also: rows hold the mean, a 95%
+    interval and each seed, in metrics.jsonl, TensorBoard and the learning curve; export picks a
+    seed (the seed axis is the shared HostLoop's, the same for every algorithm)."""
     from jaxrl.io import lifecycle
     from jaxrl.io.metrics import read_jsonl
 
     _, carry0, rows0 = runs[algo, 2]
     carry1, rows1 = _train(algo, 2, seed=1)
     out = tmp_path / "seeds"
-    carry, rows = _train(algo, 2, out_dir=out, seeds=2)
+    carry, rows = _train(algo, 2, out_dir=out if algo == "ppo" else None, seeds=2)
     for i, single in enumerate((carry0, carry1)):
         mine = jax.tree.map(lambda x, i=i: x[i], carry.agent)
         for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(mine)[0], jax.tree.leaves(single.agent)):
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4,
                                        atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    if algo != "ppo":
+        buffers = [np.asarray(c.buffer.data.reward) for c in (carry0, carry1)]
+        np.testing.assert_allclose(np.asarray(carry.buffer.data.reward), np.stack(buffers), rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(*buffers)  # two seeds, two different streams of experience
+        return
     last = rows[-1]
     per_seed = [rows0[-1]["eval_return"], rows1[-1]["eval_return"]]
     np.testing.assert_allclose([last["seed0/eval_return"], last["seed1/eval_return"]], per_seed, rtol=1e-4)

@@ -270,6 +270,37 @@ def test_a_two_device_checkpoint_resumes_on_one_device_and_back(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_two_device_ppo_checkpoint_resumes_on_one_device(tmp_path):
+    """PPO's carry (agent, normaliser, env state split on its env axis) restores from a 2-device
+    checkpoint onto 1 device with equal values and finishes there; its minibatches are then drawn
+    within one shard instead of two (`ppo.minibatches`), which changes no layout."""
+    cfg = ppo.PPOConfig.cpu(num_envs=4, unroll_length=8, num_minibatches=2, num_epochs=1, hidden=(8,))
+    out = tmp_path / "ppo"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_first(row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run.train("ppo", "CartpoleBalance", cfg, steps=96, num_evals=3, progress=False, out_dir=out,
+                  env_kwargs={"episode_length": 50}, checkpoint_every_s=0, devices=2,
+                  progress_fn=stop_at_first)
+    mgr = CheckpointManager(out)
+    step, record = mgr.latest_step(), run.read_record(out)
+    restored = {}
+    for d in (1, 2):
+        loop = run.rebuild(record, with_eval=False, devices=d)[3]
+        restored[d], _, _ = mgr.restore(loop.init_carry())
+    assert restored[2].env_state.obs["state"].sharding.spec == P(parallel.AXIS)
+    for a, b in zip(jax.tree.leaves(restored[1]), jax.tree.leaves(restored[2])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    carry, rows = run.resume(out, devices=1, progress=False, checkpoint_every_s=0)
+    assert rows[-1]["env_steps"] == 96 and np.isfinite(rows[-1]["eval_return"])
+    assert CheckpointManager(out).latest_step() > step and int(carry.agent.updates) > int(restored[1].agent.updates)
+
+
 def test_impossible_device_and_seed_requests_are_refused_before_compiling(monkeypatch):
     env4 = envs.make("CartpoleBalance", num_envs=4, episode_length=10)
     env3 = envs.make("CartpoleBalance", num_envs=3, episode_length=10)
