@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,10 @@ def loop(args, rows):
         del carry, lp
 
 
+class OutOfTime(Exception):
+    """``learn --minutes``: the device lease's share for learning is spent."""
+
+
 def learn(args, rows):
     spec = registry.get(args.algo)
     cfg = spec.preset(args.preset, args.task)
@@ -121,15 +126,21 @@ def learn(args, rows):
 
     def show(row):
         keep = ("env_steps", "wall_s", "eval_return", "train_return", "sps", "compile_s")
+        minutes = (time.perf_counter() - t0) / 60
         emit({"kind": "learn", "algo": args.algo, "preset": args.preset, "task": args.task,
-              "minutes": (time.perf_counter() - t0) / 60,
-              **{k: row[k] for k in keep if k in row}}, rows)
+              "minutes": minutes, **{k: row[k] for k in keep if k in row}}, rows)
+        if args.minutes and minutes >= args.minutes:
+            raise OutOfTime  # after this row's checkpoint: the lifecycle below exports it
 
-    run.train(args.algo, args.task, cfg, steps=args.steps, seed=0, out_dir=args.run_dir,
-              num_evals=args.num_evals, progress=False, progress_fn=show, tensorboard=False,
-              checkpoint_every_s=120.0, save_buffer=False, overwrite=True)
+    try:
+        run.train(args.algo, args.task, cfg, steps=args.steps, seed=0, out_dir=args.run_dir,
+                  num_evals=args.num_evals, progress=False, progress_fn=show, tensorboard=False,
+                  checkpoint_every_s=0.0 if args.minutes else 120.0, save_buffer=False, overwrite=True)
+        stopped = False
+    except OutOfTime:
+        stopped = True
     emit({"kind": "learn_done", "wall_min": (time.perf_counter() - t0) / 60,
-          "peak_mem_gib": peak_gib()}, rows)
+          "stopped_at_minutes": args.minutes if stopped else None, "peak_mem_gib": peak_gib()}, rows)
     if args.lifecycle:
         from jaxrl.io import lifecycle, sim2sim
 
@@ -162,12 +173,17 @@ def main() -> None:
     c.add_argument("--num-evals", type=int, default=20)
     c.add_argument("--run-dir", default="/tmp/gpu_run")
     c.add_argument("--lifecycle", action="store_true")
+    c.add_argument("--minutes", type=float, default=0.0,
+                   help="stop training at the first evaluation after this many minutes (0: no limit)")
     for q in (a, b, c):
         q.add_argument("--out", required=True)
     args = p.parse_args()
     rows: list = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # `timeout` (experiments/gpu_session.sh) sends SIGTERM: leave through `finally`, so the rows
+    # measured so far are written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     try:
         {"raw": raw, "loop": loop, "learn": learn}[args.cmd](args, rows)
     finally:

@@ -168,7 +168,8 @@ class HostLoop:
         self.mesh = parallel.make_mesh(self.devices)
         self.env = env.distribute(self.mesh)
         self.eval_env = None
-        # eval envs that do not divide over the devices are not split: one device holds them all
+        # eval envs that do not divide over the devices are not split: a device that steps
+        # them holds them all (XLA may replicate that work; the memory preflight counts them whole)
         self.eval_split = (eval_env is not None and self.mesh is not None
                            and eval_env.num_envs % self.devices == 0)
         if eval_env is not None:

@@ -519,5 +519,9 @@ class _Session:
         if evals:
             from jaxrl.io.metrics import plot_learning_curve
 
-            plot_learning_curve({f"{self.record['algo']} {self.record['env']}": rows},
-                                self.out / "learning_curve.png")
+            try:
+                plot_learning_curve({f"{self.record['algo']} {self.record['env']}": rows},
+                                    self.out / "learning_curve.png")
+            except ImportError as e:  # an offline GPU box installed without it: the run still ends well
+                notice(f"no learning_curve.png: {e.name or 'matplotlib'} is not installed (pip install "
+                       "matplotlib); metrics.jsonl and TensorBoard hold the curve")

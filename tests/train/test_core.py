@@ -99,6 +99,19 @@ def test_k_vmapped_seeds_equal_k_separate_runs(runs, tmp_path, algo):
     assert lifecycle.export_run(out, "npz", seed_index=1).exists()
 
 
+def test_a_run_without_matplotlib_ends_normally_without_its_png(runs, tmp_path, monkeypatch, capsys):
+    """An offline GPU box set up with --no-deps may lack matplotlib: the run still finishes and
+    returns (summary written, checkpoints kept), with a notice instead of learning_curve.png."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib...` raises ImportError
+    out = tmp_path / "run"
+    _, rows = _train("ppo", 2, out_dir=out)
+    assert rows[-1]["env_steps"] == STEPS["ppo"] and (out / "summary.json").exists()
+    assert not (out / "learning_curve.png").exists()
+    assert "no learning_curve.png: matplotlib is not installed" in capsys.readouterr().err
+
+
 def test_rows_report_solver_limit_hits_and_both_loops_share_the_row_keys(runs):
     keys = None
     for algo in TINY:

@@ -1,0 +1,65 @@
+#!/bin/bash
+# ../shared/GPU.md's measurements as ONE prepared device call: a lent GPU gives a session about
+# 15 minutes, each call at most 10, so the phases run in GPU.md's order and each stops at its share
+# of the time, keeping what it measured (gpu_measure.py writes its rows when `timeout` stops it).
+#
+# Here, once (cp312 wheels of what an offline GPU box lacks, ~40 MiB, into the ignored .whl/):
+#     make gpu-wheels
+# Then, with the device tool (its $OUT comes back; copy the JSON into experiments/results/):
+#     run(command="bash experiments/gpu_session.sh raw,loop 540", carry=[".whl"], timeout_s=600)
+#     run(command="bash experiments/gpu_session.sh learn 280", carry=[".whl"], timeout_s=320)
+# The second call finds the first's compilation cache when the machine is still warm.
+#
+# Phases (comma-separated, in this order): raw (MJX env-steps/s, T1 and G1 at 1024/4096/8192 envs),
+# loop (FlashSAC paper, SAC lift, PPO paper on T1: throughput, compile, memory), learn (FlashSAC
+# paper on T1 for what is left, then export to ONNX and sim2sim in MuJoCo C).
+# Dry run on a CPU (tiny sizes, this machine's venv): JAXRL_GPU_SESSION_DRY=1 bash experiments/gpu_session.sh raw,loop,learn 300
+set -u
+PHASES=${1:-raw,loop,learn}
+BUDGET=${2:-540}
+START=$(date +%s)
+OUTDIR=${OUT:-/tmp/gpu_session}
+mkdir -p "$OUTDIR"
+export JAXRL_COMPILATION_CACHE=${JAXRL_COMPILATION_CACHE:-/tmp/jaxrl_xla}
+PY=${PYTHON:-python3}
+
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    DEPS=/tmp/jaxrl_deps
+    [ -f "$DEPS/.done" ] || { "$PY" -m pip install -q --no-index --no-deps --target "$DEPS" .whl/*.whl && touch "$DEPS/.done"; }
+    export PYTHONPATH="$PWD:$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+  "$PY" -c "import jax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, jax.devices())"
+} | tee "$OUTDIR/device.txt"
+
+if [ -n "${JAXRL_GPU_SESSION_DRY:-}" ]; then  # the same commands at CPU size
+    RAW="--tasks CartpoleBalance --num-envs 16 --steps 5"
+    LOOP="--task CartpoleBalance --runs flashsac:cpu sac:cpu --seconds 5"
+    LEARN="--algo flashsac --preset cpu --task CartpoleBalance --steps 2048 --num-evals 2"
+else
+    RAW="--tasks T1JoystickFlatTerrain G1JoystickFlatTerrain --num-envs 1024 4096 8192"
+    LOOP="--task T1JoystickFlatTerrain --runs flashsac:paper sac:lift ppo:paper --seconds 45"
+    LEARN="--algo flashsac --preset paper --task T1JoystickFlatTerrain --steps 50000000 --num-evals 100"
+fi
+
+# Each phase may use its share of what is left: raw 1/4, loop all but what learn needs, learn all.
+case ",$PHASES," in *,raw,*)
+    share=$(( $(left) / 4 )); [[ ",$PHASES," == *,loop,* || ",$PHASES," == *,learn,* ]] || share=$(left)
+    timeout "$share" "$PY" experiments/gpu_measure.py raw $RAW --out "$OUTDIR/gpu_raw.json" 2>&1 | tee "$OUTDIR/raw.log" | tail -n 20
+esac
+case ",$PHASES," in *,loop,*)
+    share=$(left); [[ ",$PHASES," == *,learn,* ]] && share=$(( share / 2 ))
+    timeout "$share" "$PY" experiments/gpu_measure.py loop $LOOP --raw-json "$OUTDIR/gpu_raw.json" \
+        --out "$OUTDIR/gpu_loop.json" 2>&1 | tee "$OUTDIR/loop.log" | tail -n 20
+esac
+case ",$PHASES," in *,learn,*)
+    # Stop learning ~2 minutes early: export and sim2sim (MuJoCo C on the host CPU) need them.
+    minutes=$(( ($(left) - 120) / 60 )); [ "$minutes" -ge 1 ] || minutes=1
+    timeout "$(left)" "$PY" experiments/gpu_measure.py learn $LEARN --minutes "$minutes" --lifecycle \
+        --run-dir /tmp/gpu_learn_run --out "$OUTDIR/gpu_learn.json" 2>&1 | tee "$OUTDIR/learn.log" | tail -n 30
+esac
+echo "phases $PHASES done in $(( $(date +%s) - START )) s of $BUDGET; results in $OUTDIR"
