@@ -194,6 +194,9 @@ def main() -> None:
     p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
     p.add_argument("--raw-steps", type=int, default=200)
     p.add_argument("--no-brax", action="store_true")
+    p.add_argument("--brax-ppo-settings", nargs="+", default=["playground", "ours"],
+                   choices=["playground", "ours"],
+                   help="Brax PPO rows: Playground's config and/or ours (Playground's takes long on CPU)")
     p.add_argument("--raw-only", nargs="*", default=[], metavar="TASK",
                    help="tasks measured for raw simulation only (no trainer loops)")
     p.add_argument("--steps", nargs="*", default=[], metavar="TRAINER=N",
@@ -268,7 +271,7 @@ def main() -> None:
                 if "env_steps_per_s" in r and raw.get((n, devices, "shard_map")):
                     r["loop_over_raw"] = r["env_steps_per_s"] / raw[n, devices, "shard_map"]
                 record({"task": task, "what": "loop", "trainer": trainer, "devices": devices, "seeds": seeds, **r})
-            for settings in ([] if a.no_brax else ["playground", "ours"] if trainer == "ppo" else ["ours"]):
+            for settings in ([] if a.no_brax else a.brax_ppo_settings if trainer == "ppo" else ["ours"]):
                 r = _subprocess("brax", trainer=trainer, task=task, steps=budget.get(trainer), settings=settings)
                 ours = [x for x in results["rows"] if x.get("trainer") == trainer and x.get("task") == task
                         and x.get("devices") == 1 and x.get("seeds") == 1 and "env_steps_per_s_with_eval" in x]

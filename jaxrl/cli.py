@@ -156,7 +156,10 @@ def train_cmd(argv: list[str]) -> None:
     if preset not in algo.presets:
         raise SystemExit(f"jaxrl train {algo.name}: unknown --preset {preset!r}; "
                          f"choices: {', '.join(algo.presets)}")
-    default_cfg = algo.preset(preset, env)
+    try:
+        default_cfg = algo.preset(preset, env)
+    except ValueError as e:  # a task-specific preset for another task (lift on CartpoleBalance)
+        raise SystemExit(f"jaxrl train {algo.name} --preset {preset} --env {env}: {e}") from None
 
     # Built at run time so that the config defaults shown by --help are the chosen preset's.
     Args = dataclasses.make_dataclass(

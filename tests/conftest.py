@@ -3,10 +3,12 @@
 import os
 
 os.environ.setdefault("JAXRL_SMALL", "1")  # notebooks and demos pick their small settings
-# Two CPU devices whatever the core count, so the 2-device tests run (and mean the same) on a
-# 1-core laptop and a 16-core CI box alike; your own JAXRL_CPU_DEVICES or XLA_FLAGS win.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ.setdefault("JAXRL_CPU_DEVICES", "2")
+# Exactly two CPU devices whatever the core count: the 2-device tests run, and mean the same, on a
+# 1-core laptop and a 16-core CI box alike (a device count set in XLA_FLAGS is dropped here).
+os.environ["JAXRL_CPU_DEVICES"] = "2"
+if "XLA_FLAGS" in os.environ:
+    os.environ["XLA_FLAGS"] = " ".join(f for f in os.environ["XLA_FLAGS"].split()
+                                       if not f.startswith("--xla_force_host_platform_device_count"))
 # Before jax loads: hide XLA:CPU's spurious cache-loading ERROR logs (see envs/__init__.py).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -28,6 +28,9 @@ def test_unknown_command_and_algorithm_are_refused():
         cli.main(["train", "ppo", "--mix", "0.5,0.5", "--steps", "10"])
     with pytest.raises(SystemExit, match="unknown --preset 'lift'; choices: cpu, paper"):
         cli.main(["train", "ppo", "--preset", "lift"])
+    with pytest.raises(SystemExit, match="--preset lift-smoke --env CartpoleBalance: SACConfig.lift has no "
+                       "settings for task 'CartpoleBalance'; supported: G1Joystick"):
+        cli.main(["train", "sac", "--preset", "lift-smoke", "--help"])  # the default env is no humanoid
     with pytest.raises(SystemExit, match="--init-parts needs --init-from"):
         cli.main(["train", "ppo", "--init-parts", "actor", "--steps", "10"])
 

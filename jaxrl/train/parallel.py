@@ -86,8 +86,9 @@ def resolve_devices(requested: int | None, divisors: dict[str, int]) -> int:
         bad = {k: v for k, v in divisors.items() if v % requested}
         if bad:
             what = ", ".join(f"{k}={v}" for k, v in bad.items())
+            fewer = "" if jax.process_count() > 1 else " or fewer devices"  # several hosts: all of them
             raise ValueError(f"devices={requested} must divide {what}: each device takes an equal "
-                             f"share; choose multiples of {requested} or fewer devices")
+                             f"share; choose multiples of {requested}{fewer}")
         return int(requested)
     if jax.process_count() > 1:
         # Every host must take part: no silent shrinking below the global device count.

@@ -266,6 +266,12 @@ def train(
     parallel.guard_compilation_cache()  # several CPU processes on jaxlib 0.12.1: no cached programs
     if out_dir is not None and not overwrite:
         runfolder.claim(Path(out_dir), False)  # a folder holding a run is refused at once
+    if out_dir is not None and overwrite:  # what the overwrite would delete must not be an input
+        inputs = {"init_from": init_from, "resets": (resets or {}).get("path")}
+        for name, path in inputs.items():
+            if path is not None and Path(out_dir).resolve() in (Path(path).resolve(), *Path(path).resolve().parents):
+                raise ValueError(f"overwrite=True would delete {out_dir}, which holds this run's {name} "
+                                 f"({path}): train into another folder, or move that input out first")
     env_kwargs = config_env_kwargs(config, env_kwargs) if isinstance(env, str) else dict(env_kwargs or {})
     dataset_env = None  # a hand-built mixture VecEnv whose dataset the run folder keeps
     if isinstance(env, VecEnv):

@@ -368,10 +368,21 @@ def test_gradient_clip_per_network_as_the_rsl_rl_fork_or_over_both(cfg, mode):
         want, norm = _np_clip(grads, c.max_grad_norm)
         assert norm == pytest.approx(np.hypot(25.0, 0.5), rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), got, want)
-    opt = ppo._optimizer(c)
-    step, _ = opt.update(grads, opt.init(params), params)
-    ref, _ = optax.scale_by_adam().update(jax.tree.map(jnp.asarray, got), optax.scale_by_adam().init(params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), step, ref)
+    # Two optimiser steps, the second with gradients 50x smaller (under the clip): Adam's first step
+    # is scale free, its second weighs the two clipped gradients, so only the right clip matches.
+    opt, adam = ppo._optimizer(c), optax.scale_by_adam()
+    state, ref_state = opt.init(params), adam.init(params)
+    for g in (grads, jax.tree.map(lambda x: x / 50, grads)):
+        step, state = opt.update(g, state, params)
+        ref, ref_state = adam.update(jax.tree.map(jnp.asarray, ppo.clip_gradients(g, c)), ref_state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), step, ref)
+    other = ppo.clip_gradients(grads, c.replace(grad_clip="global" if mode == "separate" else "separate"))
+    _, wrong_state = adam.update(jax.tree.map(jnp.asarray, other), adam.init(params))
+    step_wrong, _ = adam.update(jax.tree.map(lambda x: jnp.asarray(x) / 50, grads), wrong_state)
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(step), jax.tree.leaves(step_wrong))) > 1e-2
+    # the optimiser state keeps the layout of optax's global clip + Adam: old checkpoints restore
+    old = optax.chain(optax.clip_by_global_norm(c.max_grad_norm), optax.scale_by_adam()).init(params)
+    assert jax.tree.structure(opt.init(params)) == jax.tree.structure(old)
 
 
 def test_runs_recorded_before_grad_clip_resume_with_the_global_clip():

@@ -1,6 +1,6 @@
 """Data parallelism over devices (`jaxrl.train.parallel`), on this machine's CPU devices.
 
-The suite runs with two XLA:CPU devices whatever the core count (tests/conftest.py sets
+The suite runs with exactly two XLA:CPU devices whatever the core count (tests/conftest.py sets
 ``JAXRL_CPU_DEVICES=2``; outside the tests it is one per core).  A run takes one CPU device unless
 asked, so the runs here and the PPO learning test (tests/train/test_onpolicy.py) ask for two.
 Here: equal results on 1 and 2 devices for the same global batches, real sharding, no
@@ -67,7 +67,7 @@ def test_one_cpu_device_per_core_unless_the_user_chose():
 
     assert jax.device_count() == _runtime.cpu_device_count()
     code = "import envs, jax; print(jax.device_count())"
-    for env, want in (({}, str(len(os.sched_getaffinity(0)))),  # one per core this process may use
+    for env, want in (({}, str(_runtime.usable_cores())),  # one per core this process may use
                       ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, "3"),
                       ({"JAXRL_CPU_DEVICES": "1"}, "1")):
         full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXRL_CPU_DEVICES")}
@@ -338,7 +338,8 @@ def test_impossible_device_and_seed_requests_are_refused_before_compiling(monkey
 
 def test_a_refused_overwrite_leaves_the_old_run_in_place(tmp_path):
     """``overwrite=True`` deletes the old run only once every request has been checked: a run
-    refused for its device count leaves the folder as it was."""
+    refused for its device count leaves the folder as it was, and one whose inputs (``init_from``,
+    a reset dataset) lie in the folder it would delete is refused."""
     old = tmp_path / "run"
     old.mkdir()
     (old / "config.json").write_text("{}")
@@ -348,6 +349,14 @@ def test_a_refused_overwrite_leaves_the_old_run_in_place(tmp_path):
     assert (old / "config.json").read_text() == "{}"
     with pytest.raises(FileExistsError, match="already holds a run"):  # and without overwrite: refused
         run.train("flashsac", "CartpoleBalance", TINY_FLASH, steps=64, progress=False, out_dir=old)
+    # the run to overwrite cannot also be an input: it would be read, then deleted
+    with pytest.raises(ValueError, match="would delete .*holds this run's init_from"):
+        run.train("flashsac", "CartpoleBalance", TINY_FLASH, steps=64, progress=False, out_dir=old,
+                  overwrite=True, init_from=old)
+    with pytest.raises(ValueError, match="would delete .*holds this run's resets"):
+        run.train("ppo", "PushToSlot", ppo.PPOConfig.cpu(num_envs=8), steps=64, progress=False, out_dir=old,
+                  overwrite=True, resets={"path": str(old / "resets.npz"), "probs": [1.0]})
+    assert (old / "config.json").read_text() == "{}"
 
 
 def test_memory_estimate_counts_eval_envs_that_do_not_split_whole_on_one_device(monkeypatch):
