@@ -17,6 +17,28 @@ import pytest
 
 import envs
 
+
+class StopRun(Exception):
+    """Raised by a `stop_after` progress_fn: the run is interrupted after its n-th metrics row."""
+
+
+@pytest.fixture
+def stop_after():
+    """``stop_after(n)`` -> a progress_fn that interrupts a run after its n-th row (its checkpoint
+    written), raising ``stop_after.Stop``: a run stopped mid-way, to resume or restore."""
+    def make(n: int):
+        seen = []
+
+        def fn(row):
+            seen.append(row)
+            if len(seen) == n:
+                raise StopRun
+        return fn
+
+    make.Stop = StopRun
+    return make
+
+
 # Notebooks that run the same small programs as a test: on one xdist worker, after it, so they
 # find those programs in the compilation cache instead of compiling them at the same time.
 _SHARES_PROGRAMS_WITH = {

@@ -223,25 +223,12 @@ def test_training_state_is_split_over_devices_and_only_reductions_cross_them(alg
         assert sizes and max(sizes) <= largest_leaf, (max(sizes), largest_leaf)
 
 
-def test_a_two_device_checkpoint_resumes_on_one_device_and_back(tmp_path):
+def test_a_two_device_checkpoint_resumes_on_one_device_and_back(tmp_path, stop_after):
     """A 2-device run stopped after its first chunk restores bit-exactly onto 1 device (the
     [time, env] replay layout does not depend on the device count) and continues there; the
     checkpoint the 1-device run writes restores onto 2 devices (arrays split again, values equal)."""
     out = tmp_path / "run"
-
-    class Stop(Exception):
-        pass
-
-    def stop_after(n):
-        seen = []
-
-        def fn(row):
-            seen.append(row)
-            if len(seen) == n:
-                raise Stop
-        return fn
-
-    with pytest.raises(Stop):
+    with pytest.raises(stop_after.Stop):
         run.train("flashsac", "CartpoleBalance", TINY_FLASH, steps=FLASH_STEPS, num_evals=2,
                   progress=False, out_dir=out, env_kwargs={"episode_length": 50}, checkpoint_every_s=0,
                   devices=2, progress_fn=stop_after(2))
@@ -270,23 +257,16 @@ def test_a_two_device_checkpoint_resumes_on_one_device_and_back(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_two_device_ppo_checkpoint_resumes_on_one_device(tmp_path):
+def test_a_two_device_ppo_checkpoint_resumes_on_one_device(tmp_path, stop_after):
     """PPO's carry (agent, normaliser, env state split on its env axis) restores from a 2-device
     checkpoint onto 1 device with equal values and finishes there; its minibatches are then drawn
     within one shard instead of two (`ppo.minibatches`), which changes no layout."""
     cfg = ppo.PPOConfig.cpu(num_envs=4, unroll_length=8, num_minibatches=2, num_epochs=1, hidden=(8,))
     out = tmp_path / "ppo"
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_first(row):
-        raise Stop
-
-    with pytest.raises(Stop):
+    with pytest.raises(stop_after.Stop):
         run.train("ppo", "CartpoleBalance", cfg, steps=96, num_evals=3, progress=False, out_dir=out,
                   env_kwargs={"episode_length": 50}, checkpoint_every_s=0, devices=2,
-                  progress_fn=stop_at_first)
+                  progress_fn=stop_after(1))
     mgr = CheckpointManager(out)
     step, record = mgr.latest_step(), run.read_record(out)
     restored = {}

@@ -208,7 +208,7 @@ def test_export_card_carries_the_checkpoints_config_hash(runs, tmp_path):
     assert len(card["config_sha256"]) == 64
 
 
-def test_sac_run_stopped_mid_way_resumes_to_the_uninterrupted_result(tmp_path):
+def test_sac_run_stopped_mid_way_resumes_to_the_uninterrupted_result(tmp_path, stop_after):
     """The LIFT-style SAC (bfloat16 hidden layers, normalisers, U updates from one sample) goes
     through the same lifecycle: a run stopped after its second row resumes from its checkpoint
     and ends bit for bit where the uninterrupted run ends (agent, normalisers, buffer, env state,
@@ -222,20 +222,8 @@ def test_sac_run_stopped_mid_way_resumes_to_the_uninterrupted_result(tmp_path):
     kw = {"steps": 64, "num_evals": 4, "progress": False, "checkpoint_every_s": 0,
           "env_kwargs": {"episode_length": 20}}
 
-    class Stop(Exception):
-        pass
-
-    def stop_after(n):
-        seen = []
-
-        def fn(row):
-            seen.append(row)
-            if len(seen) == n:
-                raise Stop
-        return fn
-
     full, full_rows = run.train("sac", "CartpoleBalance", cfg, out_dir=tmp_path / "full", **kw)
-    with pytest.raises(Stop):
+    with pytest.raises(stop_after.Stop):
         run.train("sac", "CartpoleBalance", cfg, out_dir=tmp_path / "cut", progress_fn=stop_after(2), **kw)
     assert not (tmp_path / "cut" / "summary.json").exists()
     resumed, rows = run.resume(tmp_path / "cut", progress=False, checkpoint_every_s=0)
