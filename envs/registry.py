@@ -249,6 +249,7 @@ def make(
     menagerie_path: str | os.PathLike | None = None,
     randomization_fn: RandomizationFn | None = None,
     domain_randomization: bool = False,
+    reset_pool: int = 0,
     **overrides: Any,
 ) -> VecEnv:
     """Make a batched environment.
@@ -265,6 +266,10 @@ def make(
       randomization_fn: ``(mjx_model, keys[N]) -> (model_batch, in_axes)``, e.g. Playground's
         ``registry.get_domain_randomizer(name)``.
       domain_randomization: use Playground's own randomiser of the task (`playground_randomizer`).
+      reset_pool: 0 (default): every episode starts from a fresh task reset.  R >= 1: the first
+        reset draws R start states per env and later episodes start from one of them (R = 1 is
+        Brax's and Playground's auto-reset); for tasks whose reset runs physics (CheetahRun: 200
+        steps, 20% of an episode).  See `envs.wrappers`.
       **overrides: task config overrides (Playground config keys, dotted keys such as
         ``push_config.enable`` for one entry of a sub-config; Brax constructor kwargs).
     """
@@ -284,12 +289,13 @@ def make(
         env, default_len = _load_brax(name, overrides)
     _model_on_this_host(env)
     length = default_len if episode_length is None else episode_length
-    vec = VecEnv(env, num_envs, length, name=name, seed=seed, randomization_fn=randomization_fn)
+    vec = VecEnv(env, num_envs, length, name=name, seed=seed, randomization_fn=randomization_fn,
+                 reset_pool=reset_pool)
     if vec.spec.has_privileged_state:
         vec.state_in_privileged = _state_in_privileged(name, src, env)
     if randomization_fn is None or domain_randomization:  # a hand-made randomiser is no keyword
         given = {"impl": impl, "menagerie_path": None if menagerie_path is None else str(menagerie_path),
-                 "domain_randomization": domain_randomization or None}
+                 "domain_randomization": domain_randomization or None, "reset_pool": reset_pool or None}
         vec.make_kwargs = {"episode_length": length, **{k: v for k, v in given.items() if v}, **overrides}
     return vec
 

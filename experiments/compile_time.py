@@ -13,7 +13,9 @@ compile time only means something on the machine it was measured on (named in th
 
 ``--before-tree DIR`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/before HEAD~1``)
 measures every row twice, alternating which tree goes first, the other run's code imported from
-DIR: a before/after comparison on one machine in one session.
+DIR: a before/after comparison on one machine in one session.  ``--reset-pool R`` likewise
+measures every row with fresh resets and with R pooled start states per env (`envs.make`
+``reset_pool``): the pool takes the task's reset physics out of the training chunk.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 ALGOS = ("flashsac", "ppo", "sac")
 
 
-def child(algo: str, task: str) -> dict:
+def child(algo: str, task: str, reset_pool: int = 0) -> dict:
     from jax import monitoring
 
     compiles: list[tuple[str, float]] = []
@@ -59,12 +61,13 @@ def child(algo: str, task: str) -> dict:
     # above it a run compiles as every real run does, not the quick way of a short run
     assert steps > FEW_STEPS, f"{algo} {task}: {steps} steps is a short run (envs._runtime.short_run_options)"
     t0 = time.perf_counter()
-    run.train(algo, task, cfg, steps=steps, num_evals=1, progress=False, devices=1)
+    run.train(algo, task, cfg, steps=steps, num_evals=1, progress=False, devices=1,
+              env_kwargs={"reset_pool": reset_pool} if reset_pool else {})
     wall = time.perf_counter() - t0
     big = sorted(((n, round(s, 2)) for n, s in compiles if s >= 0.5), key=lambda x: -x[1])
     return {"algo": algo, "task": task, "steps": steps, "backend_compile_s": round(sum(s for _, s in compiles), 2),
             "tracing_s": round(trace[0], 2), "programs": big, "wall_s": round(wall, 2),
-            "jax": jax.__version__}
+            "jax": jax.__version__, **({"reset_pool": reset_pool} if reset_pool else {})}
 
 
 def main() -> None:
@@ -73,20 +76,24 @@ def main() -> None:
     p.add_argument("--algos", nargs="+", default=list(ALGOS))
     p.add_argument("--out", default="experiments/results/compile_time_cpu.json")
     p.add_argument("--before-tree", metavar="DIR", help="also measure each row with the code of this checkout")
-    p.add_argument("--child", nargs=2, metavar=("ALGO", "TASK"), help=argparse.SUPPRESS)
+    p.add_argument("--reset-pool", type=int, default=0, metavar="R",
+                   help="also measure each row with R pooled start states per env (envs.make reset_pool)")
+    p.add_argument("--child", nargs=3, metavar=("ALGO", "TASK", "POOL"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print("ROW " + json.dumps(child(*args.child)), flush=True)
+        print("ROW " + json.dumps(child(args.child[0], args.child[1], int(args.child[2]))), flush=True)
         return
     rows = []
     here = str(Path(__file__).resolve().parents[1])
     trees = {"after": here, "before": str(Path(args.before_tree).resolve())} if args.before_tree else {None: here}
+    pools = [0, args.reset_pool] if args.reset_pool else [0]
+    variants = [(t, r) for t in trees for r in pools]
     for i, (task, algo) in enumerate((t, a) for t in args.tasks for a in args.algos):
-        for name in (list(trees) if i % 2 == 0 else list(trees)[::-1]):
+        for name, pool in (variants if i % 2 == 0 else variants[::-1]):
             with tempfile.TemporaryDirectory() as cache:
                 env = {**os.environ, "JAXRL_COMPILATION_CACHE": cache, "JAXRL_CPU_DEVICES": "1",
                        "PYTHONPATH": os.pathsep.join([trees[name], os.environ.get("PYTHONPATH", "")])}
-                out = subprocess.run([sys.executable, __file__, "--child", algo, task], env=env, check=True,
+                out = subprocess.run([sys.executable, __file__, "--child", algo, task, str(pool)], env=env, check=True,
                                      capture_output=True, text=True, cwd=trees[name]).stdout
             row = json.loads(next(line for line in out.splitlines() if line.startswith("ROW "))[4:])
             row.update({"tree": name} if name else {})

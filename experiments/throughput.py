@@ -9,6 +9,8 @@ devices and with 1 or 4 seeds in one program.
     # ours against Brax's trainer only, in alternating pairs (Brax first), each pair's ratio:
     python experiments/throughput.py --tasks CartpoleBalance --trainers ppo --alternate 2 \
         --out experiments/results/throughput_cpu_ppo_pairs.json
+    # our envs restarting from pooled start states as Brax's wrapper does (`envs.make(reset_pool=1)`):
+    python experiments/throughput.py --tasks CheetahRun --trainers ppo --reset-pool 1 --alternate 1 --out ...
 
 Every measurement runs in a fresh subprocess with an EMPTY compilation cache, so its compile
 seconds are what a first run pays.  Per task:
@@ -77,7 +79,7 @@ def steady_rate(steps: list[float], times: list[float]) -> float | None:
     return (steps[-1] - steps[1]) / max(times[-1] - times[1], 1e-9)
 
 
-def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int) -> dict:
+def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int, reset_pool: int = 0) -> dict:
     import jax
 
     import envs
@@ -85,7 +87,7 @@ def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int) -
 
     compiled = _compile_counter()
     mesh = parallel.make_mesh(devices)
-    env = envs.make(task, num_envs=num_envs)
+    env = envs.make(task, num_envs=num_envs, reset_pool=reset_pool)
     if mode == "shard_map":
         env = env.distribute(mesh)
 
@@ -111,7 +113,8 @@ def measure_raw(task: str, num_envs: int, devices: int, mode: str, steps: int) -
             "first_call_s": first}
 
 
-def measure_loop(trainer: str, task: str, devices: int, seeds: int, steps: int | None = None) -> dict:
+def measure_loop(trainer: str, task: str, devices: int, seeds: int, steps: int | None = None,
+                 reset_pool: int = 0) -> dict:
     import jax  # noqa: F401
 
     from jaxrl.train import registry, run
@@ -123,7 +126,7 @@ def measure_loop(trainer: str, task: str, devices: int, seeds: int, steps: int |
     cfg = eval(expr, {"cfg": algo.config})
     t0 = time.perf_counter()
     _, rows = run.train(name, task, cfg, steps=steps, num_evals=evals, progress=False,
-                        devices=devices, seeds=seeds)
+                        devices=devices, seeds=seeds, env_kwargs={"reset_pool": reset_pool} if reset_pool else {})
     wall = time.perf_counter() - t0
     train_rows = [r for r in rows if "critic_loss" in r or "policy_loss" in r]
     steady = train_rows[1:]  # the first training chunk paid for compilation
@@ -208,6 +211,9 @@ def main() -> None:
     p.add_argument("--alternate", type=int, default=0, metavar="N",
                    help="instead of the table: N pairs per trainer of Brax's run then ours (1 device, 1 seed; "
                         "PPO with our arithmetic), each pair's ratio -- the machine's drift hits both sides alike")
+    p.add_argument("--reset-pool", type=int, default=0, metavar="R",
+                   help="our envs restart from R pooled start states per env (envs.make reset_pool; "
+                        "1 = Brax's auto-reset); default 0: a fresh task reset per episode")
     p.add_argument("--out", default="experiments/results/throughput_cpu.json")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -233,7 +239,8 @@ def main() -> None:
 
     results = {"meta": _compare.meta(trainers={k: v[1] for k, v in TRAINERS.items()},
                                      steps={k: budget.get(k, v[2]) for k, v in TRAINERS.items()},
-                                     command="experiments/throughput.py " + " ".join(sys.argv[1:])),
+                                     command="experiments/throughput.py " + " ".join(sys.argv[1:]),
+                                     reset_pool=a.reset_pool),
                "rows": []}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +255,8 @@ def main() -> None:
             for trainer in a.trainers:
                 for i in range(a.alternate):
                     b = _subprocess("brax", trainer=trainer, task=task, steps=budget.get(trainer), settings="ours")
-                    r = _subprocess("loop", trainer=trainer, task=task, devices=1, seeds=1, steps=budget.get(trainer))
+                    r = _subprocess("loop", trainer=trainer, task=task, devices=1, seeds=1, steps=budget.get(trainer),
+                                    reset_pool=a.reset_pool)
                     ratio = (b["env_steps_per_s_with_eval"] / r["env_steps_per_s_with_eval"]
                              if b.get("env_steps_per_s_with_eval") and r.get("env_steps_per_s_with_eval") else None)
                     record({"task": task, "what": "pair", "trainer": trainer, "pair": i, "brax": b, "ours": r,
@@ -260,14 +268,15 @@ def main() -> None:
                for r in earlier if r.get("task") == task and r.get("what") == "raw"}
         for n in sorted({256 if t == "ppo" else 16 for t in a.trainers}) if not a.raw_from else []:
             for devices, mode in ((1, "shard_map"), (2, "shard_map"), (2, "gspmd")):
-                r = _subprocess("raw", task=task, num_envs=n, devices=devices, mode=mode, steps=a.raw_steps)
+                r = _subprocess("raw", task=task, num_envs=n, devices=devices, mode=mode, steps=a.raw_steps,
+                                reset_pool=a.reset_pool)
                 raw[n, devices, mode] = r.get("env_steps_per_s")
                 record({"task": task, "what": "raw", "num_envs": n, "devices": devices, "mode": mode, **r})
         for trainer in ([] if task in a.raw_only else a.trainers):
             n = 256 if trainer == "ppo" else 16
             for devices, seeds in layouts:
                 r = _subprocess("loop", trainer=trainer, task=task, devices=devices, seeds=seeds,
-                                steps=budget.get(trainer))
+                                steps=budget.get(trainer), reset_pool=a.reset_pool)
                 if "env_steps_per_s" in r and raw.get((n, devices, "shard_map")):
                     r["loop_over_raw"] = r["env_steps_per_s"] / raw[n, devices, "shard_map"]
                 record({"task": task, "what": "loop", "trainer": trainer, "devices": devices, "seeds": seeds, **r})

@@ -42,12 +42,14 @@ def evaluation(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
     """``(agent_state, key) -> {'eval_return', 'eval_length'}`` (pure, traceable): the mean over
     envs of one deterministic episode each (`episode_rollout`), from ``env.reset`` of the first
     of `eval_keys`.  One program holding the reset physics; the training loops use
-    `evaluation_from` instead, with the reset as a program of its own."""
+    `evaluation_from` instead, with the reset as a program of its own.  An env with a
+    ``reset_pool`` resets without drawing the pool: one episode needs no other start."""
     rollout = evaluation_from(env, act)
+    once = env.without_auto_reset()
 
     def evaluate(agent_state, key):
         k_reset, k_act = eval_keys(key)
-        return rollout(agent_state, env.reset(k_reset), k_act)
+        return rollout(agent_state, once.reset(k_reset), k_act)
 
     return evaluate
 

@@ -347,3 +347,78 @@ def test_a_domain_randomised_task_traces_its_reset_once_too(monkeypatch):
         state = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
         jax.eval_shape(env.step, state, jnp.zeros((3, env.action_size)))
         assert len(calls) == 1 and env.spec.obs == plain.spec.obs, randomiser.__name__
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_reset_pool_must_be_a_count(bad, cartpole4):
+    with pytest.raises(ValueError, match="reset_pool must be an int >= 0"):
+        envs.wrappers.VecEnv(cartpole4.env, 4, 5, reset_pool=bad)
+
+
+def test_reset_pool_restarts_each_env_from_its_own_start_states_without_the_task_reset(cartpole4, monkeypatch):
+    """``reset_pool=R``: the first reset is the fresh env's (same key), the pool holds R start
+    states per env, and after each episode end an env restarts from one of ITS entries (both
+    entries get used), with a fresh task random stream; final observations and statistics are
+    those of the fresh env.  The step's auto-reset traces no task reset at all (that is what it
+    saves: CheetahRun settles 200 physics steps per reset).  On 2 devices the pool is split with
+    the envs and a rollout equals the one-device rollout."""
+    from envs.wrappers import VecEnv
+    from jaxrl.train import parallel
+
+    pooled = VecEnv(cartpole4.env, 4, 5, reset_pool=2)
+    assert envs.make("CartpoleBalance", num_envs=2, reset_pool=2).make_kwargs["reset_pool"] == 2
+    key = jax.random.PRNGKey(3)
+    state, fresh = pooled.reset(key), cartpole4.reset(key)
+    assert fresh.start_pool is None
+    # one-episode rollouts (evaluation) reset without drawing a pool
+    assert jax.eval_shape(pooled.without_auto_reset().reset, key).start_pool is None
+    pool_q = np.asarray(state.start_pool.data.qpos)  # [N, R, nq]
+    assert pool_q.shape == (4, 2, 2)
+    np.testing.assert_array_equal(state.inner.data.qpos, fresh.inner.data.qpos)
+    np.testing.assert_array_equal(pool_q[:, 0], fresh.inner.data.qpos)
+    assert not np.allclose(pool_q[:, 0], pool_q[:, 1])
+    pool_rng = np.asarray(state.start_pool.info["rng"])
+
+    actions = jnp.full((4, 1), 0.3)
+    used = set()
+    for _episode in range(4):
+        for _ in range(5):
+            before, state = state, pooled.step(state, actions)
+        assert state.truncated.all() and (np.asarray(state.episode_step) == 0).all()
+        q = np.asarray(state.inner.data.qpos)
+        for i in range(4):
+            match = [r for r in range(2) if np.array_equal(q[i], pool_q[i, r])]
+            assert match, f"env {i} restarted from a state outside its pool"
+            used.add(match[0])
+            assert not np.array_equal(np.asarray(state.inner.info["rng"])[i], pool_rng[i, match[0]])
+        np.testing.assert_array_equal(state.obs["state"], jax.vmap(pooled.env._get_obs)(
+            state.inner.data, state.inner.info))
+        assert not np.allclose(state.final_obs["state"], state.obs["state"])
+    assert used == {0, 1}
+    assert int(state.stats.completed) == 16
+
+    def no_task_reset(*_a, **_k):
+        raise AssertionError("the task's reset was traced into the step")
+
+    monkeypatch.setattr(VecEnv, "_reset_envs", no_task_reset)
+    jax.make_jaxpr(pooled._step)(before, actions)  # does not raise
+    with pytest.raises(AssertionError, match="task's reset was traced"):
+        jax.make_jaxpr(cartpole4._step)(fresh, actions)
+    monkeypatch.undo()
+
+    two = pooled.distribute(parallel.make_mesh(2))
+
+    @jax.jit
+    def rollout(k):
+        s = two.reset(k)
+        for _ in range(6):
+            s = two.step(s, actions)
+        return s
+
+    one = pooled.reset(key)
+    for _ in range(6):
+        one = pooled.step(one, actions)
+    got = rollout(key)
+    assert got.start_pool.data.qpos.sharding.spec[0] == parallel.AXIS
+    np.testing.assert_allclose(got.inner.data.qpos, one.inner.data.qpos, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got.start_pool.data.qpos, one.start_pool.data.qpos, rtol=1e-6, atol=1e-6)

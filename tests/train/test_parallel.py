@@ -260,20 +260,25 @@ def test_a_two_device_checkpoint_resumes_on_one_device_and_back(tmp_path, stop_a
 def test_a_two_device_ppo_checkpoint_resumes_on_one_device(tmp_path, stop_after):
     """PPO's carry (agent, normaliser, env state split on its env axis) restores from a 2-device
     checkpoint onto 1 device with equal values and finishes there; its minibatches are then drawn
-    within one shard instead of two (`ppo.minibatches`), which changes no layout."""
+    within one shard instead of two (`ppo.minibatches`), which changes no layout.  The envs restart
+    from a pool of start states (``reset_pool``, 10-step episodes: drawn from during the run): the
+    run records it, and the pool is split, saved and restored with the envs."""
     cfg = ppo.PPOConfig.cpu(num_envs=4, unroll_length=8, num_minibatches=2, num_epochs=1, hidden=(8,))
     out = tmp_path / "ppo"
     with pytest.raises(stop_after.Stop):
         run.train("ppo", "CartpoleBalance", cfg, steps=96, num_evals=3, progress=False, out_dir=out,
-                  env_kwargs={"episode_length": 50}, checkpoint_every_s=0, devices=2,
+                  env_kwargs={"episode_length": 10, "reset_pool": 2}, checkpoint_every_s=0, devices=2,
                   progress_fn=stop_after(1))
     mgr = CheckpointManager(out)
     step, record = mgr.latest_step(), run.read_record(out)
+    assert record["env_kwargs"]["reset_pool"] == 2
     restored = {}
     for d in (1, 2):
         loop = run.rebuild(record, with_eval=False, devices=d)[3]
         restored[d], _, _ = mgr.restore(loop.init_carry())
     assert restored[2].env_state.obs["state"].sharding.spec == P(parallel.AXIS)
+    assert restored[2].env_state.start_pool.data.qpos.shape == (4, 2, 2)
+    assert restored[2].env_state.start_pool.data.qpos.sharding.spec[0] == parallel.AXIS
     for a, b in zip(jax.tree.leaves(restored[1]), jax.tree.leaves(restored[2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     carry, rows = run.resume(out, devices=1, progress=False, checkpoint_every_s=0)
