@@ -23,10 +23,12 @@ one episode (evaluation) step `VecEnv.without_auto_reset` instead: no reset phys
 reset draws R start states per env and each later episode of that env starts from one of them,
 drawn at random, with a fresh task random stream (``info['rng']``).  R = 1 is what Brax's and
 Playground's training wrappers do (each env restarts from its own first state).  Why: CheetahRun
-settles its start pose with 200 physics steps, 20% of a 1,000-step episode -- measured on 2 CPU
-cores at 256 envs over 1,000-step windows, random actions: 48.2k env-steps/s with fresh resets,
-58.5k through Playground's `wrap_for_brax_training`.  The default (0) keeps fresh resets: every
-episode starts from a new draw of the task's start distribution.
+settles its start pose with 200 physics steps, 20% of a 1,000-step episode.  Measured on 2 CPU
+cores, 256 envs, random actions over 1,000-step windows (`experiments/reset_pool.py`): 46.9k
+env-steps/s with fresh resets, 60.3k with ``reset_pool=1``, 57.5k through Playground's
+`wrap_for_brax_training`; and the training program no longer holds the reset physics (PPO's
+first chunk 34.5 -> 23.6 s).  The default (0) keeps fresh resets: every episode starts from a new
+draw of the task's start distribution.
 """
 
 from __future__ import annotations

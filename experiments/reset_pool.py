@@ -13,6 +13,8 @@ Two comparisons, each alternating its variants so that the machine's drift hits 
   iterations per chunk (32 × 8,192 env steps ≈ one CheetahRun episode), median chunk time of
   ``--repeats`` chunks per variant, fresh resets against ``reset_pool=R``.
 
+Rates are best of the repeats (``*_median`` beside them): noise on this machine only slows a run.
+
 Plus the first call of each rollout program (compile + one window), empty compilation cache.
 Absolute numbers mean little on CPU (DESIGN.md, "Measuring"): read the ratios.
 """
@@ -30,12 +32,12 @@ from pathlib import Path
 
 os.environ.setdefault("JAXRL_COMPILATION_CACHE", tempfile.mkdtemp(prefix="jaxrl_pool_cache_"))
 
-import jax  # noqa: E402
+import jax
 
-import envs  # noqa: E402
+import envs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _compare  # noqa: E402  (experiments/, beside this script)
+import _compare  # experiments/, beside this script
 
 
 def timed(fn, state, key):
@@ -63,12 +65,17 @@ def rollouts(task: str, num_envs: int, pool: int, repeats: int) -> dict:
         programs[name] = jax.jit(window)
         states[name], first[name] = timed(programs[name], jax.jit(reset)(jax.random.PRNGKey(0)),
                                           jax.random.PRNGKey(1))
+        # a second untimed call: a stepped state may differ from a reset one in weak types, and
+        # Brax's wrapper then compiles the window again (a 27 s "window" otherwise)
+        states[name], _ = timed(programs[name], states[name], jax.random.PRNGKey(10**6))
         times[name] = []
     for i in range(repeats):
         for name in (list(variants) if i % 2 == 0 else list(variants)[::-1]):
             states[name], t = timed(programs[name], states[name], jax.random.PRNGKey(2 + i))
             times[name].append(t)
-    return {name: {"env_steps_per_s": num_envs * length / min(times[name]), "window_s": times[name],
+    return {name: {"env_steps_per_s": num_envs * length / min(times[name]),
+                   "env_steps_per_s_median": num_envs * length / statistics.median(times[name]),
+                   "window_s": times[name],
                    "first_call_s": first[name]} for name in variants}
 
 
@@ -81,7 +88,7 @@ def ppo_chunks(task: str, num_envs: int, pool: int, iterations: int, repeats: in
     for r in (0, pool):
         env = envs.make(task, num_envs=num_envs, reset_pool=r)
         loop = registry.get("ppo").make_loop(cfg, env, None, 10**9, 0, 1, devices=1, seeds=1)
-        carry, first = timed(lambda c, n: loop.chunk(c, n)[0], loop.init_carry(), iterations)
+        carry, first = timed(lambda c, n, loop=loop: loop.chunk(c, n)[0], loop.init_carry(), iterations)
         loops[r] = [loop, carry, [], first]
     for i in range(repeats):
         for r in ((0, pool) if i % 2 == 0 else (pool, 0)):
@@ -89,7 +96,8 @@ def ppo_chunks(task: str, num_envs: int, pool: int, iterations: int, repeats: in
             loops[r][1], t = timed(lambda c, n, loop=loop: loop.chunk(c, n)[0], carry, iterations)
             ts.append(t)
     steps = iterations * cfg.num_envs * cfg.unroll_length
-    return {f"reset_pool={r}": {"env_steps_per_s": steps / statistics.median(ts), "chunk_s": ts,
+    return {f"reset_pool={r}": {"env_steps_per_s": steps / min(ts),
+                                "env_steps_per_s_median": steps / statistics.median(ts), "chunk_s": ts,
                                 "first_chunk_s": first, "env_steps_per_chunk": steps}
             for r, (_, _, ts, first) in loops.items()}
 
@@ -100,7 +108,7 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=256)
     p.add_argument("--reset-pool", type=int, default=1, metavar="R")
     p.add_argument("--iterations", type=int, default=32, help="PPO iterations per chunk")
-    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--out", default="experiments/results/reset_pool_cpu.json")
     a = p.parse_args()
     if a.reset_pool < 1 or a.repeats < 1 or a.iterations < 1:
