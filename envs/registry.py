@@ -267,9 +267,10 @@ def make(
         ``registry.get_domain_randomizer(name)``.
       domain_randomization: use Playground's own randomiser of the task (`playground_randomizer`).
       reset_pool: 0 (default): every episode starts from a fresh task reset.  R >= 1: the first
-        reset draws R start states per env and later episodes start from one of them (R = 1 is
-        Brax's and Playground's auto-reset); for tasks whose reset runs physics (CheetahRun: 200
-        steps, 20% of an episode).  See `envs.wrappers`.
+        reset draws R start states per env and later episodes start from one of them (R = 1:
+        each env restarts from its first physics state, as Brax's and Playground's auto-reset);
+        for tasks whose reset runs physics (CheetahRun: 200 steps, 20% of an episode).  See
+        `envs.wrappers`.
       **overrides: task config overrides (Playground config keys, dotted keys such as
         ``push_config.enable`` for one entry of a sub-config; Brax constructor kwargs).
     """

@@ -21,8 +21,11 @@ one episode (evaluation) step `VecEnv.without_auto_reset` instead: no reset phys
 
 ``reset_pool=R`` (R >= 1) makes the auto-reset cheap for tasks whose reset runs physics: the first
 reset draws R start states per env and each later episode of that env starts from one of them,
-drawn at random, with a fresh task random stream (``info['rng']``).  R = 1 is what Brax's and
-Playground's training wrappers do (each env restarts from its own first state).  Why: CheetahRun
+drawn at random: the whole start state (physics, observation and the task's info, e.g. a joystick
+command) with a fresh task random stream (``info['rng']``).  With R = 1 each env restarts from
+its first physics state and observation, as Brax's and Playground's training wrappers do; they
+keep the task's info running across episodes instead (so there the next episode's observation
+and info can disagree).  Evaluations draw no pool.  Why: CheetahRun
 settles its start pose with 200 physics steps, 20% of a 1,000-step episode.  Measured on 2 CPU
 cores, 256 envs, random actions over 1,000-step windows (`experiments/reset_pool.py`): 46.9k
 env-steps/s with fresh resets, 60.3k with ``reset_pool=1``, 57.5k through Playground's
@@ -363,8 +366,8 @@ class VecEnv:
         (`jaxrl.train.loop.HostLoop.reset_program`)."""
         return (type(self) is type(other) and self.env is other.env and self.num_envs == other.num_envs
                 and self.mesh == other.mesh and self.seed_axis == other.seed_axis
-                # a pool of R > 1 start states makes the first reset R times the physics: an
-                # evaluation (which needs none) then resets apart
+                # a pool of R > 1 start states makes the first reset R times the physics, which an
+                # evaluation does not need: it then resets inside its own program, without a pool
                 and self.reset_pool == other.reset_pool <= 1 and self.no_auto_reset == other.no_auto_reset
                 and self._model_batch is None and other._model_batch is None)
 
@@ -473,8 +476,10 @@ class VecEnv:
         keys = jax.random.split(sub, self.num_envs)
         specs = self._inner_specs if self.mesh is not None else None
         reset_envs = self._local(self._reset_envs, 1, specs, inner=False)
-        inner = reset_envs(self._model_batch, None, keys)
-        pool = self._start_pool(inner, reset_envs, key) if self._pooled else None
+        if self._pooled:
+            inner, pool = self._start_pool(reset_envs, keys, key)
+        else:
+            inner, pool = reset_envs(self._model_batch, None, keys), None
         obs = split_obs(inner.obs)
         n = self.num_envs
         zeros_f = jnp.zeros((n,), jnp.float32)
@@ -502,21 +507,23 @@ class VecEnv:
             start_pool=pool,
         )
 
-    def _start_pool(self, first: Any, reset_envs: Callable, key: jax.Array) -> Any:
-        """``reset_pool`` start states per env, [N, R, ...]: the first reset's state, then R - 1
-        more resets (one traced reset under `lax.map`, so the program holds its physics once)."""
+    def _start_pool(self, reset_envs: Callable, keys: jax.Array, key: jax.Array) -> tuple[Any, Any]:
+        """(first state [N, ...], pool [N, R, ...]): ``reset_pool`` start states per env, the
+        first drawn with ``keys`` as an unpooled reset would, and the envs' first state.  R > 1:
+        every draw under one `lax.map`, so the program holds the reset physics once."""
         n, r = self.num_envs, self.reset_pool
 
         def batched(x):
             return x.ndim > 0 and x.shape[0] == n
 
         if r == 1:
-            return jax.tree.map(lambda x: x[:, None] if batched(x) else x, first)
-        keys = jax.random.split(jax.random.fold_in(key, 0x9001), (r - 1, n))
-        more = jax.lax.map(lambda k: reset_envs(self._model_batch, None, k), keys)  # [R-1, N, ...]
-        return jax.tree.map(
-            lambda x, m: jnp.concatenate([x[:, None], jnp.swapaxes(m, 0, 1)], axis=1) if batched(x) else x,
-            first, more)
+            first = reset_envs(self._model_batch, None, keys)
+            return first, jax.tree.map(lambda x: x[:, None] if batched(x) else x, first)
+        more = jax.random.split(jax.random.fold_in(key, 0x9001), (r - 1, n))
+        draws = jax.lax.map(lambda k: reset_envs(self._model_batch, None, k),
+                            jnp.concatenate([keys[None], more]))  # [R, N, ...]
+        first = jax.tree.map(lambda x: x[0], draws)
+        return first, jax.tree.map(lambda x, f: jnp.swapaxes(x, 0, 1) if batched(f) else f, draws, first)
 
     def _pool_draw(self, pool: Any, keys: jax.Array) -> Any:
         """One start state per env from its own pool entries (this device's envs), with a fresh

@@ -82,7 +82,7 @@ def _help(text: str):
 
 ENV_KWARGS_HELP = ("env settings KEY=VALUE ...: Playground config keys, dotted (push_config.enable=false "
                    "noise_config.level=0), episode_length=N, impl=jax|warp, domain_randomization=true, reset_pool=R "
-                   "(episodes restart from R start states per env drawn at the first reset; 1 = Brax's auto-reset); VALUE "
+                   "(episodes restart from R start states per env drawn at the first reset; 1: from each env's first state, as Brax); VALUE "
                    "is read as JSON (true, 0.5, [1,2]; True/False too) or else as text. Recorded in the run: resume, eval, "
                    "export and sim2sim rebuild the same env")
 

@@ -161,6 +161,9 @@ def make_mixture_env(
     from envs import registry
     from envs.wrappers import VecEnv
 
+    if "reset_pool" in task_overrides:
+        raise ValueError("reset_pool does not apply to an OmniReset mixture: its resets already draw "
+                         "from a dataset of start states (no physics at reset); leave reset_pool out")
     registry._import_own_tasks()
     if registry.source_of(task_name) != "jaxrl":
         raise ValueError(f"OmniReset resets need one of our MJCF tasks, got {task_name!r}")

@@ -192,7 +192,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     @functools.partial(jax.jit, compiler_options=few_steps_options(episodes * env.episode_length)
                        or short_program_options())
     def rollout(key):
-        return episode_rollout(env, lambda obs, _: policy(obs["state"]), env.reset(key), key,
+        start = env.without_auto_reset().reset(key)  # one episode: no `reset_pool` to draw
+        return episode_rollout(env, lambda obs, _: policy(obs["state"]), start, key,
                                record=frame if k else None)
 
     ret, length, frames = rollout(jax.random.PRNGKey(seed))

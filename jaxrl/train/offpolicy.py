@@ -190,7 +190,9 @@ class OffPolicyLoop(HostLoop):
         rest = k * replay.nbytes(carry.replace(buffer=None, agent=None), 1)
         if self.eval_env is not None:  # the evaluation's envs, as many bytes per env as training's
             unsplit = 1 if self.eval_split else self.devices  # counted whole on the device holding them
-            rest += (k * unsplit * replay.nbytes(carry.env_state, 1) * self.eval_env.num_envs
+            # with a start-state pool only when they reset through the training envs' program
+            state = carry.env_state if self.eval_env.resets_like(self.env) else carry.env_state.replace(start_pool=None)
+            rest += (k * unsplit * replay.nbytes(state, 1) * self.eval_env.num_envs
                      // self.env.num_envs)
         # One iteration's sampled rows (batch x updates when sampled at once) live beside it:
         # as gathered (the buffer's layout) and twice unpacked (float32, ``state`` sliced back

@@ -355,47 +355,61 @@ def test_reset_pool_must_be_a_count(bad, cartpole4):
         envs.wrappers.VecEnv(cartpole4.env, 4, 5, reset_pool=bad)
 
 
-def test_reset_pool_restarts_each_env_from_its_own_start_states_without_the_task_reset(cartpole4, monkeypatch):
+@pytest.mark.parametrize("r", [1, 2])
+def test_reset_pool_restarts_each_env_from_its_own_start_states_without_the_task_reset(r, cartpole4, monkeypatch):
     """``reset_pool=R``: the first reset is the fresh env's (same key), the pool holds R start
-    states per env, and after each episode end an env restarts from one of ITS entries (both
-    entries get used), with a fresh task random stream; final observations and statistics are
-    those of the fresh env.  The step's auto-reset traces no task reset at all (that is what it
+    states per env, and an env whose episode ends (staggered here) restarts from one of ITS
+    entries (with R = 2 both get used) with a fresh task random stream, while the others keep
+    their stepped state; final observations are the stepped states' and the first episodes score
+    as the fresh env's.  The step's auto-reset traces no task reset at all (that is what it
     saves: CheetahRun settles 200 physics steps per reset).  On 2 devices the pool is split with
     the envs and a rollout equals the one-device rollout."""
     from envs.wrappers import VecEnv
     from jaxrl.train import parallel
 
-    pooled = VecEnv(cartpole4.env, 4, 5, reset_pool=2)
-    assert envs.make("CartpoleBalance", num_envs=2, reset_pool=2).make_kwargs["reset_pool"] == 2
+    pooled = VecEnv(cartpole4.env, 4, 5, reset_pool=r)
     key = jax.random.PRNGKey(3)
-    state, fresh = pooled.reset(key), cartpole4.reset(key)
+    stagger = jnp.arange(4, dtype=jnp.int32)  # env i ends its first episode after 5 - i steps
+    state = pooled.reset(key).replace(episode_step=stagger)
+    fresh = cartpole4.reset(key).replace(episode_step=stagger)
     assert fresh.start_pool is None
     # one-episode rollouts (evaluation) reset without drawing a pool
     assert jax.eval_shape(pooled.without_auto_reset().reset, key).start_pool is None
     pool_q = np.asarray(state.start_pool.data.qpos)  # [N, R, nq]
-    assert pool_q.shape == (4, 2, 2)
+    assert pool_q.shape == (4, r, 2)
     np.testing.assert_array_equal(state.inner.data.qpos, fresh.inner.data.qpos)
     np.testing.assert_array_equal(pool_q[:, 0], fresh.inner.data.qpos)
-    assert not np.allclose(pool_q[:, 0], pool_q[:, 1])
+    if r > 1:
+        assert not np.allclose(pool_q[:, 0], pool_q[:, 1])
     pool_rng = np.asarray(state.start_pool.info["rng"])
 
     actions = jnp.full((4, 1), 0.3)
-    used = set()
-    for _episode in range(4):
-        for _ in range(5):
-            before, state = state, pooled.step(state, actions)
-        assert state.truncated.all() and (np.asarray(state.episode_step) == 0).all()
+    no_reset = pooled.without_auto_reset()  # the reference: the same step, never resetting
+    used, ended = set(), np.zeros(4, bool)
+    for t in range(12):
+        before, state = state, pooled.step(state, actions)
+        ref = no_reset.step(before, actions)
+        done = np.asarray(state.done)
+        np.testing.assert_array_equal(done, np.asarray(ref.done))
+        np.testing.assert_array_equal(state.final_obs["state"], ref.obs["state"])
         q = np.asarray(state.inner.data.qpos)
         for i in range(4):
-            match = [r for r in range(2) if np.array_equal(q[i], pool_q[i, r])]
+            if not done[i]:
+                np.testing.assert_array_equal(q[i], np.asarray(ref.inner.data.qpos)[i])
+                continue
+            match = [j for j in range(r) if np.array_equal(q[i], pool_q[i, j])]
             assert match, f"env {i} restarted from a state outside its pool"
             used.add(match[0])
             assert not np.array_equal(np.asarray(state.inner.info["rng"])[i], pool_rng[i, match[0]])
-        np.testing.assert_array_equal(state.obs["state"], jax.vmap(pooled.env._get_obs)(
-            state.inner.data, state.inner.info))
-        assert not np.allclose(state.final_obs["state"], state.obs["state"])
-    assert used == {0, 1}
-    assert int(state.stats.completed) == 16
+        if t == 4:  # every env has ended its first episode by now: as the fresh env scored it
+            first = fresh
+            for _ in range(5):
+                first = cartpole4.step(first, actions)
+            np.testing.assert_allclose(state.stats.last_return, first.stats.last_return, rtol=1e-6)
+        ended |= done
+    assert ended.all() and used == set(range(r))
+    np.testing.assert_array_equal(state.obs["state"], jax.vmap(pooled.env._get_obs)(
+        state.inner.data, state.inner.info))
 
     def no_task_reset(*_a, **_k):
         raise AssertionError("the task's reset was traced into the step")
@@ -405,7 +419,10 @@ def test_reset_pool_restarts_each_env_from_its_own_start_states_without_the_task
     with pytest.raises(AssertionError, match="task's reset was traced"):
         jax.make_jaxpr(cartpole4._step)(fresh, actions)
     monkeypatch.undo()
+    if r == 1:
+        return
 
+    assert envs.make("CartpoleBalance", num_envs=2, reset_pool=2).make_kwargs["reset_pool"] == 2
     two = pooled.distribute(parallel.make_mesh(2))
 
     @jax.jit

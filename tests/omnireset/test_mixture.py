@@ -30,6 +30,11 @@ def test_bad_probs_raise(push_task, push_dataset, probs, match):
         omr.ResetMixture(push_task, push_dataset, probs)
 
 
+def test_a_reset_pool_on_a_mixture_is_refused_before_anything_loads(tmp_path):
+    with pytest.raises(ValueError, match="reset_pool does not apply to an OmniReset mixture"):
+        omr.make_mixture_env("PushToSlot", tmp_path / "absent.npz", num_envs=2, reset_pool=1)
+
+
 def test_probs_within_tolerance_are_accepted(push_task, push_dataset):
     omr.ResetMixture(push_task, push_dataset, [0.2, 0.3, 0.5 + 5e-7])
 
