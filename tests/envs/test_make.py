@@ -426,11 +426,8 @@ def test_reset_pool_restarts_each_env_from_its_own_start_states_without_the_task
     two = pooled.distribute(parallel.make_mesh(2))
 
     @jax.jit
-    def rollout(k):
-        s = two.reset(k)
-        for _ in range(6):
-            s = two.step(s, actions)
-        return s
+    def rollout(k):  # 6 steps: every env's episode ends at the 5th
+        return jax.lax.fori_loop(0, 6, lambda _, s: two.step(s, actions), two.reset(k))
 
     one = pooled.reset(key)
     for _ in range(6):
