@@ -677,5 +677,6 @@ class VecEnv:
         return (
             f"VecEnv({self.name!r}, num_envs={self.num_envs}, obs={o['state'].shape}, "
             f"privileged={o['privileged_state'].shape}, action={self.act_spec.shape}, "
-            f"episode_length={self.episode_length})"
+            f"episode_length={self.episode_length}"
+            + (f", reset_pool={self.reset_pool}" if self.reset_pool else "") + ")"
         )

@@ -11,7 +11,8 @@ is written to ``--out`` (``experiments/results/gpu_*.json``) with device, JAX ve
 
 ``raw``: MJX env-steps/s with uniform random actions (the physical limit of a training loop).
 ``loop``: a trainer's preset for ``--seconds``: env-steps/s and gradient steps/s of steady chunks,
-compile seconds, device memory peak, and the ratio to ``raw`` at the same num_envs when given.
+compile seconds, device memory peak (of the process so far), XLA's memory of each compiled
+program (`jaxrl.train.memory`), and the ratio to ``raw`` at the same num_envs when given.
 ``learn``: `jaxrl.train.run.train` with evaluations (return vs minutes and env steps), then the
 lifecycle on that machine: export to ONNX and `sim2sim` (MuJoCo C) on the exported file.
 """
@@ -109,7 +110,7 @@ def loop(args, rows):
               "num_envs": cfg.num_envs, "batch": getattr(cfg, "batch_size", None),
               "grad_steps_per_iter": grads, "env_steps_per_s": sps, "grad_steps_per_s": iters * grads / secs,
               "compile_s": lp.compile_s, "init_s": init_s, "steady_chunks": len(chunks),
-              "steady_s": secs, "peak_mem_gib": peak_gib(),
+              "steady_s": secs, "peak_mem_gib": peak_gib(), "program_bytes": lp.program_bytes,
               "raw_env_steps_per_s": raw_sps.get(cfg.num_envs),
               "loop_over_raw": sps / raw_sps[cfg.num_envs] if cfg.num_envs in raw_sps else None}, rows)
         del carry, lp

@@ -63,7 +63,9 @@ def nbytes(example: Any, capacity: int) -> int:
 
 
 def device_memory_bytes(device=None) -> int | None:
-    """Free-able memory of ``device``: GPU/TPU from memory_stats, CPU from the host's RAM."""
+    """Free-able memory of ``device``: GPU/TPU from memory_stats (limit - in use), CPU from the
+    host's available RAM (Linux's MemAvailable: free pages would miss the droppable page cache
+    and refuse a run that fits)."""
     device = device or jax.devices()[0]
     try:
         stats = device.memory_stats()
@@ -71,7 +73,14 @@ def device_memory_bytes(device=None) -> int | None:
         stats = None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
+    try:  # Linux: what the kernel can hand out, the page cache it would drop included
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # elsewhere: free pages only (a lower bound)
         import os
 
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -176,6 +176,8 @@ class FinetuneLoop(HostLoop):
     """`jaxrl.train.run`'s protocol over the finetuning epoch (one chunk iteration = one epoch)."""
 
     optional_state = (".imagined",)  # rebuilt by the next rounds; the real buffer is precious
+    memory_knobs = ("starts or horizon_max (the imagined rollouts), imagined_batch or updates_per_round "
+                    "(the rows sampled and the update's activations)")
 
     def __init__(self, cfg: FinetuneConfig, env: VecEnv, eval_env: VecEnv | None, steps: int,
                  seed: int, num_evals: int = 10, *, devices: int | None = None, seeds: int = 1):

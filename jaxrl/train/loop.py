@@ -7,6 +7,7 @@ A loop (`OffPolicyLoop`, `OnPolicyLoop`, the finetuning loop) is a `HostLoop`:
     finished(carry) -> bool          the budget is spent
     env_steps(carry) -> int          env steps so far (host int: no int32 overflow)
     compile_s                        seconds spent compiling so far
+    program_bytes                    XLA's memory of each compiled program (checked before it runs)
     optional_state / refill(carry)   carry subtrees a checkpoint may leave out, and how to rebuild them
 
 This module holds the pieces each loop would otherwise repeat: lifting one seed's pure
@@ -149,10 +150,12 @@ class HostLoop:
     evaluate: Callable | None = None
     compiler_options: dict | None = None  # XLA options of the chunk, init and reset (`quick_if_short`)
     eval_resets_apart: bool = False  # `_evaluation`: the eval envs reset like the training envs
+    memory_knobs: str = "num_envs (the physics step's intermediates)"  # what shrinks a program's memory
 
     def __init__(self) -> None:
         self.compile_s = 0.0
         self._compiled: dict[str, Any] = {}
+        self.program_bytes: dict[str, dict[str, int]] = {}  # XLA's memory of each compiled program
 
     # ------------------------------------------------------------------ set-up
     def setup(self, env: Any, eval_env: Any, seed: int, devices: int | None, seeds: int,
@@ -401,9 +404,27 @@ class HostLoop:
         args = self.place(args, donate)
         if name not in self._compiled:
             t0 = time.perf_counter()
-            self._compiled[name] = fn.lower(*args).compile(compiler_options=options)
+            compiled = fn.lower(*args).compile(compiler_options=options)
             self.compile_s += time.perf_counter() - t0
+            self.check_memory(name, compiled)
+            self._compiled[name] = compiled
         return self._compiled[name](*args)
+
+    def check_memory(self, name: str, compiled: Any) -> None:
+        """Before a program's first call: its XLA memory (`jaxrl.train.memory`) against the
+        device's free memory, refused with ``memory_knobs`` when it does not fit; kept in
+        ``program_bytes`` (the run's summary) and said once for the chunk."""
+        from jaxrl.train import memory
+
+        sizes = memory.program_memory(name, compiled)
+        if sizes is None:
+            return
+        devices = self.mesh.devices.flat if self.mesh is not None else None
+        free = memory.free_bytes(devices)
+        self.program_bytes[name] = sizes.as_dict()
+        if name == "chunk":
+            notice(memory.describe(sizes, free))
+        memory.check(sizes, self.memory_knobs, free)
 
     def chunk(self, carry: Any, n: int, warm: bool = False) -> tuple[Any, dict]:
         """Run the compiled chunk (``self._chunk``, made by `program` from ``_chunk_fn``) for

@@ -108,6 +108,8 @@ class OffPolicyLoop(HostLoop):
 
     # Carry subtrees a checkpoint may leave out (too big for the disk); `refill` rebuilds them.
     optional_state = (".buffer",)
+    memory_knobs = ("batch_size or updates_per_step (the rows sampled per iteration and the update's "
+                    "activations), or num_envs (the physics step's intermediates)")
 
     def __init__(
         self,
@@ -181,9 +183,10 @@ class OffPolicyLoop(HostLoop):
             reward=jax.ShapeDtypeStruct((), jnp.float32), next_obs=row,
             terminated=jax.ShapeDtypeStruct((), jnp.bool_), truncated=jax.ShapeDtypeStruct((), jnp.bool_))
 
-    def preflight(self) -> None:
+    def preflight(self) -> int:
         """Before compiling: say how much memory the replay buffer takes at its peak and how much
-        the device has free, and refuse a buffer that cannot fit (naming the knobs)."""
+        the device has free, and refuse a buffer that cannot fit (naming the knobs); returns
+        that peak (bytes per device)."""
         carry = jax.eval_shape(self._init, jax.random.PRNGKey(0))  # one seed, shapes only
         k = self.num_seeds
         agent = k * replay.nbytes(carry.agent, 1)  # replicated: whole on every device
@@ -197,7 +200,8 @@ class OffPolicyLoop(HostLoop):
         # One iteration's sampled rows (batch x updates when sampled at once) live beside it:
         # as gathered (the buffer's layout) and twice unpacked (float32, ``state`` sliced back
         # out; then laid out [updates, batch]).  Not counted: XLA's temporaries (the update's
-        # activations, the physics step's intermediates), known only after compiling.
+        # activations, the physics step's intermediates), known only after compiling, where
+        # `HostLoop.check_memory` checks them.
         rows = self.s.batch_size * (self.s.updates_per_step if self.s.sample_once else 1)
         example = self._example(carry.env_state.obs)
         full = replay.nbytes(self._full_example(carry.env_state.obs), 1)
@@ -210,7 +214,9 @@ class OffPolicyLoop(HostLoop):
         seeds = f" x {k} seeds" if k > 1 else ""
         notice(f"replay buffer {self.s.buffer_size:,} transitions{seeds} ({replay.nbytes(example, 1):,} "
                f"bytes each) + agent, env states and sampled batch: {need / 2**30:.2f} GiB at peak"
-               f"{where} (not counting XLA's temporaries: the update's activations); device free memory {free}")
+               f"{where}; device free memory {free} (XLA's temporaries, the update's activations among them, are "
+               "checked once the chunk compiles)")
+        return need
 
     def _init_agent(self, key: jax.Array) -> Any:
         return self.agent.init(init_keys(key)[0])

@@ -71,6 +71,9 @@ def _rollout(env: VecEnv, cfg: ppo.PPOConfig, agent: ppo.PPOState, env_state, ke
 class OnPolicyLoop(HostLoop):
     """`jaxrl.train.run`'s protocol over the jitted PPO chunk."""
 
+    memory_knobs = ("num_envs or unroll_length (the rollout the update reads), or raise num_minibatches "
+                    "(the update's activations)")
+
     def __init__(self, cfg: ppo.PPOConfig, env: VecEnv, eval_env: VecEnv | None, steps: int,
                  seed: int, num_evals: int = 10, *, devices: int | None = None, seeds: int = 1):
         super().__init__()

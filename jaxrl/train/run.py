@@ -9,7 +9,8 @@ host side of it:
     RUN_DIR/metrics.jsonl    one row per evaluation (env_steps, wall_s, eval_return, losses, sps)
     RUN_DIR/tensorboard/     TensorBoard events
     RUN_DIR/checkpoints/     the whole carry (agent, replay buffer, env state, RNG, counters)
-    RUN_DIR/summary.json     algo, env, env_steps, wall_s, compile_s, final_eval_return
+    RUN_DIR/summary.json     algo, env, env_steps, wall_s, compile_s, final_eval_return,
+                             program_bytes (XLA's memory of each compiled program, per device)
     RUN_DIR/learning_curve.png  eval return vs env steps (several seeds: mean, 95% band, each seed)
 
 ``resume(run_dir)`` rebuilds the loop from config.json, restores the newest verified checkpoint
@@ -515,6 +516,7 @@ class _Session:
             "env_steps": last.get("env_steps", 0), "wall_s": last.get("wall_s", 0.0),
             "compile_s": self.loop.compile_s, "final_eval_return": evals[-1] if evals else None,
             "best_eval_return": max(evals) if evals else None, "config_hash": self.metadata["config_hash"],
+            "program_bytes": getattr(self.loop, "program_bytes", {}),
         }
         if self.record.get("seeds", 1) > 1:
             summary["seeds"] = [self.record["seed"] + i for i in range(self.record["seeds"])]

@@ -368,6 +368,7 @@ def test_reset_pool_restarts_each_env_from_its_own_start_states_without_the_task
     from jaxrl.train import parallel
 
     pooled = VecEnv(cartpole4.env, 4, 5, reset_pool=r)
+    assert repr(pooled).endswith(f"episode_length=5, reset_pool={r})") and "reset_pool" not in repr(cartpole4)
     key = jax.random.PRNGKey(3)
     stagger = jnp.arange(4, dtype=jnp.int32)  # env i ends its first episode after 5 - i steps
     state = pooled.reset(key).replace(episode_step=stagger)
