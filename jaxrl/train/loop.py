@@ -419,7 +419,8 @@ class HostLoop:
         sizes = memory.program_memory(name, compiled)
         if sizes is None:
             return
-        devices = self.mesh.devices.flat if self.mesh is not None else None
+        devices = None if self.mesh is None else [  # this process's own: another host's are not readable
+            d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
         free = memory.free_bytes(devices)
         self.program_bytes[name] = sizes.as_dict()
         if name == "chunk":
