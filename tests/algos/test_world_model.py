@@ -269,3 +269,25 @@ def test_rollout_windows_and_the_mask_after_done():
     done = jnp.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(np.asarray(wm.WorldModel.alive(done)),
                                   [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("min_steps, per_epoch", [(1, 4), (10, 10)])
+def test_an_epoch_is_one_pass_over_the_train_split_unless_a_minimum_is_set(min_steps, per_epoch):
+    """LIFT's schedule (the default ``min_epoch_steps=1``): an epoch is ceil(train / batch)
+    gradient steps, so patience counts passes over the data; ``cpu()`` sets a minimum.  Counted
+    from the optimiser's own step counter after one epoch (40 windows: 8 held out, 32 / batch 8
+    = 4 steps), on the plain-MLP model (no physics to compile) fitting x' = 1.1·x."""
+    dyn = wm.SmoothDynamics.of_task(envs.make("CartpoleBalance", num_envs=1).env)
+    assert (wm.WorldModelConfig().min_epoch_steps, wm.WorldModelConfig().max_epochs) == (1, 1000)
+    assert (wm.WorldModelConfig.cpu().min_epoch_steps, wm.WorldModelConfig.cpu().max_epochs) == (50, 100)
+    cfg = wm.WorldModelConfig.cpu().replace(physics=False, hidden=(8,), weight_decay=(0.0, 0.0), batch_size=8,
+                                            horizon=1, max_epochs=1, min_epoch_steps=min_steps)
+    model = wm.WorldModel(cfg, dyn)
+    s, u = dyn.state_size, dyn.nu
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 1, s))
+    data = wm.Sequences(x, jnp.zeros((40, 1, u)), 1.1 * x, jnp.zeros((40, 1)))
+    fitted, info = jax.jit(model.fit)(model.init(jax.random.PRNGKey(1), data), data, jax.random.PRNGKey(2))
+    # the one epoch beat the fresh parameters, so the fit kept its state (with its step counter)
+    assert int(info["epochs"]) == 1 and float(info["best_val"]) == float(info["val_error"][0])
+    counts = [int(c) for c in jax.tree.leaves(fitted.opt_state) if jnp.issubdtype(c.dtype, jnp.integer)]
+    assert counts and set(counts) == {per_epoch}, counts
