@@ -120,7 +120,14 @@ def eval_key(seed: int, env_steps: int) -> jax.Array:
 
 
 def notice(text: str) -> None:
-    print(f"jaxrl: {text}", file=sys.stderr, flush=True)
+    """One line on stderr; above a running progress bar rather than through it (tqdm's write)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(f"jaxrl: {text}", file=sys.stderr, flush=True)
+    else:
+        tqdm.write(f"jaxrl: {text}", file=sys.stderr)
+        sys.stderr.flush()
 
 
 class HostLoop:
