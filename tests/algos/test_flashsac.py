@@ -558,6 +558,14 @@ def test_presets_paper_gamma_and_cpu_are_valid():
     assert fs.FlashSACConfig.paper("T1JoystickFlatTerrain").gamma == 0.97
     assert fs.FlashSACConfig.paper("G1JoystickRoughTerrain").gamma == 0.97
     assert fs.FlashSACConfig.paper("CartpoleBalance").gamma == 0.99
+    # every Playground humanoid task, joystick or not, and no quadruped: the robot read from the
+    # package Playground files the task's class in (locomotion/<robot>/...)
+    from mujoco_playground._src import locomotion
+
+    humanoid_robots = {"apollo", "berkeley_humanoid", "g1", "h1", "op3", "t1"}
+    for name, cls in locomotion._envs.items():
+        robot = getattr(cls, "func", cls).__module__.split(".")[3]
+        assert fs.FlashSACConfig.paper(name).gamma == (0.97 if robot in humanoid_robots else 0.99), (name, robot)
     assert fs.FlashSACConfig.paper("CartpoleBalance").compute_dtype == "bfloat16"  # use_amp
     assert fs.FlashSACConfig.cpu().compute_dtype == "float32"
     cpu = fs.FlashSACConfig.cpu()
