@@ -63,7 +63,8 @@ def nbytes(example: Any, capacity: int) -> int:
 
 
 def device_memory_bytes(device=None) -> int | None:
-    """Free-able memory of ``device``: GPU/TPU from memory_stats (limit - in use), CPU from the
+    """Free-able memory of ``device``: GPU/TPU from memory_stats (limit - in use; None when
+    its allocator reports none, e.g. ``XLA_PYTHON_CLIENT_ALLOCATOR=platform``), CPU from the
     host's available RAM (Linux's MemAvailable: free pages would miss the droppable page cache
     and refuse a run that fits)."""
     device = device or jax.devices()[0]
@@ -73,6 +74,8 @@ def device_memory_bytes(device=None) -> int | None:
         stats = None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    if getattr(device, "platform", "cpu") != "cpu":  # an accelerator's memory is not the host's RAM
+        return None
     try:  # Linux: what the kernel can hand out, the page cache it would drop included
         with open("/proc/meminfo") as f:
             for line in f:

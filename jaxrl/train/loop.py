@@ -7,7 +7,7 @@ A loop (`OffPolicyLoop`, `OnPolicyLoop`, the finetuning loop) is a `HostLoop`:
     finished(carry) -> bool          the budget is spent
     env_steps(carry) -> int          env steps so far (host int: no int32 overflow)
     compile_s                        seconds spent compiling so far
-    program_bytes                    XLA's memory of each compiled program (checked before it runs)
+    program_bytes                    XLA's memory of the chunk and evaluation (checked before they run)
     optional_state / refill(carry)   carry subtrees a checkpoint may leave out, and how to rebuild them
 
 This module holds the pieces each loop would otherwise repeat: lifting one seed's pure
@@ -419,8 +419,10 @@ class HostLoop:
 
     def check_memory(self, name: str, compiled: Any) -> None:
         """Before a program's first call: its XLA memory (`jaxrl.train.memory`) against the
-        device's free memory, refused with ``memory_knobs`` when it does not fit; kept in
-        ``program_bytes`` (the run's summary) and said once for the chunk."""
+        device's free memory, refused with ``memory_knobs`` (an evaluation: its envs) when it does
+        not fit; kept in ``program_bytes`` (the run's summary) and said once for the chunk.  With
+        several processes every one learns whether any refuses, so none waits alone in a
+        collective."""
         from jaxrl.train import memory
 
         sizes = memory.program_memory(name, compiled)
@@ -428,11 +430,21 @@ class HostLoop:
             return
         devices = None if self.mesh is None else [  # this process's own: another host's are not readable
             d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
-        free = memory.free_bytes(devices)
+        free, sharing = memory.free_bytes(devices)
         self.program_bytes[name] = sizes.as_dict()
         if name == "chunk":
             notice(memory.describe(sizes, free))
-        memory.check(sizes, self.memory_knobs, free)
+        knobs = self.memory_knobs if name == "chunk" else "num_eval_envs (the evaluation's envs)"
+        fits = memory.fits(sizes, free, sharing)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            every = np.asarray(multihost_utils.process_allgather(np.array([fits, free or 0], np.int64)))
+            for p, (ok, have) in enumerate(every.reshape(-1, 2)):
+                if not ok:
+                    raise memory.refusal(sizes, knobs, int(have), sharing, where=f"process {p}'s device")
+        elif not fits:
+            raise memory.refusal(sizes, knobs, free, sharing)
 
     def chunk(self, carry: Any, n: int, warm: bool = False) -> tuple[Any, dict]:
         """Run the compiled chunk (``self._chunk``, made by `program` from ``_chunk_fn``) for

@@ -10,7 +10,7 @@ host side of it:
     RUN_DIR/tensorboard/     TensorBoard events
     RUN_DIR/checkpoints/     the whole carry (agent, replay buffer, env state, RNG, counters)
     RUN_DIR/summary.json     algo, env, env_steps, wall_s, compile_s, final_eval_return,
-                             program_bytes (XLA's memory of each compiled program, per device)
+                             program_bytes (XLA's memory of the chunk and evaluation, per device)
     RUN_DIR/learning_curve.png  eval return vs env steps (several seeds: mean, 95% band, each seed)
 
 ``resume(run_dir)`` rebuilds the loop from config.json, restores the newest verified checkpoint
