@@ -69,6 +69,8 @@ def main() -> None:
     p.add_argument("--envs", type=int, default=16)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--min-epoch-steps", type=int, default=None,
+                   help="gradient steps per epoch at least (default: WorldModelConfig.cpu()'s 50; 1: LIFT's one pass)")
     p.add_argument("--hold", type=int, choices=(0, 1), default=1,
                    help="1: M and bias forces held over a step's substeps (LIFT, the default); 0: a full MJX step per substep")
     p.add_argument("--out", default="experiments/results/world_model_hopper_held.json")
@@ -79,10 +81,13 @@ def main() -> None:
     train = collect(task, dyn, jax.random.PRNGKey(0), a.envs, a.steps)
     test = collect(task, dyn, jax.random.PRNGKey(1), a.envs, a.steps)
     results = {"task": a.task, "train_transitions": a.envs * a.steps, "test_transitions": a.envs * a.steps,
-               "machine": "2-core CPU", "jax": jax.__version__, "hold_dynamics": bool(a.hold), "models": {}}
+               "machine": "2-core CPU", "jax": jax.__version__, "hold_dynamics": bool(a.hold),
+               "max_epochs": a.max_epochs, "min_epoch_steps": a.min_epoch_steps, "models": {}}
     scaler = None
     for physics in (True, False):
         cfg = wm.WorldModelConfig.cpu().replace(physics=physics, max_epochs=a.max_epochs, hold_dynamics=bool(a.hold))
+        if a.min_epoch_steps is not None:
+            cfg = cfg.replace(min_epoch_steps=a.min_epoch_steps)
         model = wm.WorldModel(cfg, dyn)
         seqs = windows(train, cfg.horizon)
         state = model.init(jax.random.PRNGKey(0), seqs)

@@ -12,6 +12,9 @@ import pytest
 import envs
 from jaxrl.io import lifecycle, sim2sim
 
+# The module's CheetahRun trajectory (`cheetah`, ~20 s to compile) is built once: on one worker.
+pytestmark = pytest.mark.xdist_group("sim2sim_cheetah")
+
 
 def _trajectory(task, actions, physics=None):
     """qpos after each step from the same reset, MJX physics (None) or MuJoCo C, through
