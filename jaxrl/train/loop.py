@@ -426,25 +426,27 @@ class HostLoop:
         from jaxrl.train import memory
 
         sizes = memory.program_memory(name, compiled)
-        if sizes is None:
-            return
         devices = None if self.mesh is None else [  # this process's own: another host's are not readable
             d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
         free, sharing = memory.free_bytes(devices)
-        self.program_bytes[name] = sizes.as_dict()
-        if name == "chunk":
-            notice(memory.describe(sizes, free))
         knobs = self.memory_knobs if name == "chunk" else "num_eval_envs (the evaluation's envs)"
-        fits = memory.fits(sizes, free, sharing)
-        if jax.process_count() > 1:
+        if sizes is not None:
+            self.program_bytes[name] = sizes.as_dict()
+            if name == "chunk":
+                notice(memory.describe(sizes, free))
+        if jax.process_count() > 1:  # every process takes part, whatever its backend told it
             from jax.experimental import multihost_utils
 
+            fits = sizes is None or memory.fits(sizes, free, sharing)
             every = np.asarray(multihost_utils.process_allgather(np.array([fits, free or 0], np.int64)))
             for p, (ok, have) in enumerate(every.reshape(-1, 2)):
+                if not ok and sizes is None:  # (this backend said nothing; another's did)
+                    raise memory.ProgramMemoryError(f"the compiled {name} program does not fit process {p}'s "
+                                                    f"device memory; it was not called.  Lower {knobs}")
                 if not ok:
                     raise memory.refusal(sizes, knobs, int(have), sharing, where=f"process {p}'s device")
-        elif not fits:
-            raise memory.refusal(sizes, knobs, free, sharing)
+        elif sizes is not None:
+            memory.check(sizes, knobs, free, sharing)
 
     def chunk(self, carry: Any, n: int, warm: bool = False) -> tuple[Any, dict]:
         """Run the compiled chunk (``self._chunk``, made by `program` from ``_chunk_fn``) for
