@@ -337,6 +337,9 @@ class HostLoop:
         """One chunk, the NaN guards, then evaluation; returns (carry, metrics row)."""
         from jaxrl.train import parallel
 
+        if self.evaluate is not None and "evaluate" not in self._compiled:
+            # Compiled (and its memory checked) before the first chunk: a refusal costs no training.
+            self._evaluation(carry.agent, self._eval_key(self.env_steps(carry)), run=False)
         t0 = time.perf_counter()
         start = self.env_steps(carry)
         carry, metrics = self._advance(carry)
@@ -349,9 +352,8 @@ class HostLoop:
         row = {"env_steps": steps, "chunk_s": elapsed,
                "sps": self.num_seeds * (steps - start) / max(elapsed, 1e-9)}
         if self.evaluate is not None:
-            keys = [eval_key(s, steps) for s in self.seeds]
-            key = keys[0] if self.num_seeds == 1 else jnp.stack(keys)
-            ev = {k: parallel.host_value(v) for k, v in self._evaluation(carry.agent, key).items()}
+            ev = {k: parallel.host_value(v)
+                  for k, v in self._evaluation(carry.agent, self._eval_key(steps)).items()}
             guards.check_finite({"eval_return": ev["eval_return"]}, steps)
             metrics.update(ev)
         row.update(seed_summary(metrics, self.num_seeds))
@@ -371,26 +373,32 @@ class HostLoop:
             form = evaluation_from if self.eval_resets_apart else evaluation
             self.evaluate = jax.jit(self._lift(form(self.eval_env, act)))
 
-    def _evaluation(self, agent: Any, key: jax.Array) -> dict:
+    def _eval_key(self, env_steps: int) -> jax.Array:
+        """The evaluation's key after ``env_steps``: one per seed, stacked when there are several."""
+        keys = [eval_key(s, env_steps) for s in self.seeds]
+        return keys[0] if self.num_seeds == 1 else jnp.stack(keys)
+
+    def _evaluation(self, agent: Any, key: jax.Array, run: bool = True) -> dict | None:
         """One evaluation keyed ``key``.  When the eval envs reset like the training envs
         (`VecEnv.resets_like`: the cpu presets' 16 envs), the training envs' first-reset program
         makes the start states and the evaluation program holds no reset physics (CheetahRun, cold:
         SAC's backend compile 62 -> 50 s, FlashSAC's 62 -> 56 s).  Otherwise the reset stays
         inside the evaluation program: compiled alone it cost more (PPO's 16-env reset 3.9 s,
-        against 1.1 s less for its evaluation)."""
+        against 1.1 s less for its evaluation).  ``run=False`` compiles and checks it only."""
         if not self.eval_resets_apart:
-            return self._call_evaluate(agent, key)
+            return self._call_evaluate(agent, key, run=run)
         k_reset, k_act = self._lift(eval_keys)(key)
         # The training envs' own jitted reset, called as `initial_env_state` calls it (uncommitted
         # keys): its compiled program is reused in memory.  (A second jit of the eval envs' reset
         # lowers to the same module only while JAX's trace caches happen to agree, and `_call`'s
         # committed arguments lower to another module.)
         start = self.reset_program(self.env)(k_reset)
-        return self._call_evaluate(agent, start, k_act)
+        return self._call_evaluate(agent, start, k_act, run=run)
 
-    def _call_evaluate(self, *args) -> dict:
+    def _call_evaluate(self, *args, run: bool = True) -> dict | None:
         """The evaluation program (nothing donated), compiled with the options `make_evaluate` names."""
-        return self._call("evaluate", self.evaluate, *args, donate=False, options=short_program_options())
+        return self._call("evaluate", self.evaluate, *args, donate=False, options=short_program_options(),
+                          run=run)
 
     # ------------------------------------------------------------------ helpers
     def place(self, args: tuple, donate: bool = True) -> tuple:
@@ -404,10 +412,11 @@ class HostLoop:
             args = jax.device_put(tuple(args), jax.local_devices()[0])
         return tuple(args)
 
-    def _call(self, name: str, fn: Callable, *args, donate: bool = True, options: dict | None = None):
+    def _call(self, name: str, fn: Callable, *args, donate: bool = True, options: dict | None = None,
+              run: bool = True):
         """Call jitted ``fn``, compiling it ahead of time on first use (with the XLA ``options``)
-        to time compilation.  Chunks donate their carry: the replay buffer and env state are
-        updated in place."""
+        to time compilation and check its memory; ``run=False`` stops there.  Chunks donate their
+        carry: the replay buffer and env state are updated in place."""
         args = self.place(args, donate)
         if name not in self._compiled:
             t0 = time.perf_counter()
@@ -415,7 +424,7 @@ class HostLoop:
             self.compile_s += time.perf_counter() - t0
             self.check_memory(name, compiled)
             self._compiled[name] = compiled
-        return self._compiled[name](*args)
+        return self._compiled[name](*args) if run else None
 
     def check_memory(self, name: str, compiled: Any) -> None:
         """Before a program's first call: its XLA memory (`jaxrl.train.memory`) against the

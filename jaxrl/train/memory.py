@@ -7,7 +7,8 @@ every env.  Once a program is compiled its `memory_analysis()` gives them exactl
 checks each program there, before its first call: a run that would run out of device memory
 stops with the knobs to turn, instead of an allocator error some minutes in (GPU), or swapping
 the host to a halt (CPU).  The loops check the programs they compile and call themselves:
-the training chunk and the evaluation (`HostLoop._call`).
+the training chunk and the evaluation (`HostLoop._call`), the evaluation first
+(`HostLoop.run_chunk`), so neither refusal comes after any training.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 import envs
 from jaxrl.data import replay
 from jaxrl.io.checkpoint import CheckpointMismatchError
-from jaxrl.train import registry, run
+from jaxrl.train import memory, registry, run
 from jaxrl.train.evaluate import eval_keys, evaluation
 from jaxrl.train.loop import eval_key
 from jaxrl.train.offpolicy import OffPolicyLoop, OffPolicySettings
@@ -238,7 +238,8 @@ def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_pro
     to the eval envs' own reset) and the evaluation program holds no reset physics.  Its score
     equals `evaluation`'s, which resets inside one program (where the same check does find the
     reset).  Eval envs of another size keep the reset inside the evaluation program.  Either
-    way the evaluation compiles with `short_program_options` (`HostLoop.make_evaluate`)."""
+    way the evaluation compiles with `short_program_options` (`HostLoop.make_evaluate`), and a
+    run compiles it, and checks its memory, before its first chunk: a refusal costs no training."""
     from envs import _runtime
 
     compiled_with = []  # the options of every ahead-of-time compile (`HostLoop._call`)
@@ -278,11 +279,19 @@ def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_pro
     other = registry.get("flashsac").make_loop(TINY["flashsac"], run.make_envs("CartpoleBalance", 4, 0, ENV)[0],
                                                eval_env, STEPS["flashsac"], 0, 1)
     assert not other.eval_resets_apart and not other.eval_env.resets_like(other.env)
-    agent = other.init_carry().agent
-    assert resets.search(str(jax.make_jaxpr(other.evaluate)(agent, key)))
+    carry = other.init_carry()
+    assert resets.search(str(jax.make_jaxpr(other.evaluate)(carry.agent, key)))
     compiled_with.clear()
-    other._evaluation(agent, key)
-    assert compiled_with == [_runtime.short_program_options()], compiled_with
+
+    def refuse(name, compiled):  # as `memory.check` does when the program does not fit
+        if name == "evaluate":
+            raise memory.ProgramMemoryError("the evaluate program does not fit")
+
+    monkeypatch.setattr(other, "check_memory", refuse)
+    with pytest.raises(memory.ProgramMemoryError, match="evaluate program does not fit"):
+        other.run_chunk(carry)  # the evaluation compiles and is checked before the first chunk
+    assert compiled_with == [_runtime.short_program_options()], compiled_with  # the evaluation alone
+    assert "chunk" not in other._compiled and other.env_steps(carry) == 0  # no training was lost
 
 
 def test_short_runs_compile_the_quick_way_whatever_their_evaluations_and_seeds():
