@@ -147,7 +147,8 @@ def train_cmd(argv: list[str]) -> None:
 
     names = ", ".join(registry.ALGORITHMS)
     if not argv or argv[0] not in registry.ALGORITHMS:
-        raise SystemExit(f"usage: jaxrl train {{{names.replace(', ', ',')}}} [options]   "
+        unknown = f"unknown algorithm {argv[0]!r}\n" if argv and not argv[0].startswith("-") else ""
+        raise SystemExit(f"{unknown}usage: jaxrl train {{{names.replace(', ', ',')}}} [options]   "
                          f"(jaxrl train {next(iter(registry.ALGORITHMS))} --help)")
     algo, rest = registry.get(argv[0]), argv[1:]
     if algo.name == "finetune":
@@ -332,14 +333,51 @@ class ResetsBuildArgs:
     settle_steps: int | None = None  # control steps each candidate is held still; default ~2 s
 
 
+def _refusal(err: BaseException) -> bool:
+    """Whether ``err`` is one of the refusals our own code raises on purpose for bad input: an
+    error of those kinds whose innermost frame lies in `jaxrl` or `envs`.  Its message already
+    says what is wrong and how to fix it, so the command line prints it without a traceback.
+    Anything else (an error inside JAX or MuJoCo, a bug of ours) keeps its traceback."""
+    from envs.menagerie import MenagerieMissingError
+    from envs.omnireset.dataset import DatasetMismatchError
+    from jaxrl.data.replay import ReplayCapacityError
+    from jaxrl.io.checkpoint import CheckpointError
+    from jaxrl.train.guards import NonFiniteError
+    from jaxrl.train.memory import ProgramMemoryError
+
+    kinds = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, MenagerieMissingError,
+             DatasetMismatchError, ReplayCapacityError, ProgramMemoryError, NonFiniteError)
+    if not isinstance(err, kinds) or err.__traceback__ is None:
+        return False
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).resolve()
+    ours = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "envs"]
+    return any(where.is_relative_to(root) for root in ours)
+
+
 def main(argv: list[str] | None = None) -> None:
-    import tyro
+    """`jaxrl COMMAND ...`.  Bad input ends the command with its message alone (exit status 1);
+    ``JAXRL_TRACEBACK=1`` shows the traceback as well."""
+    import os
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
-    cmd, rest = argv[0], argv[1:]
+    try:
+        _command(argv[0], argv[1:])
+    except Exception as err:
+        if os.environ.get("JAXRL_TRACEBACK", "0") not in ("", "0") or not _refusal(err):
+            raise
+        raise SystemExit(f"jaxrl {argv[0]}: {type(err).__name__}: {err}\n"
+                         "(JAXRL_TRACEBACK=1 shows where it was raised)") from None
+
+
+def _command(cmd: str, rest: list[str]) -> None:
+    import tyro
+
     if cmd in ("train", "resume"):
         from jaxrl.train import parallel
 

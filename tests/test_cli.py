@@ -22,7 +22,7 @@ def test_list_envs_marks_tasks_that_need_menagerie(capsys):
 def test_unknown_command_and_algorithm_are_refused():
     with pytest.raises(SystemExit, match="unknown command"):
         cli.main(["fly"])
-    with pytest.raises(SystemExit, match="flashsac,ppo"):
+    with pytest.raises(SystemExit, match="unknown algorithm 'dqn'\nusage: jaxrl train {flashsac,ppo"):
         cli.main(["train", "dqn"])
     with pytest.raises(SystemExit, match="--mix needs --resets"):
         cli.main(["train", "ppo", "--mix", "0.5,0.5", "--steps", "10"])
@@ -63,8 +63,32 @@ def test_paper_preset_help_shows_the_paper_defaults(capsys, algo, preset):
 
 @pytest.mark.parametrize("cmd", ["eval", "sim2sim"])
 def test_eval_and_sim2sim_take_the_run_dir_positionally(tmp_path, cmd):
-    with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
+    with pytest.raises(SystemExit, match=f"jaxrl {cmd}: FileNotFoundError: .* is not a jaxrl run folder"):
         cli.main([cmd, str(tmp_path), "--episodes", "1"])
+
+
+def test_bad_input_ends_with_its_message_and_other_errors_keep_their_traceback(monkeypatch):
+    """A refusal raised on purpose inside `jaxrl` / `envs` (here `envs.make`'s unknown task name)
+    is the command's whole output; ``JAXRL_TRACEBACK=1`` re-raises it as it was; an error raised
+    anywhere else (a bug, an error inside a library) propagates with its traceback."""
+    import numpy as np
+
+    from jaxrl.train import run
+
+    bad = ["train", "sac", "--env", "CartpoleBalanc", "--steps", "10"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(bad)
+    msg = str(e.value.code)
+    assert msg.startswith("jaxrl train: ValueError: unknown env name 'CartpoleBalanc'. Did you mean: CartpoleBalance")
+    assert "JAXRL_TRACEBACK=1" in msg and "Traceback" not in msg and e.value.__cause__ is None
+    monkeypatch.setenv("JAXRL_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="unknown env name") as raised:
+        cli.main(bad)
+    assert raised.traceback[-1].path.parent.name == "envs"  # where it was raised: envs/registry.py
+    monkeypatch.delenv("JAXRL_TRACEBACK")
+    monkeypatch.setattr(run, "train", lambda *a, **k: np.zeros(3).reshape(2))  # not our refusal
+    with pytest.raises(ValueError, match="cannot reshape array"):
+        cli.main(["train", "sac", "--steps", "10"])
 
 
 def test_eval_help_documents_video_options(capsys):
@@ -82,7 +106,7 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
 
 
 def test_export_takes_the_run_dir_positionally(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
+    with pytest.raises(SystemExit, match="jaxrl export: FileNotFoundError: .* is not a jaxrl run folder"):
         cli.main(["export", str(tmp_path), "--format", "npz"])
 
 
