@@ -416,6 +416,12 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
         step = 0
     else:
         carry, _, step = session.ckpt.restore(carry, expected_metadata=session.metadata)
+        if loop.finished(carry) and (run_dir / "summary.json").exists():
+            # Nothing to train: leave the run folder as its last session wrote it.
+            session.close()
+            notice(f"{run_dir} already finished its budget ({loop.env_steps(carry):,} env steps): nothing "
+                   "to resume.  To train on from it, start a new run with --init-from (Python: init_from=)")
+            return carry, metrics_io.read_jsonl(log) if log.exists() else []
         if session.ckpt.last_restore_skipped:
             warnings.warn(
                 f"checkpoint step {step} of {run_dir} was saved without {', '.join(loop.optional_state)} "
@@ -454,8 +460,9 @@ class _Session:
     def run(self, carry, rows: list[dict], wall_offset: float = 0.0):
         from jaxrl.io.progress import Progress
 
-        bar = Progress(self.record["steps"], desc=f"{self.record['algo']} {self.record['env']}") \
-            if self.show_progress else None
+        # (a resumed run's bar starts where it stopped, so rate and ETA count this session only)
+        bar = Progress(self.record["steps"], desc=f"{self.record['algo']} {self.record['env']}",
+                       initial=self.loop.env_steps(carry)) if self.show_progress else None
         t0 = time.perf_counter()
         failed = True
         try:
@@ -485,6 +492,11 @@ class _Session:
         if self.out is not None and jax.process_index() == 0:
             self._summary(rows)
         return carry, rows
+
+    def close(self) -> None:
+        """Close the metrics sinks of a session that will not run (`resume` of a finished run)."""
+        if self.logger is not None:
+            self.logger.close()
 
     def _skip(self, carry):
         """Which carry paths to leave out of this checkpoint: none (exact resume) unless

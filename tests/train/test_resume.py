@@ -137,12 +137,24 @@ def test_exported_onnx_and_npz_equal_the_jax_policy_on_random_and_real_observati
     np.testing.assert_allclose(numpy_policy.forward(numpy_policy.load_npz(npz_path), obs), want, atol=1e-5)
 
 
-def test_resume_without_a_saved_replay_buffer_refills_it_and_finishes(tmp_path):
+def test_resume_without_a_saved_replay_buffer_refills_it_and_finishes(tmp_path, monkeypatch, capfd):
     """save_buffer=False (what a too-small disk falls back to): checkpoints leave the replay buffer
-    out, resume warns, refills it with warm-up transitions and runs to the end of the budget."""
+    out, resume warns, refills it with warm-up transitions and runs to the end of the budget; its
+    progress bar starts at the checkpoint's step.  Resuming the finished run then trains nothing
+    and leaves its folder as it was."""
     from jaxrl import flashsac
+    from jaxrl.io import progress
     from jaxrl.io.checkpoint import CheckpointManager
     from jaxrl.train import run
+
+    bars = []  # each session's bar: where it starts
+
+    class Bar(progress.Progress):
+        def __init__(self, total, desc="", **kw):
+            bars.append(kw.get("initial"))
+            super().__init__(total, desc, disable=True, **kw)
+
+    monkeypatch.setattr(progress, "Progress", Bar)
 
     cfg = flashsac.FlashSACConfig.cpu().replace(num_envs=8, batch_size=32, buffer_size=4000, min_buffer=256,
                                                 actor_width=16, critic_width=16, num_blocks=1)
@@ -165,11 +177,21 @@ def test_resume_without_a_saved_replay_buffer_refills_it_and_finishes(tmp_path):
     skipped = json.loads((mgr._step_dir(step) / "skipped.json").read_text())
     assert skipped, "the buffer leaves should have been left out"
     with pytest.warns(RuntimeWarning, match="refilling"):
-        carry, rows = run.resume(tmp_path, progress=False)
+        carry, rows = run.resume(tmp_path, progress=True)
+    assert bars == [step] and 0 < step < 2400
     assert rows[-1]["env_steps"] >= 2400 and np.isfinite(rows[-1]["eval_return"])
     # Empty after the restore, then 256 refill transitions plus every step taken after it:
     assert int(carry.buffer.size) * cfg.num_envs == 256 + rows[-1]["env_steps"] - step
     assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == rows[-1]["env_steps"]
+
+    before = {f: (tmp_path / f).read_bytes() for f in ("summary.json", "metrics.jsonl")}
+    capfd.readouterr()
+    _, again = run.resume(tmp_path, progress=True)
+    assert "already finished its budget" in capfd.readouterr().err
+    assert bars == [step]  # no session ran
+    assert [(r["env_steps"], r.get("eval_return")) for r in again] == [(r["env_steps"], r.get("eval_return")) for r in rows]
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before  # summary.json keeps its program_bytes
+    assert json.loads(before["summary.json"])["program_bytes"]["chunk"]["temporaries"] > 0
 
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path):
