@@ -119,3 +119,19 @@ def test_env_kwargs_are_read_as_json_values_or_text_and_malformed_ones_are_refus
     for bad in ("push_config.enable", "=1"):
         with pytest.raises(SystemExit, match="expected KEY=VALUE"):
             cli.parse_env_kwargs([bad])
+
+
+def test_train_refuses_bad_budgets_and_a_config_of_another_algorithm_before_anything_runs():
+    from jaxrl.algos import flashsac, ppo, sac
+    from jaxrl.train import run
+
+    for steps in (0, -5):
+        with pytest.raises(ValueError, match=f"steps must be >= 1, got {steps}"):
+            run.train("flashsac", "CartpoleBalance", flashsac.FlashSACConfig.cpu(), steps=steps, progress=False)
+    with pytest.raises(ValueError, match="num_evals must be >= 1, got -1"):
+        run.train("sac", "CartpoleBalance", sac.SACConfig.cpu(), steps=100, num_evals=-1, progress=False)
+    with pytest.raises(TypeError, match=r"flashsac needs a FlashSACConfig, got str 'cpu': e\.g\. "
+                       r"FlashSACConfig\.cpu\(\), or a preset by name.*presets: cpu, paper"):
+        run.train("flashsac", "CartpoleBalance", "cpu", steps=100, progress=False)
+    with pytest.raises(TypeError, match="sac needs a SACConfig, got PPOConfig"):
+        run.train("sac", "CartpoleBalance", ppo.PPOConfig.cpu(), steps=100, progress=False)

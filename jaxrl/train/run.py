@@ -256,7 +256,10 @@ def train(
     """
     spec = registry.get(algo)
     if not isinstance(config, spec.config):
-        raise TypeError(f"{algo} needs a {spec.config.__name__}, got {type(config).__name__}")
+        name = spec.config.__name__
+        raise TypeError(f"{algo} needs a {name}, got {type(config).__name__} {config!r:.60}: e.g. {name}.cpu(), "
+                        f"or a preset by name, registry.get({algo!r}).preset(NAME, env) (presets: "
+                        f"{', '.join(spec.presets)})")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
