@@ -332,6 +332,7 @@ class WorldModel:
         return self._init_program(key, data)
 
     def _init(self, key: jax.Array, data: Sequences) -> WorldModelState:
+        data = fill_invalid(data)
         x = data.x.reshape(-1, data.x.shape[-1])
         c = data.ctrl.reshape(-1, data.ctrl.shape[-1])
         xn = data.x_next.reshape(-1, data.x_next.shape[-1])
@@ -468,6 +469,7 @@ class WorldModel:
 
     def error(self, state: WorldModelState, data: Sequences) -> jax.Array:
         """Masked mean squared normalised state error of the exact open-loop rollout."""
+        data = fill_invalid(data)
         xs, lvs = self.rollout(state.params, state.scaler, data.x[:, 0], data.ctrl)
         return self._nll(xs, lvs, state.scaler, data)[1]
 
@@ -487,6 +489,7 @@ class WorldModel:
         m = data.x.shape[0]
         if m < 2:
             raise ValueError(f"world model fit needs at least 2 sequences, got {m}")
+        data = fill_invalid(data)
         valid = step_weights(data)[:, 0]
         lin = self.linearise(data) if cfg.physics else None
         # Valid sequences first, in random order; the first n_val of them are held out.
@@ -517,7 +520,10 @@ class WorldModel:
             return self.loss(params, state.scaler, *val)[1]
 
         history = jnp.full((cfg.max_epochs,), jnp.nan)
-        best0 = val_error(state.params)
+        # Not the incoming parameters' error: this fit's held-out split is new, and most of it
+        # trained them (a fresh split per fit), so their score would be optimistic and could end
+        # the fit with them, discarding the new data.  The first epoch always becomes the best.
+        best0 = jnp.asarray(jnp.inf, jnp.float32)
 
         def cond(c):
             i, since, *_ = c
@@ -544,6 +550,25 @@ class WorldModel:
 
 
 # ============================================================================ data
+def fill_invalid(data: Sequences) -> Sequences:
+    """``data`` with every invalid step's x, ctrl and x_next replaced by the first valid step's.
+
+    A fixed-size buffer's unused rows are zeros, and a zero quaternion (a free joint: T1, G1)
+    makes MJX's step NaN; a weight of 0 does not cancel it (0 · NaN = NaN), and a NaN in any
+    row makes means, held-out errors and gradients NaN.  The substitute is a real state, so
+    the physics of masked steps stays finite; their weight keeps them out of every sum."""
+    if data.valid is None:
+        return data
+    ok = step_weights(data) > 0  # [M, H]
+    first = jnp.argmax(ok.reshape(-1))
+
+    def fill(a):
+        ref = a.reshape((-1,) + a.shape[2:])[first]
+        return jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 2)), a, ref)
+
+    return data._replace(x=fill(data.x), ctrl=fill(data.ctrl), x_next=fill(data.x_next))
+
+
 def step_weights(data: Sequences) -> jax.Array:
     """[M, H] float weights of the steps: ``data.valid`` broadcast (all ones without it)."""
     shape = data.done.shape
@@ -595,7 +620,7 @@ def check_imaginable(task: Any) -> bool:
     return own
 
 
-def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
+def imagined_step(task: Any, model: WorldModel, state: WorldModelState, mean_obs: bool = False) -> Any:
     """``step(env_state, action, key=None) -> env_state`` of ``task`` with its physics replaced by
     the world model's mean prediction; everything else — action → ctrl, observation, reward,
     termination, the task's ``info`` bookkeeping — is the task's own ``step`` on the predicted state.
@@ -606,7 +631,10 @@ def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
     N(0, exp(logvar)) (normalised state units, so scaled by the scaler's std) is added to the
     state that what the ACTOR observes (``obs["state"]``, or a flat observation) is computed
     from; the state carried on, the reward, the termination and the critic's
-    ``privileged_state`` stay the mean's (LIFT: imagination propagates the mean).
+    ``privileged_state`` stay the mean's (LIFT: imagination propagates the mean).  A flat
+    observation (or one without ``privileged_state``) is the actor's and the critic's at once:
+    ``mean_obs=True`` makes ``step`` return ``(env_state, the mean's observation)`` so that the
+    critic can be given the mean (`jaxrl.train.finetune`).
 
     Works for MuJoCo Playground tasks (physics through ``mjx_env.step``) and jaxrl tasks (a
     ``physics_step(data)`` method); any other task raises a TypeError naming what to implement.
@@ -645,7 +673,8 @@ def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
 
     def step(env_state, action, key=None):
         if key is None:
-            return swapped(env_state, action, None)
+            out = swapped(env_state, action, None)
+            return (out, out.obs) if mean_obs else out
         # The mean step and the noisy one in ONE trace of the task's step (a second trace cost
         # ~14% of a finetuning chunk's compile): a batch of two whose noise is scaled by 0 (the
         # mean, exactly: the noise is finite, logvar <= logvar_max) and by 1.
@@ -656,6 +685,6 @@ def imagined_step(task: Any, model: WorldModel, state: WorldModelState) -> Any:
             obs = {**obs, "state": seen["state"]}
         else:
             obs = seen
-        return mean.replace(obs=obs)
+        return (mean.replace(obs=obs), mean.obs) if mean_obs else mean.replace(obs=obs)
 
     return step

@@ -12,7 +12,10 @@ Why our own bookkeeping instead of orbax's: orbax 0.12.8 restores random bytes w
 data file silently with wrong values, raises a bare ``Exception`` on a truncated file and counts
 an empty step folder as the latest step.  Here a checkpoint exists only once ``COMMITTED`` is
 there; it is written into ``.tmp-step_...``, fsynced and renamed, so a crash leaves at most a
-temporary folder, which is ignored and removed.  Every restore re-hashes the files it reads.
+temporary folder, which is ignored, and removed by the next writer only (`claim`): reading a
+run while it trains (eval, export, ``init_from``) never touches its files.  One process writes
+into a folder at a time (a lock file); a second is refused.  Every restore re-hashes the files
+it reads, and a checkpoint that verifies but cannot be read gives way to the one before it.
 
 Several hosts (``jax.distributed``): the run folder must be on a filesystem every host sees.
 Every process writes its own shards of the arrays through orbax; process 0 alone writes the
@@ -45,6 +48,7 @@ FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _MARKER = "COMMITTED"
+_LOCK = ".writer.lock"
 _MANIFEST = "manifest.json"
 
 
@@ -220,7 +224,29 @@ class CheckpointManager:
         self.save_interval_s, self._clock = save_interval_s, clock
         self._last_save = clock()
         self.last_restore_skipped: list[str] = []  # paths `restore` left as the target's (not saved)
-        self._remove_temporaries()
+        self._corrupt: dict[int, str] = {}  # step -> why it cannot be restored (retention does not count it)
+        self._lock = None  # the writer's lock file (`claim`)
+
+    # ---- the one writer
+
+    def claim(self) -> None:
+        """Become the folder's one writer (process 0; the others write shards under its barriers):
+        take the lock, then clean up what a crashed writer left.  A folder another live process
+        writes into raises `CheckpointError`.  `save` claims on its first call; a run claims
+        before it writes anything else (`jaxrl.train.run`).  Idempotent; `release` ends it."""
+        if self._lock is not None or jax.process_index() != 0:
+            return
+        self._lock = _take_lock(self.directory / _LOCK)
+        self._recover_temporaries()
+
+    def release(self) -> None:
+        """Give up the writer's lock (another process may then write here)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()  # closing the file drops its flock
+
+    def __del__(self) -> None:  # a manager dropped without `release` (the Python API): let go
+        self.release()
 
     # ---- listing
 
@@ -286,6 +312,7 @@ class CheckpointManager:
             return False
         step = int(step)
         primary = jax.process_index() == 0
+        self.claim()
         tmp = self.directory / f"{_TMP_PREFIX}step_{step:012d}"
         if primary:
             if tmp.exists():
@@ -363,7 +390,9 @@ class CheckpointManager:
         (folder / _MARKER).write_text(_sha256(folder / _MANIFEST) + "\n")
 
     def _apply_retention(self) -> None:
-        steps = self.steps()
+        """Keep the last ``keep_last`` and the best; steps known to be corrupt neither count nor
+        go (a resume that fell back past them would otherwise lose each new checkpoint to them)."""
+        steps = [s for s in self.steps() if s not in self._corrupt]
         keep = set(steps[-self.keep_last :])
         if self.keep_best and (best := self.best_step()) is not None:
             keep.add(best)
@@ -371,16 +400,33 @@ class CheckpointManager:
             if step not in keep:
                 shutil.rmtree(self._step_dir(step), ignore_errors=True)
 
-    def _remove_temporaries(self) -> None:
-        for p in self.directory.iterdir():
-            if p.name.startswith(_TMP_PREFIX):
-                log.info("removing unfinished checkpoint %s (left by a crash)", p)
-                shutil.rmtree(p, ignore_errors=True)
+    def _recover_temporaries(self) -> None:
+        """What a crashed writer left: unfinished folders go; the old copy of a step whose re-save
+        was cut between its two renames becomes that step again."""
+        old_prefix = f"{_TMP_PREFIX}old-"
+        for p in sorted(self.directory.iterdir()):
+            if not p.name.startswith(_TMP_PREFIX):
+                continue
+            if p.name.startswith(old_prefix):
+                final = self.directory / p.name[len(old_prefix):]
+                if not final.exists() and (p / _MARKER).is_file():
+                    log.info("restoring checkpoint %s (a re-save of it was cut short)", final)
+                    os.replace(p, final)
+                    continue
+            log.info("removing unfinished checkpoint %s (left by a crash)", p)
+            shutil.rmtree(p, ignore_errors=True)
 
     # ---- verifying and restoring
 
     def verify(self, step: int) -> str | None:
-        """None when every file of ``step`` matches its checksum, else what failed."""
+        """None when every file of ``step`` matches its checksum, else what failed (a file the
+        disk cannot read included)."""
+        try:
+            return self._verify(step)
+        except OSError as e:
+            return f"step {step}: unreadable ({e})"
+
+    def _verify(self, step: int) -> str | None:
         folder = self._step_dir(step)
         try:
             marker = (folder / _MARKER).read_text().strip()
@@ -418,17 +464,21 @@ class CheckpointManager:
             return step
         steps, problems = self.steps(), []
         for candidate in reversed(steps):
+            if candidate in self._corrupt:  # found before (and warned about)
+                problems.append(self._corrupt[candidate])
+                continue
             problem = self.verify(candidate)
             if problem is None:
                 return candidate
             problems.append(problem)
+            self._corrupt[candidate] = problem
             msg = f"skipping corrupt checkpoint in {self.directory}: {problem}"
             log.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         if not steps:
             raise CheckpointError(f"no committed checkpoint in {self.directory}")
         raise CheckpointError(
-            f"no usable checkpoint in {self.directory}: every one failed verification:\n  "
+            f"no usable checkpoint in {self.directory}: every one failed verification or could not be read:\n  "
             + "\n  ".join(problems)
             + "\nThe files were modified or truncated after writing (disk full, copy interrupted?)."
         )
@@ -458,9 +508,28 @@ class CheckpointManager:
         leaves it accepts and leaves the others as they are in ``target``: loading a policy then
         does not read a multi-GB replay buffer into memory.
         """
+        return self._with_fallback(step, lambda s: self._restore(target, s, expected_metadata, only))
+
+    def _with_fallback(self, step: int | None, read: Callable[[int], Any]) -> Any:
+        """``read(step)``, or from the newest step that verifies; there, a checkpoint that
+        verifies but cannot be read (orbax fails: a damaged file system, an unreadable block)
+        gives way to the one before it, with a warning."""
+        if step is not None:
+            return read(self._good_step(step))
+        while True:
+            chosen = self._good_step(None)
+            try:
+                return read(chosen)
+            except _Unreadable as e:
+                self._corrupt[chosen] = str(e)
+                msg = f"skipping checkpoint in {self.directory}: {e}"
+                log.warning(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+    def _restore(self, target: Any, step: int, expected_metadata: Mapping[str, Any] | None,
+                 only: Callable[[str], bool] | None) -> tuple[Any, dict, int]:
         import orbax.checkpoint as ocp
 
-        step = self._good_step(step)
         folder = self._step_dir(step)
         with open(folder / "metadata.json") as f:
             metadata = json.load(f)
@@ -500,7 +569,7 @@ class CheckpointManager:
                         abstract, restore_args=jax.tree.map(_restore_args, abstract),
                         partial_restore=True))
         except Exception as e:  # orbax raises bare Exceptions on damaged files
-            raise CheckpointError(f"orbax could not read checkpoint step {step}: {e!r}") from e
+            raise _Unreadable(f"orbax could not read checkpoint step {step}: {e!r}") from e
         restored = [
             leaf if not wanted[i]
             else _from_stored(leaf, arrays[f"leaf_{i:05d}"]) if np.size(leaf) != 0
@@ -519,9 +588,12 @@ class CheckpointManager:
         differs, raises `CheckpointMismatchError` naming the field and both layouts.
         ``check_only``: those checks alone, nothing read (``target`` may be abstract: a run
         checks its ``init_from`` before compiling anything); returns ``target`` unchanged."""
+        return self._with_fallback(step, lambda s: self._restore_matching(target, select, s, check_only))
+
+    def _restore_matching(self, target: Any, select: Callable[[str], bool], step: int,
+                          check_only: bool) -> tuple[Any, dict, int, list[str]]:
         import orbax.checkpoint as ocp
 
-        step = self._good_step(step)
         folder = self._step_dir(step)
         with open(folder / "metadata.json") as f:
             metadata = json.load(f)
@@ -562,11 +634,58 @@ class CheckpointManager:
                 arrays = ckptr.restore(folder / "state", args=ocp.args.PyTreeRestore(
                     abstract, restore_args=jax.tree.map(_restore_args, abstract), partial_restore=True))
         except Exception as e:  # orbax raises bare Exceptions on damaged files
-            raise CheckpointError(f"orbax could not read checkpoint step {step}: {e!r}") from e
+            raise _Unreadable(f"orbax could not read checkpoint step {step}: {e!r}") from e
         for j, i in pairs:
             leaves[j] = (_from_stored(leaves[j], arrays[f"leaf_{i:05d}"]) if np.size(leaves[j]) != 0
                          else _empty_like(leaves[j]))
         return jax.tree_util.tree_unflatten(treedef, leaves), metadata, step, loaded
+
+
+def writer_absent(run_dir: str | os.PathLike) -> None:
+    """`CheckpointError` when a live process writes checkpoints into ``run_dir`` (holds its lock)."""
+    path = Path(run_dir).absolute() / "checkpoints" / _LOCK
+    if path.exists():
+        lock = _take_lock(path)
+        if lock is not None:
+            lock.close()
+
+
+class _Unreadable(CheckpointError):
+    """A checkpoint that verified but that orbax could not read."""
+
+
+def _take_lock(path: Path) -> Any:
+    """An exclusive, non-blocking ``flock`` on ``path`` (held while the returned file is open);
+    `CheckpointError` naming the holder when another process has it.  The kernel drops the
+    lock when its process dies, so a killed run never leaves its folder locked.  Where the
+    file system has no locks, a warning, and no lock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    f = open(path, "a+")  # noqa: SIM115 - held open: the lock lives as long as the file
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise CheckpointError(
+            f"{holder} is writing checkpoints into {path.parent}: two runs writing one folder would "
+            "mix their checkpoints.  Let it finish (or stop it), then `jaxrl resume` the run; or "
+            "train into another folder.") from None
+    except OSError as e:  # e.g. a network file system without locks
+        f.close()
+        warnings.warn(f"{path}: cannot lock the run folder ({e}); make sure one process writes into it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    import socket
+
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
 
 def _sync(name: str) -> None:

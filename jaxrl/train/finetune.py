@@ -48,7 +48,7 @@ from jaxrl.algos import sac
 from jaxrl.algos import world_model as wm
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, init_keys, repeat, skip_when
+from jaxrl.train.loop import HostLoop, chunk_counters, init_keys, repeat, skip_when
 
 # The agent parts a finetuning run loads from its pretraining run: everything but α (and its
 # optimiser), which LIFT re-initialises.
@@ -203,8 +203,13 @@ class FinetuneLoop(HostLoop):
         self.model = wm.WorldModel(cfg.world_model, wm.SmoothDynamics.of_task(self.task))
         self.prefill_iters = math.ceil(cfg.prefill / env.num_envs)
         self.epoch_iters = math.ceil(cfg.real_steps_per_epoch / env.num_envs)
-        self.chunk_iters, total_epochs = chunk_plan(epochs, num_evals)
-        self.total_iters = self.prefill_iters + total_epochs * self.epoch_iters
+        # The budget is real steps, the number finetuning is judged by: exactly ``epochs`` epochs
+        # (rounding the epochs up to a multiple of ``num_evals``, as the other loops round
+        # iterations, overran it by up to a quarter), in min(num_evals, epochs) chunks whose
+        # sizes differ by at most one epoch; a chunk's length is an argument of its program.
+        chunks = min(num_evals, epochs)
+        self.chunk_ends = [(k + 1) * epochs // chunks for k in range(chunks)]  # epochs after chunk k
+        self.total_iters = self.prefill_iters + epochs * self.epoch_iters
         # At most, per epoch: every round at rounds_max and horizon_max; each model fit at
         # max_epochs over a full real buffer (sequences of `horizon` steps).
         w = cfg.world_model
@@ -320,25 +325,30 @@ class FinetuneLoop(HostLoop):
         into the imagined buffer (steps after an imagined termination are marked invalid)."""
         k_start, key = jax.random.split(key)
         inner = self._starts(carry, k_start)
-        step = jax.vmap(wm.imagined_step(self.task, self.model, carry.model))
+        step = jax.vmap(wm.imagined_step(self.task, self.model, carry.model, mean_obs=True))
         cfg = self.cfg.sac
 
         def body(i, c):
-            inner, alive, buf = c
-            obs = split_obs(inner.obs)
+            # ``critic``: the critic's observation of ``inner``, computed from the mean state; the
+            # model's noise reaches only what the actor observes, even when the task's
+            # observation is one flat array serving both (LIFT: noise on the actor's input).
+            inner, critic, alive, buf = c
+            obs = {**split_obs(inner.obs), "privileged_state": critic}
             k_act, k_noise = jax.random.split(jax.random.fold_in(key, i))
             action = sac.act(carry.agent, obs, k_act, cfg)[0]
-            nxt = (step(inner, action, jax.random.split(k_noise, self.cfg.starts))
-                   if self.cfg.observation_noise else step(inner, action))
+            nxt, mean = (step(inner, action, jax.random.split(k_noise, self.cfg.starts))
+                         if self.cfg.observation_noise else step(inner, action))
             done = nxt.done > 0.5
+            critic = split_obs(mean)["privileged_state"]
             tr = Transition(obs=obs, action=action, reward=nxt.reward.astype(jnp.float32),
-                            next_obs=split_obs(nxt.obs), terminated=done,
+                            next_obs={**split_obs(nxt.obs), "privileged_state": critic}, terminated=done,
                             truncated=jnp.zeros_like(done))
             buf = replay.insert(buf, {"tr": tr, "valid": alive})
-            return nxt, alive & ~done, buf
+            return nxt, critic, alive & ~done, buf
 
         alive = jnp.ones((self.cfg.starts,), bool)
-        _, _, imagined = jax.lax.fori_loop(0, horizon, body, (inner, alive, carry.imagined))
+        critic = split_obs(inner.obs)["privileged_state"]  # a real start state: no noise
+        _, _, _, imagined = jax.lax.fori_loop(0, horizon, body, (inner, critic, alive, carry.imagined))
         return carry.replace(imagined=imagined)
 
     def _imagined_weights(self, img: replay.ReplayState) -> jax.Array:
@@ -407,7 +417,9 @@ class FinetuneLoop(HostLoop):
         return self.counter(carry.iteration) >= self.total_iters
 
     def _advance(self, carry: FinetuneCarry):
-        if self.counter(carry.iteration) < self.prefill_iters:  # the prefill: one chunk "epoch"
+        done = self.counter(carry.iteration)
+        if done < self.prefill_iters:  # the prefill: one chunk "epoch"
             carry, _ = self.chunk(carry, 1, warm=True)
             return carry, {}
-        return self.chunk(carry, self.chunk_iters)
+        epochs = (done - self.prefill_iters) // self.epoch_iters
+        return self.chunk(carry, next(e for e in self.chunk_ends if e > epochs) - epochs)

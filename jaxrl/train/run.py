@@ -41,6 +41,7 @@ import envs
 from envs.wrappers import VecEnv
 from jaxrl.io import runfolder
 from jaxrl.io.checkpoint import CheckpointManager
+from jaxrl.io.checkpoint import writer_absent as checkpoint_writer_absent
 from jaxrl.train import parallel, registry
 from jaxrl.train.loop import notice
 
@@ -299,7 +300,9 @@ def train(
     if init_from is not None:  # a layout mismatch is refused before anything compiles
         load_parts(jax.eval_shape(loop._lift(loop._init), loop._keys()), init_from, init_parts, check_only=True)
     if out_dir is not None and overwrite and primary:
-        # Only now, when every request has been checked: a refused run leaves the old one intact.
+        # Only now, when every request has been checked: a refused run leaves the old one intact,
+        # and so does a run still training there (its writer's lock).
+        checkpoint_writer_absent(Path(out_dir))
         runfolder.claim(Path(out_dir), True)
     if dataset_env is not None and primary:
         keep_resets(dataset_env, out_dir, env_kwargs)
@@ -433,8 +436,13 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
                 RuntimeWarning, stacklevel=2)
             carry = loop.refill(carry)
     rows = [r for r in metrics_io.read_jsonl(log) if r["env_steps"] <= step] if log.exists() else []
-    # Rows logged after the checkpoint will be produced again: drop them.
-    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    session.claim()  # this process writes the run from here on (another writing it is refused)
+    try:
+        if session.logger is not None:  # (process 0's) rows logged after the checkpoint come again
+            session.logger.rewrite(rows)
+    except BaseException:
+        session.close()
+        raise
     return session.run(carry, rows=rows, wall_offset=rows[-1]["wall_s"] if rows else 0.0)
 
 
@@ -469,6 +477,7 @@ class _Session:
         t0 = time.perf_counter()
         failed = True
         try:
+            self.claim()
             while not self.loop.finished(carry):
                 carry, row = self.loop.run_chunk(carry)
                 # NaN marks "no value this chunk" (e.g. no training episode ended): leave it out.
@@ -492,14 +501,24 @@ class _Session:
                 bar.close()
             if self.logger is not None:
                 self.logger.close(failed=failed)
+            if self.ckpt is not None:
+                self.ckpt.release()
         if self.out is not None and jax.process_index() == 0:
             self._summary(rows)
         return carry, rows
 
+    def claim(self) -> None:
+        """Become the run folder's one writer (`CheckpointManager.claim`): a second process
+        training into it is refused before it writes anything."""
+        if self.ckpt is not None:
+            self.ckpt.claim()
+
     def close(self) -> None:
-        """Close the metrics sinks of a session that will not run (`resume` of a finished run)."""
+        """Close the metrics sinks and the writer's lock of a session that will not run."""
         if self.logger is not None:
             self.logger.close()
+        if self.ckpt is not None:
+            self.ckpt.release()
 
     def _skip(self, carry):
         """Which carry paths to leave out of this checkpoint: none (exact resume) unless
@@ -514,7 +533,12 @@ class _Session:
             optional = sum(leaf.nbytes for path, leaf in sizes  # (metadata: no device copy)
                            if jax.tree_util.keystr(path).startswith(prefixes))
             free = shutil.disk_usage(self.out).free
-            if optional < 0.5 * free:
+            fits = optional < 0.5 * free
+            if jax.process_count() > 1:  # process 0's disk decides: every process saves the same tree
+                from jax.experimental import multihost_utils
+
+                fits = bool(multihost_utils.broadcast_one_to_all(np.asarray(fits)))
+            if fits:
                 return None
             if not self._warned_disk:
                 warnings.warn(f"{', '.join(prefixes)} needs {optional / 2**30:.1f} GiB but {self.out} "

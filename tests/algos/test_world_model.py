@@ -291,3 +291,72 @@ def test_an_epoch_is_one_pass_over_the_train_split_unless_a_minimum_is_set(min_s
     assert int(info["epochs"]) == 1 and float(info["best_val"]) == float(info["val_error"][0])
     counts = [int(c) for c in jax.tree.leaves(fitted.opt_state) if jnp.issubdtype(c.dtype, jnp.integer)]
     assert counts and set(counts) == {per_epoch}, counts
+
+
+FREE_BODY = """<mujoco><option timestep="0.01"/>
+  <worldbody><body pos="0 0 1"><freejoint/><geom type="box" size=".1 .1 .1" mass="1"/>
+    <body pos="0 0 -.1"><joint name="h" type="hinge" axis="0 1 0"/>
+      <geom type="capsule" fromto="0 0 0 0 0 -.2" size=".03" mass=".2"/></body></body></worldbody>
+  <actuator><motor joint="h" gear="1"/></actuator></mujoco>"""
+
+
+def test_a_free_body_fits_beside_the_zero_rows_of_an_unfilled_buffer():
+    """A real buffer's unused rows are zeros, and for a robot with a free joint (T1, G1) a zero
+    quaternion makes MJX's step NaN, which a zero weight does not cancel (0 · NaN = NaN): the
+    scaler, the held-out errors and the fitted model came out NaN.  Now the scaler equals the
+    one of the valid rows alone and the fit is finite.  (Zero padding of a model without a free
+    joint, as Cartpole's, stays finite either way.)"""
+    import mujoco
+
+    dyn = wm.SmoothDynamics(mujoco.MjModel.from_xml_string(FREE_BODY), 1)
+    cfg = wm.WorldModelConfig.cpu().replace(hidden=(8,), weight_decay=(0.0, 0.0), batch_size=4, horizon=1,
+                                            max_epochs=2, min_epoch_steps=1)
+    model = wm.WorldModel(cfg, dyn)
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    n, pad = 12, 8
+    quat = jax.random.normal(k[0], (n, 4))
+    qpos = jnp.concatenate([jax.random.normal(k[1], (n, 3)), quat / jnp.linalg.norm(quat, axis=1, keepdims=True),
+                            jax.random.normal(k[2], (n, 1))], axis=1)
+    x = jnp.concatenate([qpos, 0.1 * jax.random.normal(k[3], (n, dyn.nv))], axis=1)
+    ctrl = jnp.ones((n, dyn.nu))
+    x_next = jax.jit(jax.vmap(lambda a, c: dyn.integrate(a, c, jnp.zeros(dyn.nv))))(x, ctrl)
+    assert bool(jnp.all(jnp.isfinite(x_next)))
+
+    def seqs(m):  # m real rows, then the zero rows of an unfilled buffer
+        z = lambda a: jnp.concatenate([a[:m], jnp.zeros((pad,) + a.shape[1:])])[:, None]
+        return wm.Sequences(z(x), z(ctrl), z(x_next), jnp.zeros((m + pad, 1)),
+                            valid=jnp.arange(m + pad) < m)
+
+    data = seqs(n)
+    state = model.init(jax.random.PRNGKey(1), data)
+    alone = model.init(jax.random.PRNGKey(1), wm.Sequences(x[:, None], ctrl[:, None], x_next[:, None], jnp.zeros((n, 1))))
+    for a, b in zip(jax.tree.leaves(state.scaler), jax.tree.leaves(alone.scaler)):
+        assert bool(jnp.all(jnp.isfinite(a)))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    fitted, info = jax.jit(model.fit)(state, data, jax.random.PRNGKey(2))
+    assert np.isfinite(float(info["best_val"])) and int(info["epochs"]) == 2
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(fitted.params))
+    assert np.isfinite(float(jax.jit(model.error)(fitted, data)))
+
+
+def test_each_fit_starts_afresh_so_the_new_data_is_never_discarded():
+    """A fit's held-out split is drawn anew each time, mostly from windows the incoming
+    parameters trained on, so their score is optimistic: they are no candidate for the best.
+    A fit returns the best of its own epochs, here even when a learning rate of 10 makes every
+    epoch worse than the parameters it started from (before, it returned those unchanged)."""
+    dyn = wm.SmoothDynamics.of_task(envs.make("CartpoleBalance", num_envs=1).env)
+    cfg = wm.WorldModelConfig.cpu().replace(physics=False, hidden=(8,), weight_decay=(0.0, 0.0), batch_size=8,
+                                            horizon=1, max_epochs=3, min_epoch_steps=4)
+    s, u = dyn.state_size, dyn.nu
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 1, s))
+    data = wm.Sequences(x, jnp.zeros((40, 1, u)), 1.1 * x, jnp.zeros((40, 1)))
+    model = wm.WorldModel(cfg, dyn)
+    fitted, _ = jax.jit(model.fit)(model.init(jax.random.PRNGKey(1), data), data, jax.random.PRNGKey(2))
+    wild = wm.WorldModel(cfg.replace(learning_rate=10.0), dyn)
+    refit, info = jax.jit(wild.fit)(fitted, data, jax.random.PRNGKey(3))
+    ran = np.asarray(info["val_error"])[: int(info["epochs"])]
+    assert float(info["best_val"]) == float(np.nanmin(ran))
+    assert float(info["best_val"]) > float(model.error(fitted, data))  # every epoch was worse ...
+    changed = [not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(refit.params), jax.tree.leaves(fitted.params))]
+    assert all(changed)  # ... and the fit still returned its own best epoch

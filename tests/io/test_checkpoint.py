@@ -188,8 +188,10 @@ def test_save_interval_is_respected(tmp_path):
 
 
 def test_leftover_temporary_folder_from_a_crash_is_ignored_and_cleaned(tmp_path):
+    """A crash's leftovers are ignored by readers and removed by the next writer only."""
     mgr = CheckpointManager(tmp_path)
     mgr.save(1, make_state(1), META, force=True)
+    mgr.release()  # that run ended
     # A crash mid-write: a full copy under the temporary name, and a step folder without marker.
     crashed = mgr.directory / ".tmp-step_000000000002"
     import shutil
@@ -202,9 +204,12 @@ def test_leftover_temporary_folder_from_a_crash_is_ignored_and_cleaned(tmp_path)
     assert mgr.steps() == [1]
     _, _, step = mgr.restore(make_state(0))
     assert step == 1
-    CheckpointManager(tmp_path)  # a new run (resume) cleans up
+    CheckpointManager(tmp_path).restore(make_state(0))  # a reader (eval, export) touches nothing
+    assert crashed.exists()
+    CheckpointManager(tmp_path).claim()  # the next writer (resume) cleans up
     assert not crashed.exists()
     assert sorted(p.name for p in mgr.directory.iterdir()) == [
+        ".writer.lock",  # (the lock file stays; its flock goes with its process)
         "step_000000000001",
         "step_000000000003",
     ]
@@ -216,7 +221,7 @@ def test_resaving_a_step_replaces_it(tmp_path):
     mgr.save(1, make_state(2), META, force=True)
     restored, _, _ = mgr.restore(make_state(0))
     assert_bit_exact(restored, make_state(2))
-    assert [p.name for p in mgr.directory.iterdir()] == ["step_000000000001"]
+    assert sorted(p.name for p in mgr.directory.iterdir()) == [".writer.lock", "step_000000000001"]
 
 
 def test_zero_size_leaves_round_trip(tmp_path):
@@ -257,3 +262,114 @@ def test_partial_restore_reads_only_the_selected_subtree(tmp_path):
     assert_bit_exact(state.params, saved.params)
     assert isinstance(state.obs_normaliser.mean, jax.ShapeDtypeStruct)  # not read
     assert isinstance(state.step, jax.ShapeDtypeStruct)
+
+
+def test_one_writer_per_folder_and_readers_never_touch_a_save_in_progress(tmp_path):
+    """A live writer holds the folder's lock: a second writer is refused naming it, a reader
+    (eval / export / init_from while the run trains) leaves the writer's unfinished folder
+    alone; once the writer releases (or dies), the next one may write."""
+    import os
+
+    from jaxrl.io.checkpoint import writer_absent
+
+    writer = CheckpointManager(tmp_path)
+    writer.save(1, make_state(1), META, force=True)  # the first save claims the folder
+    in_progress = writer.directory / ".tmp-step_000000000002"
+    in_progress.mkdir()
+    (in_progress / "part").write_text("being written")
+    _, _, step = CheckpointManager(tmp_path).restore(make_state(0))
+    assert step == 1 and (in_progress / "part").exists()
+    second = CheckpointManager(tmp_path)
+    with pytest.raises(CheckpointError, match=rf"process {os.getpid()} on .* is writing checkpoints into "
+                       r".*: two runs writing one folder would mix their checkpoints"):
+        second.save(3, make_state(3), META, force=True)
+    with pytest.raises(CheckpointError, match="is writing checkpoints into"):
+        writer_absent(tmp_path)  # what `train(..., overwrite=True)` asks first
+    assert second.steps() == [1] and in_progress.exists()
+    writer.release()
+    writer_absent(tmp_path)
+    assert second.save(3, make_state(3), META, force=True) and second.steps() == [1, 3]
+    assert not in_progress.exists()  # the new writer cleaned what the old one left
+
+
+def test_a_resave_cut_between_its_two_renames_keeps_the_old_copy(tmp_path):
+    """Re-saving step 1 moves the old copy aside, then renames the new one in: a kill between
+    the two leaves only temporary names, and the next writer restores the old copy."""
+    import shutil
+
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(1, make_state(1), META, force=True)
+    mgr.release()
+    old = mgr.directory / ".tmp-old-step_000000000001"
+    os_new = mgr.directory / ".tmp-step_000000000001"
+    shutil.copytree(mgr._step_dir(1), os_new)
+    (os_new / "COMMITTED").unlink()  # the new copy, not yet committed
+    mgr._step_dir(1).rename(old)
+    assert mgr.steps() == []
+    nxt = CheckpointManager(tmp_path)
+    nxt.claim()
+    assert nxt.steps() == [1] and not old.exists() and not os_new.exists()
+    restored, _, step = nxt.restore(make_state(0))
+    assert step == 1
+    assert_bit_exact(restored, make_state(1))
+
+
+def test_a_checkpoint_that_verifies_but_cannot_be_read_gives_way_to_the_previous_one(two_saved):
+    """Step 2's data file is cut in half and its manifest and marker re-hashed, so it passes
+    verification; orbax then fails to read it, and restore falls back to step 1 with a warning
+    (before, the resume failed outright).  A step named explicitly still raises."""
+    import hashlib
+
+    mgr, states = two_saved
+    folder = mgr._step_dir(2)
+    path = data_file(mgr, 2)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    rel = str(path.relative_to(folder))
+    manifest["files"][rel] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": path.stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "COMMITTED").write_text(hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest() + "\n")
+    assert mgr.verify(2) is None
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint in .*orbax could not read checkpoint step 2"):
+        restored, _, step = mgr.restore(make_state(0))
+    assert step == 1
+    assert_bit_exact(restored, states[1])
+    with pytest.raises(CheckpointError, match="orbax could not read checkpoint step 2"):
+        mgr.restore(make_state(0), step=2)
+
+
+def test_a_disk_read_error_is_a_failed_verification_not_a_crash(two_saved, monkeypatch):
+    from jaxrl.io import checkpoint
+
+    mgr, _ = two_saved
+    bad = data_file(mgr, 2)
+    real = checkpoint._sha256
+
+    def sha256(path):
+        if Path(path) == bad:
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(checkpoint, "_sha256", sha256)
+    assert "step 2: unreadable" in mgr.verify(2) and "Input/output error" in mgr.verify(2)
+    with pytest.warns(RuntimeWarning, match="step 2: unreadable"):
+        _, _, step = mgr.restore(make_state(0))
+    assert step == 1
+
+
+def test_retention_does_not_count_a_corrupt_newest_step(tmp_path):
+    """keep_last=1, step 5 corrupt, the run resumed from step 1: its next checkpoint (step 2)
+    is kept; before, step 5 held the one slot and each new checkpoint was deleted as it was made."""
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    for step in (1, 5):
+        mgr.save(step, make_state(step), META, force=True)
+    mgr.release()
+    data_file(mgr, 5).write_bytes(b"")
+    resumed = CheckpointManager(tmp_path, keep_last=1, keep_best=False)
+    with pytest.warns(RuntimeWarning, match="step 5: file"):
+        _, _, step = resumed.restore(make_state(0))
+    assert step == 1
+    resumed.save(2, make_state(2), META, force=True)
+    assert resumed.steps() == [2, 5]  # the newest good one, and the corrupt one left as it was
+    resumed.save(3, make_state(3), META, force=True)
+    assert resumed.steps() == [3, 5]

@@ -66,6 +66,32 @@ def test_jsonl_appends_on_resume_and_skips_a_line_cut_by_a_crash(tmp_path):
         assert read_jsonl(tmp_path / "metrics.jsonl") == [ROWS[0], ROWS[1]]
 
 
+def test_a_resume_rewrites_the_log_atomically_and_keeps_appending_to_it(tmp_path, monkeypatch):
+    """`rewrite` (a resume dropping the rows after its checkpoint) renames a new file over the
+    old one: killed while writing it, the old log is whole; afterwards the logger appends to
+    the new file (its handle is reopened, not left on the replaced one)."""
+    import os
+
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        for row in ROWS[:2]:
+            logger.log(row)
+        real_replace = os.replace
+
+        def killed(*a):
+            raise KeyboardInterrupt  # a kill between writing the new file and renaming it
+
+        monkeypatch.setattr(os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            logger.rewrite(ROWS[:1])
+        assert read_jsonl(tmp_path / "metrics.jsonl") == ROWS[:2]  # the old log, whole
+        monkeypatch.setattr(os, "replace", real_replace)
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        logger.rewrite(ROWS[:1])
+        logger.log(ROWS[1])
+    assert read_jsonl(tmp_path / "metrics.jsonl") == ROWS[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # the killed try's file reused
+
+
 def test_row_without_env_steps_is_rejected(tmp_path):
     with MetricsLogger(tmp_path, tensorboard=False) as logger, pytest.raises(KeyError):
         logger.log({"eval_return": 1.0})

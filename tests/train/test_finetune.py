@@ -123,6 +123,38 @@ def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained,
     assert lifecycle.export_run(out, "npz").exists()
 
 
+def test_the_models_noise_reaches_the_actors_observation_only(finetuned):
+    """Cartpole's observation is one flat array, the actor's and the critic's at once.  In the
+    imagined buffer the actor's next observation carries the model's noise and the critic's is
+    the mean's (LIFT: noise only on what the actor observes; before, the critic got the noisy
+    array too); each step starts from what the previous one produced, for both."""
+    _, carry, _ = finetuned
+    img, h = carry.imagined, FT.horizon_max  # the last round: the buffer's last h rows, in order
+    rows = [(int(img.insert_pos) - h + i) % img.rows for i in range(h)]
+    tr = jax.tree.map(lambda a: np.asarray(a)[rows], img.data["tr"])
+    actor, critic = tr.next_obs["state"], tr.next_obs["privileged_state"]
+    gap = np.abs(actor - critic)
+    assert gap.max() > 1e-4 and gap.max() < 1.0  # noise of the model's (small) predicted spread
+    np.testing.assert_array_equal(tr.obs["state"][0], tr.obs["privileged_state"][0])  # a real start
+    for key in ("state", "privileged_state"):
+        np.testing.assert_array_equal(tr.obs[key][1:], tr.next_obs[key][:-1])
+
+
+def test_the_real_step_budget_is_spent_exactly_in_evenly_spread_chunks():
+    """5 epochs and 2 evaluations: chunks of 2 and 3 epochs, and exactly the budget's real
+    steps (rounding the epochs up to a multiple of the evaluations, as the other loops round
+    iterations, ran 6 and 24% past budgets such as the cpu preset's 5,000 at 10 evaluations)."""
+    env = envs.make("CartpoleBalanceHeavyPole", num_envs=FT.num_envs, episode_length=10, vision=False)
+    steps = FT.prefill + 5 * EPOCH + EPOCH // 2  # half an epoch pays for nothing
+    loop = registry.get("finetune").make_loop(FT, env, None, steps, 0, 2)
+    assert loop.chunk_ends == [2, 5] and loop.total_iters * FT.num_envs == FT.prefill + 5 * EPOCH
+    assert registry.get("finetune").make_loop(FT, env, None, steps, 0, 10).chunk_ends == [1, 2, 3, 4, 5]
+    cpu = FinetuneConfig.cpu(PRE)
+    plan = registry.get("finetune").make_loop(cpu, envs.make("CartpoleBalanceHeavyPole", num_envs=cpu.num_envs),
+                                              None, 5_000, 0, 10)
+    assert plan.total_iters * cpu.num_envs == cpu.prefill + cpu.epochs(5_000) * cpu.real_steps_per_epoch <= 5_000
+
+
 def test_lift_targets_inherit_the_pretraining_env_changes():
     """LIFT finetunes in targets without pushes or observation noise, as it pretrained: a T1 target
     takes `SACConfig.lift`'s env changes, not Playground's defaults (pushes on, noise 1)."""
