@@ -11,6 +11,8 @@ Registered names (``envs.make(name, num_envs)``, listed by ``jaxrl list-envs``):
 
 * ``CartpoleBalanceHeavyPole`` / ``CartpoleSwingupHeavyPole`` — the pole 3× heavier (mass and
   inertia), so a pretrained policy over- or under-pushes the cart;
+  ``CartpoleSwingupVeryHeavyPole`` — 10× (SAC's cpu preset, 100k steps: 805 nominal, 799 with
+  the 3× pole, 247 with this one);
 * ``CheetahRunHeavyTorso`` — the torso carries a 50% payload (mass and inertia ×1.5);
 * humanoids (LIFT's finetuning settings), for T1 and G1 on flat terrain:
   ``…Fast`` — walk forward at 1.0–1.5 m/s (the commanded forward speed; no sideways or turning
@@ -53,6 +55,7 @@ _FORWARD_FAST = {"lin_vel_x": [1.0, 1.5], "lin_vel_y": [0.0, 0.0], "ang_vel_yaw"
 VARIANTS: dict[str, Change] = {
     "CartpoleBalanceHeavyPole": Change("CartpoleBalance", masses={"pole_1": 3.0}),
     "CartpoleSwingupHeavyPole": Change("CartpoleSwingup", masses={"pole_1": 3.0}),
+    "CartpoleSwingupVeryHeavyPole": Change("CartpoleSwingup", masses={"pole_1": 10.0}),
     "CheetahRunHeavyTorso": Change("CheetahRun", masses={"torso": 1.5}),
     "T1JoystickFlatTerrainFast": Change("T1JoystickFlatTerrain", config=_FORWARD_FAST),
     "T1JoystickFlatTerrainPayload": Change("T1JoystickFlatTerrain", payload_kg={"Trunk": 5.0}),

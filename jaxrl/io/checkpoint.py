@@ -225,7 +225,8 @@ class CheckpointManager:
         self._last_save = clock()
         self.last_restore_skipped: list[str] = []  # paths `restore` left as the target's (not saved)
         self._corrupt: dict[int, str] = {}  # step -> why it cannot be restored (retention does not count it)
-        self._lock = None  # the writer's lock file (`claim`)
+        self._lock = None  # the writer's lock file (`claim`; None where the file system has no locks)
+        self._claimed = False
 
     # ---- the one writer
 
@@ -234,14 +235,29 @@ class CheckpointManager:
         take the lock, then clean up what a crashed writer left.  A folder another live process
         writes into raises `CheckpointError`.  `save` claims on its first call; a run claims
         before it writes anything else (`jaxrl.train.run`).  Idempotent; `release` ends it."""
-        if self._lock is not None or jax.process_index() != 0:
+        if self._claimed:
             return
-        self._lock = _take_lock(self.directory / _LOCK)
-        self._recover_temporaries()
+        refused = None
+        if jax.process_index() == 0:
+            try:
+                self._lock = _take_lock(self.directory / _LOCK)
+                self._recover_temporaries()
+            except CheckpointError as e:
+                refused = e
+        if jax.process_count() > 1:  # every process learns process 0's answer (none waits alone)
+            from jax.experimental import multihost_utils
+
+            ok = bool(multihost_utils.broadcast_one_to_all(np.asarray(refused is None)))
+            if not ok and refused is None:
+                refused = CheckpointError(f"process 0 could not claim {self.directory}: another process "
+                                          "is writing checkpoints into it")
+        if refused is not None:
+            raise refused
+        self._claimed = True
 
     def release(self) -> None:
         """Give up the writer's lock (another process may then write here)."""
-        lock, self._lock = getattr(self, "_lock", None), None
+        lock, self._lock, self._claimed = getattr(self, "_lock", None), None, False
         if lock is not None:
             lock.close()  # closing the file drops its flock
 
@@ -516,6 +532,25 @@ class CheckpointManager:
         gives way to the one before it, with a warning."""
         if step is not None:
             return read(self._good_step(step))
+        if jax.process_count() > 1:
+            # One step for every process: process 0's choice, each process verifying it (their
+            # own choices could differ where a file system shows hosts different files).  No
+            # fallback past a step that cannot be read: the processes would have to agree again.
+            from jax.experimental import multihost_utils
+
+            mine, refused = -1, None
+            if jax.process_index() == 0:
+                try:
+                    mine = self._good_step(None)
+                except CheckpointError as e:
+                    refused = e
+            # (as two int32 words: without jax_enable_x64 an int64 would be cut to 32 bits)
+            hi, lo = (int(w) for w in multihost_utils.broadcast_one_to_all(
+                np.asarray([mine >> 31, mine & 0x7FFFFFFF], np.int32)))
+            chosen = (hi << 31) | lo
+            if chosen < 0:
+                raise refused or CheckpointError(f"process 0 found no usable checkpoint in {self.directory}")
+            return read(self._good_step(chosen))
         while True:
             chosen = self._good_step(None)
             try:

@@ -95,10 +95,18 @@ def read_record(run_dir: str | Path) -> dict:
 
 
 def write_record(run_dir: str | Path, record: dict) -> None:
+    """``config.json``: written to a temporary file, flushed to the disk, then renamed over, so a
+    crash or a power cut leaves the old record or the new one, never an empty file (resume,
+    eval and export rebuild the run from it)."""
+    import os
+
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(record, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(out / "config.json")
 
 

@@ -53,6 +53,20 @@ def test_two_processes_train_one_run_into_one_folder(tmp_path):
     # one process, one device: the two-process checkpoint verifies and restores
     _, _, _, agent, _ = lifecycle.load_run(out)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(agent))
+    # Both processes resume the finished run: they restore the step process 0 chose (broadcast),
+    # learn that nothing is left to train, and leave the folder as it was.
+    summary = (out / "summary.json").read_bytes()
+    port = _free_port()
+    procs = []
+    for pid in (0, 1):
+        env = {**base, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAXRL_NUM_PROCESSES": "2",
+               "JAXRL_PROCESS_ID": str(pid), "JAXRL_CPU_DEVICES": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "jaxrl.cli", "resume", str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(log[-3000:] for log in logs)
+    assert all("already finished its budget (128 env steps)" in log for log in logs), logs[0][-2000:]
+    assert (out / "summary.json").read_bytes() == summary and CheckpointManager(out).steps() == steps
 
 
 # Two processes sum one number each through a cross-process psum, as a multi-host run's programs
