@@ -51,3 +51,14 @@ def test_a_change_naming_a_missing_body_is_refused():
     env = envs.make("CartpoleBalance", num_envs=1).env
     with pytest.raises(ValueError, match="has no body 'Trunk'"):
         variants.edit_physics(env, variants.Change("CartpoleBalance", payload_kg={"Trunk": 5.0}))
+
+
+@pytest.mark.parametrize("name, factor", [("CartpoleSwingupHeavyPole", 3.0), ("CartpoleSwingupVeryHeavyPole", 10.0)])
+def test_heavy_pole_targets_scale_the_pole_and_nothing_else(name, factor):
+    env = envs.make(name, num_envs=1).env
+    nom, i = env.nominal.mj_model, _bodies(env, "pole_1")
+    assert env.mj_model.body_mass[i] == pytest.approx(factor * nom.body_mass[i])
+    np.testing.assert_allclose(env.mj_model.body_inertia[i], factor * nom.body_inertia[i])
+    assert float(env.mjx_model.body_mass[i]) == pytest.approx(factor * nom.body_mass[i], rel=1e-6)
+    others = np.arange(nom.nbody) != i
+    np.testing.assert_array_equal(env.mj_model.body_mass[others], nom.body_mass[others])
