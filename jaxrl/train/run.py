@@ -501,10 +501,12 @@ class _Session:
                 bar.close()
             if self.logger is not None:
                 self.logger.close(failed=failed)
-            if self.ckpt is not None:
+            if failed and self.ckpt is not None:
                 self.ckpt.release()
         if self.out is not None and jax.process_index() == 0:
             self._summary(rows)
+        if self.ckpt is not None:  # the summary written, another process may take the folder
+            self.ckpt.release()
         return carry, rows
 
     def claim(self) -> None:
@@ -562,7 +564,9 @@ class _Session:
             for key in ("eval_return_ci_low", "eval_return_ci_high"):
                 if key in last:
                     summary[f"final_{key}"] = last[key]
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        tmp = self.out / "summary.json.tmp"  # renamed over: a crash leaves no half-written summary
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(self.out / "summary.json")
         if evals:
             from jaxrl.io.metrics import plot_learning_curve
 

@@ -303,9 +303,10 @@ FREE_BODY = """<mujoco><option timestep="0.01"/>
 def test_a_free_body_fits_beside_the_zero_rows_of_an_unfilled_buffer():
     """A real buffer's unused rows are zeros, and for a robot with a free joint (T1, G1) a zero
     quaternion makes MJX's step NaN, which a zero weight does not cancel (0 · NaN = NaN): the
-    scaler, the held-out errors and the fitted model came out NaN.  Now the scaler equals the
-    one of the valid rows alone and the fit is finite.  (Zero padding of a model without a free
-    joint, as Cartpole's, stays finite either way.)"""
+    scaler, the held-out errors and the fitted model came out NaN.  Now the scaler holds the
+    statistics of the valid rows alone and the fit is finite.  (Zero padding of a model without a free
+    joint, as Cartpole's, stays finite either way.)  Compiled the quick way: the point is NaN or
+    not, not speed."""
     import mujoco
 
     dyn = wm.SmoothDynamics(mujoco.MjModel.from_xml_string(FREE_BODY), 1)
@@ -318,25 +319,17 @@ def test_a_free_body_fits_beside_the_zero_rows_of_an_unfilled_buffer():
     qpos = jnp.concatenate([jax.random.normal(k[1], (n, 3)), quat / jnp.linalg.norm(quat, axis=1, keepdims=True),
                             jax.random.normal(k[2], (n, 1))], axis=1)
     x = jnp.concatenate([qpos, 0.1 * jax.random.normal(k[3], (n, dyn.nv))], axis=1)
-    ctrl = jnp.ones((n, dyn.nu))
-    x_next = jax.jit(jax.vmap(lambda a, c: dyn.integrate(a, c, jnp.zeros(dyn.nv))))(x, ctrl)
-    assert bool(jnp.all(jnp.isfinite(x_next)))
-
-    def seqs(m):  # m real rows, then the zero rows of an unfilled buffer
-        z = lambda a: jnp.concatenate([a[:m], jnp.zeros((pad,) + a.shape[1:])])[:, None]
-        return wm.Sequences(z(x), z(ctrl), z(x_next), jnp.zeros((m + pad, 1)),
-                            valid=jnp.arange(m + pad) < m)
-
-    data = seqs(n)
-    state = model.init(jax.random.PRNGKey(1), data)
-    alone = model.init(jax.random.PRNGKey(1), wm.Sequences(x[:, None], ctrl[:, None], x_next[:, None], jnp.zeros((n, 1))))
-    for a, b in zip(jax.tree.leaves(state.scaler), jax.tree.leaves(alone.scaler)):
-        assert bool(jnp.all(jnp.isfinite(a)))
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-    fitted, info = jax.jit(model.fit)(state, data, jax.random.PRNGKey(2))
+    ctrl, x_next = jnp.ones((n, dyn.nu)), 1.01 * x  # (any finite target: only the physics of x matters)
+    z = lambda a: jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:])])[:, None]  # + an unfilled buffer's rows
+    data = wm.Sequences(z(x), z(ctrl), z(x_next), jnp.zeros((n + pad, 1)), valid=jnp.arange(n + pad) < n)
+    state = jax.jit(model._init, compiler_options=few_steps_options(1))(jax.random.PRNGKey(1), data)
+    sc = state.scaler  # the statistics of the valid rows alone (numpy), and a finite force unit
+    np.testing.assert_allclose(np.asarray(sc.x_mean), np.asarray(x).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sc.x_std), np.maximum(np.asarray(x).std(0), 1e-3), rtol=1e-4)
+    assert bool(jnp.all(jnp.isfinite(sc.out_scale))) and bool(jnp.all(sc.out_scale > 0))
+    fitted, info = jax.jit(model.fit, compiler_options=few_steps_options(1))(state, data, jax.random.PRNGKey(2))
     assert np.isfinite(float(info["best_val"])) and int(info["epochs"]) == 2
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(fitted.params))
-    assert np.isfinite(float(jax.jit(model.error)(fitted, data)))
 
 
 def test_each_fit_starts_afresh_so_the_new_data_is_never_discarded():
