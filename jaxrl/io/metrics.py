@@ -129,12 +129,10 @@ class MetricsLogger:
         """Make ``metrics.jsonl`` exactly ``rows`` (a resume drops the rows logged after its
         checkpoint): written to a new file renamed over the old one, so a kill leaves one of the
         two whole, then appended to as before.  TensorBoard and W&B keep what they have."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps({str(k): _plain(v) for k, v in r.items()}) + "\n" for r in rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        from jaxrl.io.runfolder import write_text_atomic
+
+        write_text_atomic(self.path, "".join(json.dumps({str(k): _plain(v) for k, v in r.items()}) + "\n"
+                                             for r in rows))
         self._file.close()  # (it points at the replaced file)
         self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
 

@@ -94,20 +94,25 @@ def read_record(run_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def write_record(run_dir: str | Path, record: dict) -> None:
-    """``config.json``: written to a temporary file, flushed to the disk, then renamed over, so a
-    crash or a power cut leaves the old record or the new one, never an empty file (resume,
-    eval and export rebuild the run from it)."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to the disk, then rename it
+    over ``path``: a crash or a power cut leaves the old file or the new one, never half of one."""
     import os
 
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "config.json.tmp"
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        f.write(json.dumps(record, indent=1))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    tmp.replace(out / "config.json")
+    os.replace(tmp, path)
+
+
+def write_record(run_dir: str | Path, record: dict) -> None:
+    """``config.json``, atomically (resume, eval and export rebuild the run from it)."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.json", json.dumps(record, indent=1))
 
 
 def claim(out: Path, overwrite: bool) -> None:

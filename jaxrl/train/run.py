@@ -564,9 +564,7 @@ class _Session:
             for key in ("eval_return_ci_low", "eval_return_ci_high"):
                 if key in last:
                     summary[f"final_{key}"] = last[key]
-        tmp = self.out / "summary.json.tmp"  # renamed over: a crash leaves no half-written summary
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(self.out / "summary.json")
+        runfolder.write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=1))
         if evals:
             from jaxrl.io.metrics import plot_learning_curve
 
