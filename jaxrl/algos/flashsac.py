@@ -512,8 +512,9 @@ def temperature_loss(alpha: jax.Array, entropy: jax.Array, target: float) -> jax
 
 def critic_loss(critic_params, state: FlashSACState, batch: Transition, next_action, target, cfg):
     """Cross-entropy of both members to ``target`` [B, K]; the online critic runs in train mode
-    on [(s, a); (s', a')] so current and next pairs share BN statistics.
-    Returns (loss, (new critic stats, Q [E, B]))."""
+    on [(s, a); (s', a')] so current and next pairs share BN statistics.  The loss is the mean
+    over members and samples (official ``update.py``), so it and its gradient norm read as one
+    member's.  Returns (loss, (new critic stats, Q [E, B]))."""
     obs = batch.obs[cfg.critic_obs_key]
     logits, upd = _critic(cfg, train=True, half=0, amp=True).apply(
         {"params": critic_params, "batch_stats": state.critic_stats},
@@ -521,7 +522,7 @@ def critic_loss(critic_params, state: FlashSACState, batch: Transition, next_act
         pair_rows(batch.action, next_action),
         mutable=["batch_stats"],
     )  # [E, B, K]: predictions for (s, a)
-    loss = distributional.cross_entropy(target[None], logits).mean(-1).sum()
+    loss = distributional.cross_entropy(target[None], logits).mean()
     return loss, (upd["batch_stats"], _expected_q(logits, cfg))
 
 
@@ -621,6 +622,11 @@ def _actor_part(state: FlashSACState) -> dict:
     """The fields the actor and temperature steps change."""
     return {"actor_params": state.actor_params, "actor_stats": state.actor_stats,
             "actor_opt": state.actor_opt, "log_alpha": state.log_alpha, "alpha_opt": state.alpha_opt}
+
+
+# Metrics of the actor and temperature step: zero on the updates without one (``actor_updated``
+# 0), so the loop averages them over the actor steps alone (`OffPolicyAgent.sparse_metrics`).
+ACTOR_METRICS = ("actor_loss", "entropy", "actor_grad_norm", "alpha_loss")
 
 
 def _no_actor_metrics(state: FlashSACState) -> dict:

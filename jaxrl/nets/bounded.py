@@ -99,7 +99,9 @@ class BoundedBatchNorm(nn.Module):
     """BatchNorm over the batch axis whose (scale, bias) is projected to norm sqrt(d).
 
     ``momentum`` follows flax: running = momentum * running + (1 - momentum) * batch.
-    In train mode it normalises with the batch statistics and updates ``batch_stats``.
+    In train mode it normalises with the batch statistics (biased variance) and updates
+    ``batch_stats``; the running variance takes the unbiased batch variance (× n/(n−1)), as
+    PyTorch's BatchNorm and the official FlashSAC layer do.
     """
 
     train: bool
@@ -120,7 +122,8 @@ class BoundedBatchNorm(nn.Module):
             if not self.is_initializing():
                 m = self.momentum
                 ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-                ra_var.value = m * ra_var.value + (1.0 - m) * var
+                n = x.size // d  # rows in the batch (all devices' under a sharded batch)
+                ra_var.value = m * ra_var.value + (1.0 - m) * var * (n / max(n - 1, 1))
         else:
             mean, var = ra_mean.value, ra_var.value
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias

@@ -49,6 +49,23 @@ class OffPolicyAgent(NamedTuple):
     # agent-state paths with a leading env axis (e.g. FlashSAC's per-env return and held noise):
     # split over the devices with the envs instead of replicated
     per_env: tuple[str, ...] = ()
+    # metrics measured only on some updates (FlashSAC's actor and temperature, every 2nd) and
+    # zero on the others, and the 0/1 metric that marks those updates: a chunk reports their
+    # mean over the updates that took them, not diluted by the zeros
+    sparse_metrics: tuple[str, ...] = ()
+    sparse_weight: str = "actor_updated"
+
+
+def unsparse(metrics: dict, names: tuple[str, ...], weight: str) -> dict:
+    """``metrics`` (means over updates) with each of ``names`` as its mean over the updates whose
+    ``weight`` metric is 1: those metrics are zero on the other updates, so dividing by the
+    weight's mean (the share of updates that measured them) removes the zeros' dilution.  A
+    chunk without such an update reports 0."""
+    if not names or weight not in metrics:
+        return metrics
+    share = metrics[weight]
+    scale = jnp.where(share > 0, 1.0 / jnp.maximum(share, 1e-12), 0.0)
+    return {k: v * scale if k in names else v for k, v in metrics.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +334,8 @@ class OffPolicyLoop(HostLoop):
         # The learner's precision for acting and updating; the env step inside keeps 'highest'.
         with jax.default_matmul_precision(self.s.learner_precision):
             carry, metrics = repeat(lambda c: self._iteration(c, warm), carry, n)
-        return carry, {**metrics, **chunk_counters(before, carry.env_state)}
+        return carry, {**unsparse(metrics, self.agent.sparse_metrics, self.agent.sparse_weight),
+                       **chunk_counters(before, carry.env_state)}
 
     # -------------------------------------------------------------- resuming
     def refill(self, carry: OffPolicyCarry) -> OffPolicyCarry:

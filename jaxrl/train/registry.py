@@ -62,6 +62,7 @@ def flashsac_agent(cfg: flashsac_algo.FlashSACConfig, env: VecEnv) -> OffPolicyA
         period=cfg.actor_update_every,
         update_period=functools.partial(flashsac_algo.update_period, cfg=cfg),
         per_env=(".reward_stats.G", ".explore.noise"),
+        sparse_metrics=flashsac_algo.ACTOR_METRICS,
     )
 
 

@@ -323,6 +323,45 @@ def test_update_metrics_are_finite_float32_scalars(states):
         assert np.isfinite(float(m[name])), name
 
 
+def test_loop_reports_actor_metrics_as_means_over_the_actor_steps_alone(history):
+    """The actor and temperature step runs on every 2nd update and reports zeros on the others;
+    the off-policy loop's chunk mean (`unsparse`) must give the mean over the actor steps, not
+    half of it (which would put the logged entropy near its target when it is not)."""
+    from jaxrl.train.offpolicy import unsparse
+    from jaxrl.train.registry import flashsac_agent
+
+    ms = [m for _, m in history[1:]]  # updates 0..3: actor steps at 0 and 2
+    over_all = {k: float(np.mean([float(m[k]) for m in ms])) for k in ms[0]}
+    got = unsparse(over_all, fs.ACTOR_METRICS, "actor_updated")
+    for k in fs.ACTOR_METRICS:
+        want = (float(ms[0][k]) + float(ms[2][k])) / 2
+        assert float(ms[1][k]) == 0.0 and want != 0.0, k
+        assert float(got[k]) == pytest.approx(want, rel=1e-6), k
+    for k in ("critic_loss", "actor_lr", "actor_updated"):  # dense metrics stay plain means
+        assert got[k] == over_all[k]
+    assert unsparse({**over_all, "actor_updated": 0.0}, fs.ACTOR_METRICS, "actor_updated")["entropy"] == 0.0
+    # the registry's agent declares them, so every FlashSAC run's rows use this mean
+    agent = flashsac_agent(CFG, type("E", (), {"spec": SPEC})())
+    assert agent.sparse_metrics == fs.ACTOR_METRICS and agent.sparse_weight == "actor_updated"
+
+
+def test_critic_loss_is_the_mean_over_members_and_samples_as_the_official_code(states):
+    """Official ``update.py``: ``ce_loss.mean()`` over [members, batch] — not summed over members."""
+    s0 = states[0]
+    batch = _batch(jax.random.PRNGKey(11))
+    next_action = jax.random.uniform(jax.random.PRNGKey(12), (B, A), minval=-1, maxval=1)
+    target = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(13), (B, CFG.num_atoms)))
+    loss, _ = fs.critic_loss(s0.critic_params, s0, batch, next_action, target, CFG)
+    logits, _ = fs._critic(CFG, train=True, half=0, amp=True).apply(
+        {"params": s0.critic_params, "batch_stats": s0.critic_stats},
+        fs.pair_rows(batch.obs["privileged_state"], batch.next_obs["privileged_state"]),
+        fs.pair_rows(batch.action, next_action), mutable=["batch_stats"])
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)))  # [E, B, K]
+    ce = -(np.asarray(target, np.float64)[None] * logp).sum(-1)
+    assert ce.shape == (2, B)
+    assert float(loss) == pytest.approx(ce.mean(), rel=1e-5)
+
+
 def test_bfloat16_update_is_finite_and_near_float32_while_acting_stays_float32(states):
     """`compute_dtype="bfloat16"` (the official use_amp): the same update from the same state,
     batch and key; losses and gradient norms within 1% of float32 (measured: ≤ 0.4%), yet not

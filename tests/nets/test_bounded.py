@@ -123,7 +123,9 @@ def test_project_refuses_batchnorm_missing_its_bias():
         bounded.project({"bn": {"bn_scale": jnp.ones(3)}})
 
 
-def test_batchnorm_train_mode_updates_running_stats_with_flax_momentum():
+def test_batchnorm_train_mode_updates_running_stats_with_flax_momentum_and_unbiased_variance():
+    """Normalises with the batch's biased variance; the running variance takes the unbiased one
+    (numpy ``ddof=1``), as PyTorch's BatchNorm and the official FlashSAC layer."""
     bn = bounded.BoundedBatchNorm(train=True, momentum=0.9)
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 3)) * 2.0 + 1.0
     v = bn.init(jax.random.PRNGKey(1), x)
@@ -131,7 +133,7 @@ def test_batchnorm_train_mode_updates_running_stats_with_flax_momentum():
     np.testing.assert_allclose(np.asarray(y).mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * np.asarray(x).mean(0), rtol=1e-5)
     np.testing.assert_allclose(
-        upd["batch_stats"]["var"], 0.9 + 0.1 * np.asarray(x).var(0), rtol=1e-5
+        upd["batch_stats"]["var"], 0.9 + 0.1 * np.asarray(x).var(0, ddof=1), rtol=1e-5
     )
     # eval mode uses the running statistics, not the batch's
     ev = bounded.BoundedBatchNorm(train=False, eps=1e-5).apply(
