@@ -268,7 +268,7 @@ class ExportArgs:
     """Export the deterministic policy of a run for deployment."""
 
     run_dir: str
-    format: Literal["onnx", "npz"] = "onnx"
+    format: Literal["onnx", "npz"] | None = None  # default: --out's suffix, else onnx
     out: str | None = None  # default: RUN_DIR/policy.<format>
     checkpoint: Literal["latest", "best"] = "latest"
     seed: int | None = None  # a run of K seeds: which one to export (0..K-1)
@@ -309,6 +309,7 @@ class Sim2SimArgs:
     seed: int = 0  # seed of the initial states
     max_steps: int | None = None  # cap episode length (default: the task's)
     seed_index: int | None = None  # a run of K seeds: whose policy (0..K-1)
+    max_gap: float | None = None  # fail (exit status 1) when |relative gap| exceeds this, e.g. 0.05
 
 
 def _with_run_dir(rest: list[str]) -> list[str]:
@@ -413,8 +414,11 @@ def _command(cmd: str, rest: list[str]) -> None:
 
         a = tyro.cli(Sim2SimArgs, args=_with_run_dir(rest), prog="jaxrl sim2sim RUN_DIR")
         report = sim2sim.sim2sim(a.run_dir, episodes=a.episodes, policy_file=a.policy, which=a.checkpoint,
-                                 seed=a.seed, max_steps=a.max_steps, seed_index=a.seed_index)
+                                 seed=a.seed, max_steps=a.max_steps, seed_index=a.seed_index,
+                                 max_gap=a.max_gap)
         print(sim2sim.format_report(report))
+        if not report.get("passed", True):
+            raise SystemExit(1)
     elif cmd == "resets":
         if not rest or rest[0] != "build":
             raise SystemExit("usage: jaxrl resets build --task NAME --per-type N --out FILE")

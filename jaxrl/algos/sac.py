@@ -26,7 +26,10 @@ switch here so that a run can be Brax's algorithm exactly: ``std_head="softplus"
 softplus(raw) + 1e-3 instead of a bounded log σ), ``alpha_in_losses="previous"`` (critic and
 actor use the α from before this step's α update) and ``warmup_actions="policy"`` (the warm-up
 acts with the initial policy, not uniform random actions).  `SACConfig.brax` switches all three
-on; every other preset keeps LIFT's choices.
+on; every other preset keeps the recipe's choices.  (The warm-up is the one of the three where
+LIFT's own code is Brax's: its prefill acts with the initial stochastic policy, while
+ALGORITHMS.md §2 says "random steps", which the default follows; with 4096 envs it is two env
+steps either way.)
 
 The agent state keeps each part in its own field so that finetuning can load chosen parts
 (``init_parts``: "actor", "critic", "target", "obs") and re-initialise α (`reset_alpha`).
@@ -55,6 +58,8 @@ from jaxrl.nets.mlp import ACTIVATIONS, MLP, TwinQ
 #  init_log_alpha, entropy_coef, reward_scale) of LIFT's lift_configs.py (buffer 1M for all).
 _G1_ROW = (4096, 16384, 19, 0.98201, 0.00239, 1.699e-4, 1.877e-4, 6.44e-4, -3.005, 0.396, 16.0)
 _T1_FLAT_ROW = (4096, 16384, 16, 0.98210, 0.00665, 2.05e-4, 1.365e-4, 6.41e-4, -6.050, 0.174, 32.0)
+# the table's third row: lift_configs.py's base config, which its 12-DoF LowDim tasks keep
+LOWDIM_ROW = (1000, 1024, 9, 0.98706, 0.02418, 1.034e-4, 1.0015e-4, 9.97e-3, -3.348, 0.5, 1.0)
 LIFT_TASKS: dict[str, tuple] = {
     "G1JoystickFlatTerrain": _G1_ROW,
     "G1JoystickRoughTerrain": _G1_ROW,
@@ -106,7 +111,7 @@ class SACConfig:
     log_std_max: float = 2.0  # upper end of log σ
     std_head: str = "range"  # "range": log σ in [log_std_min, log_std_max] (LIFT); "softplus": σ = softplus(raw) + 1e-3 (Brax)
     alpha_in_losses: str = "updated"  # α of critic and actor losses: "updated" = this step's new α (LIFT), "previous" (Brax)
-    warmup_actions: str = "uniform"  # warm-up acting: "uniform" random actions (LIFT), "policy" = the initial policy (Brax)
+    warmup_actions: str = "uniform"  # warm-up acting: "uniform" random actions (ALGORITHMS.md §2), "policy" = the initial policy (Brax; LIFT's code)
     compute_dtype: str = "bfloat16"  # hidden-layer compute dtype; parameters stay float32
     matmul_precision: str | None = None  # learner matmul precision (None: JAX's default)
     replay_obs_dtype: str = "float32"  # replay's observation dtype: "bfloat16" halves the buffer
@@ -225,7 +230,7 @@ class SACConfig:
         Brax's own SAC".  With ``warmup_actions="policy"`` (Brax's warm-up) it is above Brax's SAC by
         mean on both tasks, 8 seeds a side: CartpoleSwingup 490 vs 348, CheetahRun 362 vs 333; but
         on CartpoleBalance it scored 695 against the uniform warm-up's 831 (8 seeds, p = 0.20), so
-        the default stays uniform (LIFT's).
+        the default stays uniform (ALGORITHMS.md §2's "random steps").
         """
         return cls(num_envs=16, batch_size=128, updates_per_step=16, buffer_size=200_000,
                    min_buffer=2048, gamma=0.99, tau=0.005, reward_scale=1.0, actor_lr=1e-3,
@@ -242,6 +247,17 @@ class SACConfig:
         (README "Against Brax's own SAC"): CartpoleSwingup 540 vs 348, CheetahRun 317 vs 333 —
         both above the `cpu` preset's 392 and 295 on the same seeds."""
         return cls.cpu().replace(std_head="softplus", alpha_in_losses="previous", warmup_actions="policy")
+
+    @classmethod
+    def lift_lowdim(cls) -> SACConfig:
+        """The table's 12-DoF "LowDim" row (ALGORITHMS.md §2; lift_configs.py's base config):
+        how LIFT pretrained its finetuning sources — 1000 envs, batch 1024, 9 updates per step,
+        τ 0.024, α lr 1e-2, reward scale 1 — with the lift presets' bfloat16 hidden layers and
+        'highest' precision.  LIFT's LowDim envs (12 actuated leg joints) are its own, not
+        Playground's, and not in this library: the row applies to the task you name, with no
+        env changes."""
+        return cls(**dict(zip(_ROW_FIELDS, LOWDIM_ROW)), compute_dtype="bfloat16",
+                   matmul_precision="highest")
 
     @classmethod
     def lift_smoke(cls, env_name: str | None = None) -> SACConfig:
@@ -476,14 +492,16 @@ def update(state: SACState, batch: Transition, key: jax.Array, cfg: SACConfig
 # ============================================================================ export
 def policy_layers(state: SACState, cfg: SACConfig) -> list[dict]:
     """The deterministic policy tanh(mean(norm(obs[actor_obs_key]))) as export ops, in float32:
-    affine (the normaliser folded in), dense + ``cfg.activation`` per hidden layer, the mean half
-    of the output layer, tanh."""
+    the normaliser as two affines, x − mean then × 1/std (as one, x·(1/std) − mean/std, a feature
+    with a large mean and a tiny std, e.g. gravity at 9.81 ± 1e-7, loses its value to rounding),
+    dense + ``cfg.activation`` per hidden layer, the mean half of the output layer, tanh."""
     f32 = lambda x: np.asarray(x, np.float32)
     ops: list[dict] = []
     if cfg.normalize_obs:
-        scale, shift = normalizer.standardize_affine(state.obs_stats[cfg.actor_obs_key],
-                                                     cfg.obs_std_min, cfg.obs_std_max)
-        ops.append({"op": "affine", "scale": f32(scale), "shift": f32(shift)})
+        stats = state.obs_stats[cfg.actor_obs_key]
+        scale, _ = normalizer.standardize_affine(stats, cfg.obs_std_min, cfg.obs_std_max)
+        ops += [{"op": "affine", "scale": np.ones_like(f32(scale)), "shift": -f32(stats.mean)},
+                {"op": "affine", "scale": f32(scale), "shift": np.zeros_like(f32(scale))}]
     p = state.actor_params
     for i in range(len(cfg.actor_hidden)):
         layer = p[f"hidden_{i}"]

@@ -10,7 +10,9 @@ control period, PD gains and the training-config hash.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,12 @@ def load_run(run_dir: str | Path, which: str = "latest", seed_index: int | None 
 
     A run that trained K > 1 seeds at once stores every seed's agent; ``seed_index`` (0 .. K-1,
     the seed ``seed + seed_index``) picks one.  A one-seed run takes None or 0."""
+    return _load_run(run_dir, which, seed_index)[:5]
+
+
+def _load_run(run_dir: str | Path, which: str, seed_index: int | None
+              ) -> tuple[dict, Any, Any, Any, Any, int]:
+    """`load_run` and the step (env steps) of the checkpoint it restored."""
     if which not in ("latest", "best"):
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     run_dir = Path(run_dir)
@@ -36,19 +44,30 @@ def load_run(run_dir: str | Path, which: str = "latest", seed_index: int | None 
     seeds = int(record.get("seeds", 1))
     if seeds > 1 and seed_index is None:
         raise ValueError(f"{run_dir} trained {seeds} seeds at once: choose one with seed_index 0..{seeds - 1} "
-                         "(CLI: --seed)")
+                         "(CLI: export --seed I; eval and sim2sim --seed-index I)")
     if seed_index is not None and not 0 <= int(seed_index) < seeds:
         raise ValueError(f"seed_index={seed_index}: {run_dir} trained {seeds} seed(s), so 0..{seeds - 1}")
-    algo, config, env, loop = run.rebuild(record, with_eval=False, devices=1)
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
-    step = ckpt.best_step() if which == "best" else None
+    step = None
+    if which == "best":
+        step = ckpt.best_step()
+        if step is None:
+            raise ValueError(f"{run_dir}: no checkpoint has a finite evaluation return, so there is no "
+                             "'best' one; use checkpoint='latest'")
+    algo, config, env, loop = run.rebuild(record, with_eval=False, devices=1, run_dir=run_dir)
     # Shapes only, and only the agent read from disk: no replay buffer built or loaded.
     template = jax.eval_shape(loop.init_carry)
-    carry, _, _ = ckpt.restore(template, step=step, only=lambda path: path.startswith(".agent"))
+    carry, _, step = ckpt.restore(template, step=step, only=lambda path: path.startswith(".agent"))
     agent = carry.agent
     if seeds > 1:
         agent = jax.tree.map(lambda x: x[int(seed_index)], agent)
-    return record, algo, config, agent, env
+    return record, algo, config, agent, env, int(step)
+
+
+def actor_obs_key(config: Any) -> str:
+    """The observation key the deployed policy reads (a finetuning run's: its SAC config's)."""
+    inner = getattr(config, "sac", config)
+    return getattr(inner, "actor_obs_key", "state")
 
 
 def _inner_task(env: Any) -> Any:
@@ -56,11 +75,67 @@ def _inner_task(env: Any) -> Any:
     return getattr(env.unwrapped, "unwrapped", env.unwrapped)
 
 
+# How a Playground task turns the action into joint targets, read off its ``step`` (the code that
+# ran in training): ``motor_targets = BASE + action * self._config.action_scale``.
+_TARGET = re.compile(r"motor_targets\s*=\s*(?P<base>[\w.\[\]:]+)\s*\+\s*action\s*\*\s*self\._config\.action_scale\b")
+_TARGET_CLIP = re.compile(r"motor_targets\s*=\s*jp\.clip\(\s*motor_targets\s*,\s*self\._lowers\s*,\s*self\._uppers\s*\)")
+ACTION_MAPPINGS = {  # BASE -> (card "mapping", the formula a robot runtime applies)
+    "self._default_pose": ("absolute", "target = offset + scale * action"),
+    "state.data.ctrl": ("relative_to_previous_target", "target = previous target + scale * action"),
+    "state.data.qpos[7:]": ("relative_to_joint_positions", "target = measured joint positions + scale * action"),
+}
+
+
+def action_mapping(task_type: type) -> tuple[str | None, str | None, bool]:
+    """(mapping, formula, clipped to the task's ``_lowers``/``_uppers``) of a task class, from the
+    source of its ``step``; (None, None, False) where it is not one of the forms above.
+    Playground uses all three: the joystick tasks the absolute one, Go1Handstand and
+    H1JoystickGaitTracking the previous target, Go1Getup and SpotGetup the measured pose."""
+    try:
+        src = inspect.getsource(task_type.step)
+    except (AttributeError, OSError, TypeError):
+        return None, None, False
+    m = _TARGET.search(src)
+    mapping, formula = ACTION_MAPPINGS.get(m.group("base"), (None, None)) if m else (None, None)
+    return mapping, formula, mapping is not None and bool(_TARGET_CLIP.search(src))
+
+
+def pd_gains(model: Any) -> dict:
+    """``kp``, ``kd`` and effort limits of a MuJoCo model whose actuators are all position
+    servos on single joints with gear 1 (else {}).  ``kd`` is the D gain the simulation applied: the
+    actuator's own (−biasprm[2], ``kv``) plus the joint's ``damping`` — Playground's T1 and Go1
+    put their D gain in the joint damping and leave the actuator's at 0.  ``effort_limit`` is the
+    actuator's force range where limited, else the joint's actuator-force range, else None."""
+    import mujoco
+
+    nu = model.nu
+    affine = model.actuator_biastype == mujoco.mjtBias.mjBIAS_AFFINE
+    on_joint = (model.actuator_trntype == mujoco.mjtTrn.mjTRN_JOINT) & (model.actuator_gear[:, 0] == 1)
+    if nu == 0 or not (affine.all() and on_joint.all()):
+        return {}
+    joints = model.actuator_trnid[:, 0]
+    kp = model.actuator_gainprm[:, 0]
+    kd = -model.actuator_biasprm[:, 2] + model.dof_damping[model.jnt_dofadr[joints]]
+    limits = []
+    for i, j in enumerate(joints):
+        if model.actuator_forcelimited[i]:
+            limits.append(np.abs(model.actuator_forcerange[i]).max())
+        elif model.jnt_actfrclimited[j]:
+            limits.append(np.abs(model.jnt_actfrcrange[j]).max())
+        else:
+            limits.append(None)
+    return {"kp": kp.astype(float).tolist(), "kd": kd.astype(float).tolist(),
+            "effort_limit": [None if x is None else float(x) for x in limits]}
+
+
 def _robot_card_fields(env: Any) -> dict:
-    """Actuator names, action scale/offset, default pose and PD gains read off the task."""
+    """Actuator names, action mapping (scale, offset, formula, clip), default pose, PD gains and
+    effort limits read off the task and its MuJoCo model; the fields returned go to `make_card`
+    and its ``extra``."""
     task = _inner_task(env)
     model = getattr(task, "mj_model", None)
     fields: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     n = env.action_size
     if model is not None and model.nu == n:
         import mujoco
@@ -68,38 +143,71 @@ def _robot_card_fields(env: Any) -> dict:
         fields["action_names"] = [
             mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, i) or f"actuator_{i}" for i in range(n)
         ]
-        position = (model.actuator_biastype[:, None] == mujoco.mjtBias.mjBIAS_AFFINE).ravel()
-        if position.all():
-            fields["kp"] = model.actuator_gainprm[:, 0].astype(float).tolist()
-            fields["kd"] = (-model.actuator_biasprm[:, 2]).astype(float).tolist()
+        if gains := pd_gains(model):
+            fields["kp"], fields["kd"] = gains["kp"], gains["kd"]
+            extra["effort_limit"] = gains["effort_limit"]
+        if model.actuator_ctrllimited.all():  # MuJoCo clamps every target to this range
+            extra["target_range"] = np.asarray(model.actuator_ctrlrange, float).T.tolist()
     else:
         fields["action_names"] = [f"action_{i}" for i in range(n)]
     cfg = getattr(task, "_config", None)
     scale = getattr(cfg, "action_scale", None) if cfg is not None else None
     default_pose = getattr(task, "_default_pose", None)
-    if scale is not None and default_pose is not None and np.shape(default_pose) == (n,):
+    mapping, formula, clipped = action_mapping(type(task))
+    if scale is not None and np.ndim(scale) == 0 and mapping is not None:
         fields["action_scale"] = float(scale)
-        fields["action_offset"] = np.asarray(default_pose, float).tolist()
+        if mapping == "absolute" and default_pose is not None and np.shape(default_pose) == (n,):
+            fields["action_offset"] = np.asarray(default_pose, float).tolist()
+        extra["action_mapping"] = {"mapping": mapping, "formula": formula}
+        if clipped:
+            extra["action_mapping"]["target_clip"] = [np.asarray(task._lowers, float).tolist(),
+                                                      np.asarray(task._uppers, float).tolist()]
+    elif scale is not None:
+        extra["action_mapping"] = {"mapping": None, "formula": (
+            f"not read: {type(task).__name__}.step maps actions to targets in a form this card does not "
+            "know; read that task's step")}
+    if default_pose is not None and np.shape(default_pose) == (n,):
         fields["default_joint_pos"] = np.asarray(default_pose, float).tolist()
+    fields["extra"] = extra
     return fields
 
 
-def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+def _with_extra(fields: dict, more: dict) -> dict:
+    return {**fields, "extra": {**fields.get("extra", {}), **more}}
+
+
+FORMATS = ("onnx", "npz")
+
+
+def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | None = None,
                which: str = "latest", seed_index: int | None = None) -> Path:
     """Export the run's deterministic policy (of seed ``seed_index`` for a several-seed run);
-    returns the policy file's path."""
-    if fmt not in ("onnx", "npz"):
+    returns the policy file's path.  ``fmt`` defaults to ``out``'s suffix (.onnx / .npz), else
+    ONNX; a suffix naming the other format is refused."""
+    suffix = Path(out).suffix.lstrip(".").lower() if out is not None else ""
+    if fmt is None:
+        fmt = suffix if suffix in FORMATS else "onnx"
+    if fmt not in FORMATS:
         raise ValueError(f"format must be 'onnx' or 'npz', got {fmt!r}")
-    record, algo, config, agent, env = load_run(run_dir, which, seed_index)
+    if suffix in FORMATS and suffix != fmt:
+        raise ValueError(f"out={str(out)!r} names a .{suffix} file but format={fmt!r}: name it "
+                         f"*.{fmt} or leave the format out (it follows the suffix)")
+    record, algo, config, agent, env, step = _load_run(run_dir, which, seed_index)
     layers = algo.policy_layers(agent, config)
+    key = actor_obs_key(config)
     card = export.make_card(
-        obs_layout={"state": env.obs_spec["state"].size},
+        obs_layout={key: env.obs_spec[key].size},
         control_dt=env.spec.dt,
         config=runfolder.identity(record),  # the hash the checkpoints carry (not where it ran)
         env=record["env"],
         algo=record["algo"],
-        extra={"seed": record["seed"] + int(seed_index or 0)},
-        **_robot_card_fields(env),
+        **_with_extra(_robot_card_fields(env), {
+            "seed": record["seed"] + int(seed_index or 0),
+            "checkpoint": {"which": which, "env_steps": step, "run_env_steps": int(record["steps"]),
+                           "run_finished": step >= int(record["steps"])},
+            # training acted with these products; the exported file computes in float32
+            "training_compute_dtype": getattr(getattr(config, "sac", config), "compute_dtype", "float32"),
+        }),
     )
     out = Path(out) if out is not None else Path(run_dir) / f"policy.{fmt}"
     policy_path, _ = export.export_policy(layers, out, fmt, card=card)
@@ -115,8 +223,6 @@ def default_start(record: dict, env: str) -> str:
     the task's nominal start.  A run trained on a hand-built mixture `VecEnv` records the dataset
     saved in its folder (`run.keep_resets`); one trained without a run folder, or before stop 37,
     has no ``resets`` and is played from the nominal start."""
-    from jaxrl.train import run
-
     own = record.get("eval_start") == run.SCRATCH_EVAL and record.get("resets") and env == record["env"]
     return START_ANYWHERE if own else START_NOMINAL
 
@@ -125,8 +231,6 @@ def eval_envs(record: dict, env: str, episodes: int, seed: int, start: str) -> A
     """``episodes`` envs of task ``env`` for a run's evaluation, starting at ``start``:
     "nominal", the task's own reset; "anywhere", OmniReset's type (1) states of the reset dataset
     the run trained on (`envs.omnireset.scratch_env`)."""
-    from jaxrl.train import run
-
     kwargs = record.get("env_kwargs") or {}
     if start == START_NOMINAL:  # the task object a run in this process trained on: its trace reused
         return run.shared_env(env, episodes, seed, kwargs)
@@ -159,7 +263,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     ``start``: where episodes begin, "nominal" or "anywhere" (`eval_envs`); default where the run's
     own evaluations began (`default_start`: "anywhere" for an OmniReset run, as the paper scores).
 
-    Returns (and writes ``RUN_DIR/eval.json``) the per-episode returns and lengths.  With
+    Returns (and writes ``RUN_DIR/eval.json``; for another ``env``, ``RUN_DIR/eval_<env>.json``)
+    the per-episode returns and lengths.  With
     ``video`` it also renders the first ``grid`` episodes with MuJoCo's renderer into one video
     (a grid when ``grid > 1``); frames after an episode ends hold its last state.  ``camera``
     None picks the task's first camera (set up by its author) or MuJoCo's free camera.
@@ -174,14 +279,15 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         raise ValueError(f"grid must be between 1 and episodes={episodes}, got {grid}")
     record, algo, config, agent, _ = load_run(run_dir, which, seed_index)
     policy = export.to_jax(algo.policy_layers(agent, config))
+    obs_key = actor_obs_key(config)
     name = env or record["env"]
     if name != record["env"]:
-        from jaxrl.train import run
-
         run.check_same_layout(record, name, record.get("env_kwargs") or {}, "evaluate")
     start = start or default_start(record, name)
-    env = eval_envs(record, name, episodes, seed, start)
+    env = eval_envs({**record, "resets": run.resets_of(record, run_dir)}, name, episodes, seed, start)
     k = grid if video is not None else 0
+    if k:
+        sim_task(env)  # a task that cannot be rendered is refused before anything compiles
 
     def frame(s):  # what the video needs of the first k envs
         d = s.inner.data
@@ -193,7 +299,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
                        or short_program_options())
     def rollout(key):
         start = env.without_auto_reset().reset(key)  # one episode: no `reset_pool` to draw
-        return episode_rollout(env, lambda obs, _: policy(obs["state"]), start, key,
+        return episode_rollout(env, lambda obs, _: policy(obs[obs_key]), start, key,
                                record=frame if k else None)
 
     ret, length, frames = rollout(jax.random.PRNGKey(seed))
@@ -205,8 +311,9 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     }
     if video is not None:
         report["video"] = str(_write_rollout_video(env, frames, length[:k], video, height, width, camera))
-    if write:
-        (Path(run_dir) / "eval.json").write_text(json.dumps(report, indent=1))
+    if write:  # another task's evaluation beside the run's own, not over it
+        out = "eval.json" if name == record["env"] else f"eval_{name}.json"
+        (Path(run_dir) / out).write_text(json.dumps(report, indent=1))
     return report
 
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs._runtime import few_steps_options, short_program_options
+from envs._runtime import few_steps_options, notice, short_program_options
 
 # The physics swap lives with the envs (the finetuning targets simulated by MuJoCo C use it too).
 from envs.mujoco_c import CPhysics, mujoco_physics
@@ -48,8 +48,31 @@ def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     raise ValueError(f"policy file must end in .onnx or .npz, got {path.name}")
 
 
-def _state_obs(obs: Any) -> np.ndarray:
-    return np.asarray(obs["state"] if hasattr(obs, "keys") else obs, np.float32)
+def _state_obs(obs: Any, key: str = "state") -> np.ndarray:
+    return np.asarray(obs[key] if hasattr(obs, "keys") else obs, np.float32)
+
+
+def policy_obs_key(policy_file: str | Path) -> str:
+    """The observation key an exported policy reads: its card's (first) layout block; "state"
+    for a file without a card."""
+    card = Path(f"{policy_file}.card.json")
+    if not card.exists():
+        return "state"
+    layout = json.loads(card.read_text())["observation"]["layout"]
+    return layout[0]["name"] if len(layout) == 1 else "state"
+
+
+def _stale_export(policy_file: Path, want: dict) -> str | None:
+    """Why ``policy_file`` (exported earlier into the run folder) is not the policy asked for:
+    another seed, config or checkpoint, or a card without them; None when it is."""
+    card_file = Path(f"{policy_file}.card.json")
+    if not card_file.exists():
+        return "it has no card"
+    card = json.loads(card_file.read_text())
+    have = {"seed": card.get("seed"), "config_sha256": card.get("config_sha256"),
+            "env_steps": (card.get("checkpoint") or {}).get("env_steps")}
+    diff = [f"{k} {have[k]} (wanted {want[k]})" for k in want if have[k] != want[k]]
+    return ", ".join(diff) or None
 
 
 def _programs(task: Any, env_steps: int, reset: Callable | None = None) -> tuple[Callable, Callable]:
@@ -76,7 +99,7 @@ def _programs(task: Any, env_steps: int, reset: Callable | None = None) -> tuple
 
 def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: jax.Array,
                  episode_length: int, physics: CPhysics | None = None,
-                 reset: Callable | None = None) -> dict:
+                 reset: Callable | None = None, obs_key: str = "state") -> dict:
     """Run one episode per key with ``policy`` (numpy in, numpy out) on the single-env ``task``.
 
     ``physics=None`` steps with MJX (the task as trained); a `CPhysics` steps with MuJoCo C.
@@ -94,7 +117,7 @@ def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: ja
         for key in keys:
             state, total, t = reset(key), 0.0, 0
             while t < episode_length:
-                action = np.asarray(policy(_state_obs(state.obs)[None]), np.float32)[0]
+                action = np.asarray(policy(_state_obs(state.obs, obs_key)[None]), np.float32)[0]
                 if not np.isfinite(action).all():
                     raise FloatingPointError(f"the policy returned a non-finite action at step {t}")
                 calls = physics.calls if physics is not None else 0
@@ -113,27 +136,45 @@ def run_episodes(task: Any, policy: Callable[[np.ndarray], np.ndarray], keys: ja
 
 def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path | None = None,
             which: str = "latest", seed: int = 0, max_steps: int | None = None,
-            write: bool = True, seed_index: int | None = None) -> dict:
+            write: bool = True, seed_index: int | None = None, max_gap: float | None = None) -> dict:
     """Exported policy in MuJoCo C vs in MJX, same task, same initial states (MJX's reset of the
     same keys, for both); writes sim2sim.json.
 
-    The policy file defaults to ``RUN_DIR/policy.onnx`` (exported first when missing).  Both sides
-    run the same file through the same runtime, so the gap is the simulator's alone.  The MJX side
-    uses the JAX implementation (the data layout the C state is converted into) even when the run
-    trained with MJX-Warp; observation and reward code are the task's either way.
+    The policy file defaults to ``RUN_DIR/policy.onnx``, exported first when missing or when its
+    card names another seed, config or checkpoint than ``seed_index`` and ``which`` ask for (an
+    older export, a run resumed since).  Both sides run the same file through the same runtime,
+    so the gap is the simulator's alone.  The MJX side uses the JAX implementation (the data
+    layout the C state is converted into) even when the run trained with MJX-Warp; observation
+    and reward code are the task's either way.  ``max_gap``: the largest |relative gap| that
+    passes (the report's ``passed``; the CLI exits with status 1 when it fails).
     """
     import envs
     from jaxrl.io import lifecycle, runfolder
+    from jaxrl.io.checkpoint import CheckpointManager
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 (or None for the task's episode length), got {max_steps}")
+    if max_gap is not None and not max_gap >= 0:
+        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
     run_dir = Path(run_dir)
     record = runfolder.read_record(run_dir)
     if policy_file is None:
         policy_file = run_dir / "policy.onnx"
-        if not policy_file.exists():
+        if policy_file.exists():
+            ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
+            want = {"seed": record["seed"] + int(seed_index or 0),
+                    "config_sha256": runfolder.config_hash(runfolder.identity(record)),
+                    "env_steps": ckpt.best_step() if which == "best" else ckpt.latest_step()}
+            if stale := _stale_export(policy_file, want):
+                notice(f"sim2sim: re-exporting {policy_file}: the file there is not the policy asked for "
+                       f"({stale})")
+                lifecycle.export_run(run_dir, fmt="onnx", which=which, seed_index=seed_index)
+        else:
             lifecycle.export_run(run_dir, fmt="onnx", which=which, seed_index=seed_index)
     policy = load_policy(policy_file)
+    obs_key = policy_obs_key(policy_file)
     kwargs = dict(record.get("env_kwargs") or {})
     if envs.source_of(record["env"]) == "playground":
         kwargs["impl"] = "jax"  # the data layout `mjx.put_data(impl="jax")` produces
@@ -146,11 +187,14 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     # so the gap is the stepping's alone (a reset that settles, as CheetahRun's 200 substeps,
     # settles in MJX).  It reuses the trace the observation size made (`VecEnv.one_env_reset`).
     reset, _ = _programs(task, episodes * length, venv.one_env_reset() if venv.env is task else None)
-    mjx_side = run_episodes(task, policy, keys, length, reset=reset)
-    c_side = run_episodes(task, policy, keys, length, physics, reset=reset)
+    mjx_side = run_episodes(task, policy, keys, length, reset=reset, obs_key=obs_key)
+    c_side = run_episodes(task, policy, keys, length, physics, reset=reset, obs_key=obs_key)
     m_mean, c_mean = float(np.mean(mjx_side["returns"])), float(np.mean(c_side["returns"]))
+    card_file = Path(f"{policy_file}.card.json")
+    card = json.loads(card_file.read_text()) if card_file.exists() else {}
     report = {
         "env": record["env"], "policy": str(policy_file), "episodes": episodes, "episode_length": length,
+        "policy_seed": card.get("seed"), "policy_checkpoint": card.get("checkpoint"),
         "mjx_returns": mjx_side["returns"], "mujoco_returns": c_side["returns"],
         "mjx_lengths": mjx_side["lengths"], "mujoco_lengths": c_side["lengths"],
         "mjx_mean_return": m_mean, "mujoco_mean_return": c_mean,
@@ -158,6 +202,9 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
         "mujoco_instability_warnings": physics.warnings, "mujoco_step_calls": physics.calls,
         "mujoco_version": __import__("mujoco").__version__,
     }
+    if max_gap is not None:
+        report["max_gap"] = float(max_gap)
+        report["passed"] = bool(abs(report["relative_gap"]) <= max_gap)
     if write:
         (run_dir / "sim2sim.json").write_text(json.dumps(report, indent=1))
     return report
@@ -171,4 +218,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  {name:<17} mean return {report[f'{side}_mean_return']:9.2f}   [{rets}]")
     lines.append(f"  relative gap (C - MJX) / |MJX|: {report['relative_gap']:+.3f}   "
                  f"MuJoCo instability warnings: {report['mujoco_instability_warnings']}")
+    if "passed" in report:
+        lines.append(f"  {'PASSED' if report['passed'] else 'FAILED'}: |gap| "
+                     f"{abs(report['relative_gap']):.3f} {'<=' if report['passed'] else '>'} max gap {report['max_gap']}")
     return "\n".join(lines)

@@ -87,8 +87,9 @@ class OffPolicySettings:
     # critic's `privileged_state` (flat tasks, Playground's locomotion tasks) only the latter is
     # stored and `state` is sliced from it when sampling.
     obs_dtype: str = "float32"
-    # How the warm-up acts: "uniform" random actions within the bounds (LIFT, FlashSAC), or
-    # "policy": the agent's own exploration with its initial parameters (Brax's SAC prefill).
+    # How the warm-up acts: "uniform" random actions within the bounds (FlashSAC; ALGORITHMS.md §2's
+    # "random steps"), or "policy": the agent's own exploration with its initial parameters (Brax's
+    # SAC prefill, and LIFT's code).
     warmup_actions: str = "uniform"
 
     def __post_init__(self):

@@ -15,6 +15,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 from envs.wrappers import VecEnv
 from jaxrl.algos import flashsac as flashsac_algo
 from jaxrl.algos import ppo as ppo_algo
@@ -50,8 +52,9 @@ class Algorithm:
 def flashsac_agent(cfg: flashsac_algo.FlashSACConfig, env: VecEnv) -> OffPolicyAgent:
     """FlashSAC's five functions with the config (and env spec) bound, for the off-policy loop."""
 
-    def act(state, obs, key):
-        return flashsac_algo.act(state, obs, key, cfg, deterministic=True)[0]
+    def act(state, obs, key):  # evaluation acts at the learner's precision, as training does
+        with jax.default_matmul_precision(cfg.matmul_precision):
+            return flashsac_algo.act(state, obs, key, cfg, deterministic=True)[0]
 
     return OffPolicyAgent(
         init=lambda key: flashsac_algo.init(key, env.spec, cfg),
@@ -87,8 +90,9 @@ def flashsac_loop(cfg: flashsac_algo.FlashSACConfig, env: VecEnv, eval_env: VecE
 def sac_agent(cfg: sac_algo.SACConfig, env: VecEnv) -> OffPolicyAgent:
     """The large-batch SAC's five functions with the config (and env spec) bound."""
 
-    def act(state, obs, key):
-        return sac_algo.act(state, obs, key, cfg, deterministic=True)[0]
+    def act(state, obs, key):  # evaluation acts at the learner's precision, as training does
+        with jax.default_matmul_precision(cfg.matmul_precision):
+            return sac_algo.act(state, obs, key, cfg, deterministic=True)[0]
 
     return OffPolicyAgent(
         init=lambda key: sac_algo.init(key, env.spec, cfg),
@@ -141,7 +145,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("ppo", ppo_algo.PPOConfig, ppo_loop, ppo_algo.policy_layers, ("cpu", "paper"),
                   "PPO with OmniReset's recipe (state-dependent std, adaptive KL)"),
         Algorithm("sac", sac_algo.SACConfig, sac_loop, sac_algo.policy_layers,
-                  ("cpu", "brax", "paper", "lift", "lift-deploy", "lift-smoke"),
+                  ("cpu", "brax", "paper", "lift", "lift-deploy", "lift-lowdim", "lift-smoke"),
                   "Large-batch, high-UTD SAC (LIFT's pretraining recipe: bf16 MLPs, asymmetric obs)"),
         Algorithm("finetune", FinetuneConfig, finetune_loop, _finetune_policy_layers, ("cpu", "paper"),
                   "World-model finetuning of a `sac` run in a changed env (use `jaxrl finetune RUN_DIR`)"),

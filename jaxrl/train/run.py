@@ -178,11 +178,28 @@ def metadata(record: dict, env: VecEnv) -> dict:
             "action_size": env.action_size}
 
 
-def rebuild(record: dict, with_eval: bool = True, devices: int | None = None
-            ) -> tuple[registry.Algorithm, Any, VecEnv, Any]:
+def resets_of(record: dict, run_dir: str | Path | None) -> dict | None:
+    """The record's reset dataset (``resets``), found where it is now: the recorded path, or
+    else ``RUN_DIR/resets.npz`` (a run folder moved or copied to another machine: a hand-built
+    mixture's dataset is saved there).  The record itself keeps the recorded path (it is part of
+    the run's identity, which its checkpoints carry)."""
+    resets = record.get("resets")
+    if not resets or Path(resets["path"]).exists() or run_dir is None:
+        return resets
+    here = Path(run_dir) / runfolder.RESETS_FILE
+    if here.exists():
+        return {**resets, "path": str(here.resolve())}
+    raise FileNotFoundError(
+        f"{run_dir} trained on the reset dataset {resets['path']}, which is not there (nor is {here}): "
+        f"copy the dataset back to that path, or into the run folder as {runfolder.RESETS_FILE}")
+
+
+def rebuild(record: dict, with_eval: bool = True, devices: int | None = None,
+            run_dir: str | Path | None = None) -> tuple[registry.Algorithm, Any, VecEnv, Any]:
     """(algorithm, config, train env, loop) of a run, as `train` built them, on ``devices``
     devices (None: automatic; the device count is not part of a run's identity, so a run
-    continues on another machine)."""
+    continues on another machine).  ``run_dir``: where the run's folder is now, to find its
+    reset dataset there when the recorded path is gone (`resets_of`)."""
     algo = registry.get(record["algo"])
     config = runfolder.config_from_dict(algo.config, record["config"])
     # Records from before stop 35 evaluated on NUM_EVAL_ENVS envs (SAC had no ``num_eval_envs``)
@@ -190,7 +207,7 @@ def rebuild(record: dict, with_eval: bool = True, devices: int | None = None
     n_eval = eval_env_count(config) if "num_eval_envs" in record["config"] else NUM_EVAL_ENVS
     scratch = record.get("eval_start") == SCRATCH_EVAL
     train_env, eval_env, _ = make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"],
-                                       record.get("resets"), n_eval if with_eval else 0, scratch)
+                                       resets_of(record, run_dir), n_eval if with_eval else 0, scratch)
     loop = algo.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
                           record["seed"], record["num_evals"], devices=devices,
                           seeds=record.get("seeds", 1))
@@ -405,7 +422,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
 
     run_dir = Path(run_dir)
     record = runfolder.read_record(run_dir)
-    _, _, train_env, loop = rebuild(record, devices=devices)
+    _, _, train_env, loop = rebuild(record, devices=devices, run_dir=run_dir)
     session = _Session(loop, record, train_env, run_dir, progress,
                        kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
                        kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True,

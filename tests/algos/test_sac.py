@@ -255,6 +255,18 @@ TABLE = {  # ALGORITHMS.md §2 (LIFT lift_configs.py)
 }
 
 
+def test_lift_lowdim_preset_is_the_tables_third_row_on_any_task():
+    row = (1000, 1024, 9, 0.98706, 0.02418, 1.034e-4, 1.0015e-4, 9.97e-3, -3.348, 0.5, 1)
+    from jaxrl.train import registry
+
+    cfg = registry.get("sac").preset("lift-lowdim", "CartpoleBalance")
+    got = (cfg.num_envs, cfg.batch_size, cfg.updates_per_step, cfg.gamma, cfg.tau, cfg.actor_lr,
+           cfg.critic_lr, cfg.alpha_lr, cfg.init_log_alpha, cfg.entropy_coef, cfg.reward_scale)
+    assert got == pytest.approx(row)
+    assert (cfg.buffer_size, cfg.min_buffer, cfg.compute_dtype, cfg.env_overrides) == (1_000_000, 8192, "bfloat16", ())
+    assert (cfg.actor_hidden, cfg.critic_hidden, cfg.activation) == ((512, 256, 128), (1024, 512, 256), "swish")
+
+
 @pytest.mark.parametrize("task", list(TABLE))
 def test_lift_presets_match_the_table(task):
     cfg = sac.SACConfig.lift(task)
@@ -420,6 +432,30 @@ def test_policy_layers_equal_the_deterministic_policy(tiny):
     np.testing.assert_allclose(export.to_jax(ops)(batch.obs["state"]), want, atol=1e-5)
 
 
+def test_exported_normaliser_keeps_a_feature_with_a_large_mean_and_a_tiny_std(tiny):
+    """Gravity at 9.81 ± 1e-7, a joint held at 0.7: (x − mean) / std in float64 against the
+    exported ops in float32, on the same float32 x.  Folded into one affine (x·(1/std) − mean/std)
+    the error reaches ~0.1–1 normalised units (9.81e6 has an ulp of 1); as x − mean (exact for
+    x near mean) then × 1/std it is float32's rounding of the result alone."""
+    from jaxrl.data.normalizer import RunningStats
+    from jaxrl.io import export
+
+    state, _, _ = tiny
+    mean = np.linspace(-1.0, 1.0, OBS).astype(np.float32)
+    mean[:2] = [9.81, 0.7]
+    var = np.full(OBS, 0.25, np.float32)
+    var[:2] = 1e-14  # std 1e-7, clipped to std_min 1e-6
+    stats = RunningStats(count=jnp.float32(1e6), mean=jnp.asarray(mean), m2=jnp.asarray(var * 1e6))
+    state = state.replace(obs_stats={**state.obs_stats, "state": stats})
+    x = (mean + np.random.default_rng(0).normal(0, 1e-6, (64, OBS)) * np.r_[1, 1, np.ones(OBS - 2) * 1e5]
+         ).astype(np.float32)
+    std = np.clip(np.sqrt(np.asarray(stats.var, np.float64)), TINY.obs_std_min, TINY.obs_std_max)
+    want = (x.astype(np.float64) - mean.astype(np.float64)) / std
+    got = np.asarray(export.numpy_forward(sac.policy_layers(state, TINY)[:2], x), np.float64)
+    assert np.abs(want[:, :2]).max() > 0.1  # the features really vary in normalised units
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_cpu_preset_is_brax_sac_at_the_shared_cost_settings():
     """cpu = Playground's brax_sac_config (lr 1e-3, α lr 3e-4, α₀ 1, H̄ −0.5|A|, γ 0.99, τ 0.005,
     256×256 relu, LayerNorm on Q, plain Adam) at the cost settings sac_vs_brax.py shares."""
@@ -468,7 +504,7 @@ def test_critic_layer_norm_and_activation_change_only_what_they_name():
         want = (h @ np.asarray(members["out"]["kernel"][e]) + np.asarray(members["out"]["bias"][e]))[:, 0]
         np.testing.assert_allclose(q[e], want, rtol=1e-4, atol=1e-5)
     ops = sac.policy_layers(state, cfg)
-    assert [o["op"] for o in ops] == ["affine", "dense", "relu", "dense", "relu", "dense", "tanh"]
+    assert [o["op"] for o in ops] == ["affine", "affine", "dense", "relu", "dense", "relu", "dense", "tanh"]
     want = sac.act(state, batch.obs, None, cfg, deterministic=True)[0]
     np.testing.assert_allclose(export.to_jax(ops)(batch.obs["state"]), want, atol=1e-5)
     with pytest.raises(ValueError, match="activation='gelu' is invalid: choose one of.*relu.*swish"):
@@ -559,6 +595,14 @@ def test_lift_smoke_trains_checkpoints_and_exports_t1(tmp_path):
     np.testing.assert_allclose(got_npz, want, atol=1e-5)
     bf16 = sac.act(agent, obs, None, cfg, deterministic=True)[0]
     np.testing.assert_allclose(bf16, want, atol=5e-2)
+    # the card: T1's D gain lives in its joints' damping, its targets are default pose + scale·a
+    card = json.loads((out / "policy.npz.card.json").read_text())
+    task = lifecycle._inner_task(env)
+    dofs = task.mj_model.jnt_dofadr[task.mj_model.actuator_trnid[:, 0]]
+    assert card["pd_gains"]["kd"] == pytest.approx(task.mj_model.dof_damping[dofs].tolist())
+    assert min(card["pd_gains"]["kd"]) > 0
+    assert card["action_mapping"]["mapping"] == "absolute"
+    assert card["action"]["offset"] == pytest.approx(np.asarray(task._default_pose).tolist())
 
     # eval: the exported ops read obs["state"] through the normaliser, as the actor does
     report = json.loads((out / "eval.json").read_text())
@@ -660,3 +704,18 @@ def test_a_rebuilt_run_keeps_the_evaluation_its_record_describes():
     old = {**record, "config": {k: v for k, v in record["config"].items() if k != "num_eval_envs"}}
     assert run.rebuild(old, devices=1)[3].eval_env.num_envs == run.NUM_EVAL_ENVS
     assert run.rebuild(record, with_eval=False, devices=1)[3].eval_env is None
+
+
+def test_evaluation_acts_at_the_learners_matmul_precision(tiny):
+    """The lift presets' 'highest' covers acting in training (the chunk); the evaluation's
+    deterministic act (`OffPolicyAgent.act`) takes it too: no dot left at JAX's default (on a
+    GPU, TF32), so the scores are those of the policy that acted."""
+    from jaxrl.train import registry
+
+    state, batch, _ = tiny
+    env = type("E", (), {"spec": _spec()})()
+    for precision, want in (("highest", "HIGHEST"), (None, "DEFAULT")):
+        agent = registry.sac_agent(TINY.replace(matmul_precision=precision), env)
+        text = jax.jit(agent.act).lower(state, batch.obs, jax.random.PRNGKey(0)).as_text()
+        dots = [line for line in text.splitlines() if "dot_general" in line]
+        assert dots and all(f"precision = [{want}, {want}]" in d for d in dots), (precision, dots[:2])

@@ -232,3 +232,75 @@ def test_flashsac_policy_lowering_runs_the_same_in_onnxruntime_numpy_and_jax(tmp
     no_bias = [dict(layer) for layer in layers]
     no_bias[-2]["bias"] = None
     assert np.abs(numpy_policy.forward(no_bias, obs) - want).max() > 1e-3
+
+
+# ----------------------------------------------------------------------- the run's card
+_SERVOS = """
+<mujoco>
+  <worldbody><body>
+    <joint name="a" type="hinge" damping="0.5" actuatorfrcrange="-7 7" actuatorfrclimited="true"/>
+    <geom size="0.1" mass="1"/>
+    <body pos="0 0 0.3"><joint name="b" type="hinge" damping="0.3"/><geom size="0.1" mass="1"/></body>
+  </body></worldbody>
+  <actuator>
+    <position joint="a" kp="35" kv="0.2"/>
+    <position joint="b" kp="20" forcerange="-12 12" forcelimited="true"/>
+  </actuator>
+</mujoco>"""
+
+
+def test_card_gains_are_the_torque_mujoco_applies_per_unit_of_position_and_velocity_error():
+    """kd is the actuator's kv plus the joint's damping (T1 and Go1 keep their D gain in the joint
+    damping): checked against MuJoCo's own actuator and passive forces."""
+    import mujoco
+
+    from jaxrl.io.lifecycle import pd_gains
+
+    model = mujoco.MjModel.from_xml_string(_SERVOS)
+    gains = pd_gains(model)
+    data = mujoco.MjData(model)
+    data.qvel[:] = [0.1, -0.2]  # at the target (q = ctrl = 0): all torque comes from velocity
+    mujoco.mj_forward(model, data)
+    torque = data.qfrc_actuator + data.qfrc_passive
+    np.testing.assert_allclose(gains["kd"], -torque / data.qvel, rtol=1e-6)
+    data.qvel[:] = 0
+    data.qpos[:] = [0.01, -0.02]  # small position errors: unclipped
+    mujoco.mj_forward(model, data)
+    np.testing.assert_allclose(gains["kp"], -data.qfrc_actuator / data.qpos, rtol=1e-6)
+    assert gains["effort_limit"] == [7.0, 12.0]
+    model.actuator_gear[0, 0] = 2.0  # gains in another unit: left out rather than misstated
+    assert pd_gains(model) == {}
+
+
+def test_card_action_mapping_is_read_from_the_tasks_own_step():
+    from mujoco_playground._src.locomotion.go1 import getup, handstand
+    from mujoco_playground._src.locomotion.spot import joystick as spot
+    from mujoco_playground._src.locomotion.t1 import joystick as t1
+
+    from jaxrl.io.lifecycle import action_mapping
+
+    assert action_mapping(t1.Joystick)[::2] == ("absolute", False)
+    assert action_mapping(spot.Joystick)[::2] == ("absolute", True)  # clipped to _lowers/_uppers
+    assert action_mapping(handstand.Handstand)[0] == "relative_to_previous_target"
+    assert action_mapping(getup.Getup)[0] == "relative_to_joint_positions"
+    assert action_mapping(int) == (None, None, False)
+
+
+def test_export_eval_and_sim2sim_read_the_observation_the_actor_was_trained_on(tmp_path):
+    """A run whose actor reads ``privileged_state`` (``--config.actor-obs-key``): the card names that
+    block, and sim2sim feeds it (before: the card said ``state`` and eval crashed in JAX)."""
+    from jaxrl.algos import flashsac, sac
+    from jaxrl.io import lifecycle, sim2sim
+    from jaxrl.train.finetune import FinetuneConfig
+
+    priv = sac.SACConfig.cpu().replace(actor_obs_key="privileged_state")
+    assert lifecycle.actor_obs_key(priv) == "privileged_state"
+    assert lifecycle.actor_obs_key(FinetuneConfig.cpu(priv)) == "privileged_state"
+    assert lifecycle.actor_obs_key(flashsac.FlashSACConfig.cpu()) == "state"
+    layers = [{"op": "dense", "kernel": np.ones((OBS_DIM, ACT_DIM), np.float32), "bias": np.zeros(ACT_DIM, np.float32)}]
+    card = card_for()
+    card["observation"]["layout"] = [{"name": "privileged_state", "start": 0, "size": OBS_DIM}]
+    path, _ = export_policy(layers, tmp_path / "p.onnx", card=card)
+    assert sim2sim.policy_obs_key(path) == "privileged_state"
+    (tmp_path / "bare.onnx").write_bytes(path.read_bytes())  # no card: the default block
+    assert sim2sim.policy_obs_key(tmp_path / "bare.onnx") == "state"

@@ -75,3 +75,47 @@ def test_bad_eval_and_sim2sim_requests_are_refused(run_dir, tmp_path):
         sim2sim.sim2sim(tmp_path)
     with pytest.raises(ValueError, match="episodes"):
         sim2sim.sim2sim(run_dir, episodes=0)
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):  # 0 used to mean "all", -1 a 0-step pass
+        sim2sim.sim2sim(run_dir, max_steps=0)
+    with pytest.raises(ValueError, match="max_gap must be >= 0"):
+        sim2sim.sim2sim(run_dir, max_gap=-0.1)
+    with pytest.raises(ValueError, match=r"names a \.npz file but format='onnx'"):
+        lifecycle.export_run(run_dir, "onnx", out=tmp_path / "p.npz")
+
+
+def test_a_brax_pipeline_env_is_refused_for_video_before_anything_compiles():
+    import envs
+
+    with pytest.raises(NotImplementedError, match="Brax pipelines are not supported"):
+        lifecycle.sim_task(envs.make("inverted_pendulum", num_envs=1))
+
+
+def test_export_card_names_its_checkpoint_and_sim2sim_re_exports_a_stale_file(run_dir, tmp_path):
+    """The card says which checkpoint it holds; sim2sim's default file is re-exported when its card
+    names another checkpoint (a run resumed since, another seed), not silently reused."""
+    from jaxrl.io.checkpoint import CheckpointManager
+
+    latest = CheckpointManager(run_dir, save_interval_s=float("inf")).latest_step()
+    npz = lifecycle.export_run(run_dir, out=tmp_path / "p.npz")  # the format follows the suffix
+    card = json.loads((tmp_path / "p.npz.card.json").read_text())
+    assert card["policy"]["format"] == "npz" and npz.read_bytes()[:2] == b"PK"
+    assert card["checkpoint"] == {"which": "latest", "env_steps": latest, "run_env_steps": latest,
+                                  "run_finished": True}
+    assert card["training_compute_dtype"] == "float32"
+    onnx = lifecycle.export_run(run_dir)
+    card_file = onnx.with_name(onnx.name + ".card.json")
+    stale = json.loads(card_file.read_text())
+    stale["checkpoint"]["env_steps"] = latest - 1
+    card_file.write_text(json.dumps(stale))
+    report = sim2sim.sim2sim(run_dir, episodes=1, max_steps=5, write=False, max_gap=1e9)
+    assert json.loads(card_file.read_text())["checkpoint"]["env_steps"] == latest
+    assert report["policy_checkpoint"]["env_steps"] == latest and report["policy_seed"] == card["seed"]
+    assert report["passed"] is True
+
+
+def test_evaluating_another_task_writes_its_own_report_beside_the_runs(run_dir):
+    own = run_dir / "eval.json"
+    before = own.read_bytes() if own.exists() else None
+    report = lifecycle.evaluate_run(run_dir, episodes=1, env="CartpoleBalanceHeavyPole")
+    assert json.loads((run_dir / "eval_CartpoleBalanceHeavyPole.json").read_text()) == report
+    assert (own.read_bytes() if own.exists() else None) == before

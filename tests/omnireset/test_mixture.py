@@ -257,3 +257,10 @@ def test_training_on_a_hand_built_mixture_env_writes_the_dataset_into_the_run(pu
     assert record["env_kwargs"] == {"episode_length": env.episode_length}
     rebuilt = run.rebuild(record, devices=1)[2]
     assert isinstance(rebuilt.env, omr.ResetMixture) and rebuilt.env.dataset.counts == push_dataset.counts
+    # the folder moved (to a robot's PC): the recorded path is gone, the copy inside it serves
+    moved = (tmp_path / "run").rename(tmp_path / "moved")
+    assert run.resets_of(record, moved)["path"] == str((moved / runfolder.RESETS_FILE).resolve())
+    assert run.rebuild(record, devices=1, run_dir=moved)[2].env.dataset.counts == push_dataset.counts
+    (moved / runfolder.RESETS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="copy the dataset back to that path, or into the run folder"):
+        run.rebuild(record, devices=1, run_dir=moved)
