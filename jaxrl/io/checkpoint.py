@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,14 +286,18 @@ class CheckpointManager:
         with open(self._step_dir(step) / _MANIFEST) as f:
             return json.load(f)
 
-    def best_step(self) -> int | None:
-        """The committed step with the highest eval return (None when none has one)."""
+    def best_step(self, seed_index: int | None = None) -> int | None:
+        """The committed step with the highest eval return (None when none has one): of seed
+        ``seed_index`` in a several-seed run (its own return, ``eval_returns``), else the mean."""
         best, best_return = None, -np.inf
         for step in self.steps():
             try:
-                ret = self._manifest(step).get("eval_return")
+                manifest = self._manifest(step)
             except (OSError, ValueError):
                 continue
+            ret = manifest.get("eval_return")
+            if seed_index is not None and manifest.get("eval_returns") is not None:
+                ret = manifest["eval_returns"][seed_index]
             if ret is not None and np.isfinite(ret) and ret > best_return:
                 best, best_return = step, ret
         return best
@@ -311,8 +315,12 @@ class CheckpointManager:
         eval_return: float | None = None,
         force: bool = False,
         skip: Callable[[str], bool] | None = None,
+        eval_returns: Sequence[float] | None = None,
     ) -> bool:
         """Write ``state`` for ``step`` when forced or the save interval elapsed; True if written.
+
+        ``eval_return`` (a several-seed run: the mean) and ``eval_returns`` (each seed's) go into
+        the manifest: `best_step` and ``keep_best`` read them.
 
         Leaves whose path ``skip(path)`` accepts are not written (e.g. a replay buffer too big for
         the disk); `restore` then keeps the target's leaves for them and lists them in
@@ -339,7 +347,7 @@ class CheckpointManager:
             skipped = self._write_arrays(tmp, state, skip)  # every process writes its shards
             _sync(f"jaxrl-ckpt-{step}-written")
             if primary:
-                self._write_record(tmp, step, state, metadata, eval_return, skipped)
+                self._write_record(tmp, step, state, metadata, eval_return, skipped, eval_returns)
                 _fsync_tree(tmp)
                 final = self._step_dir(step)
                 if final.exists():  # re-saving a step (e.g. after resume): replace it
@@ -385,7 +393,7 @@ class CheckpointManager:
         return skipped
 
     def _write_record(self, folder: Path, step: int, state: Any, metadata: Mapping, eval_return,
-                      skipped: list[int]) -> None:
+                      skipped: list[int], eval_returns: Sequence[float] | None = None) -> None:
         """Our bookkeeping beside the arrays (one process): structure, metadata, manifest of
         every file's size and SHA-256, and the COMMITTED marker last."""
         _write_json(folder / "structure.json", describe(state))
@@ -399,6 +407,7 @@ class CheckpointManager:
             "format_version": FORMAT_VERSION,
             "step": step,
             "eval_return": None if eval_return is None else float(eval_return),
+            "eval_returns": None if eval_returns is None else [_finite_or_none(r) for r in eval_returns],
             "wall_time": time.time(),
             "files": files,
         }
@@ -410,11 +419,20 @@ class CheckpointManager:
         go (a resume that fell back past them would otherwise lose each new checkpoint to them)."""
         steps = [s for s in self.steps() if s not in self._corrupt]
         keep = set(steps[-self.keep_last :])
-        if self.keep_best and (best := self.best_step()) is not None:
-            keep.add(best)
+        if self.keep_best:  # the best by the mean, and each seed's own best
+            keep |= {b for b in [self.best_step(), *map(self.best_step, range(self._seeds()))] if b is not None}
         for step in steps:
             if step not in keep:
                 shutil.rmtree(self._step_dir(step), ignore_errors=True)
+
+    def _seeds(self) -> int:
+        """How many seeds the newest manifest has returns for (0 for a one-seed run)."""
+        for step in reversed(self.steps()):
+            try:
+                return len(self._manifest(step).get("eval_returns") or [])
+            except (OSError, ValueError):
+                continue
+        return 0
 
     def _recover_temporaries(self) -> None:
         """What a crashed writer left: unfinished folders go; the old copy of a step whose re-save
@@ -721,6 +739,11 @@ def _take_lock(path: Path) -> Any:
     f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
     f.flush()
     return f
+
+
+def _finite_or_none(x: Any) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
 
 
 def _sync(name: str) -> None:

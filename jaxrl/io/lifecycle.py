@@ -50,7 +50,7 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
     step = None
     if which == "best":
-        step = ckpt.best_step()
+        step = ckpt.best_step(int(seed_index) if seeds > 1 else None)  # that seed's own best
         if step is None:
             raise ValueError(f"{run_dir}: no checkpoint has a finite evaluation return, so there is no "
                              "'best' one; use checkpoint='latest'")

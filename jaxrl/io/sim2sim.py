@@ -166,7 +166,8 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
             ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
             want = {"seed": record["seed"] + int(seed_index or 0),
                     "config_sha256": runfolder.config_hash(runfolder.identity(record)),
-                    "env_steps": ckpt.best_step() if which == "best" else ckpt.latest_step()}
+                    "env_steps": (ckpt.best_step(seed_index if int(record.get("seeds", 1)) > 1 else None)
+                                  if which == "best" else ckpt.latest_step())}
             if stale := _stale_export(policy_file, want):
                 notice(f"sim2sim: re-exporting {policy_file}: the file there is not the policy asked for "
                        f"({stale})")

@@ -505,9 +505,12 @@ class _Session:
                 if self.logger is not None:
                     self.logger.log(row)
                 if self.ckpt is not None:
+                    k = getattr(self.loop, "num_seeds", 1)
+                    per_seed = [row.get(f"seed{i}/eval_return", math.nan) for i in range(k)]
                     self.ckpt.save(row["env_steps"], carry, self.metadata,
                                    eval_return=row.get("eval_return"),
-                                   force=self.loop.finished(carry), skip=self._skip(carry))
+                                   force=self.loop.finished(carry), skip=self._skip(carry),
+                                   eval_returns=per_seed if k > 1 and "eval_return" in row else None)
                 if bar is not None:
                     bar.update(row)
                 if self.progress_fn is not None:

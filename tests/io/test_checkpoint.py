@@ -170,6 +170,18 @@ def test_keeps_the_last_k_and_the_best_by_eval_return(tmp_path):
     assert no_best.steps() == [3]
 
 
+def test_a_several_seed_run_keeps_and_finds_each_seeds_own_best(tmp_path):
+    """K seeds in one run: `best_step(i)` is seed i's best evaluation, not the mean's, and
+    retention keeps every seed's best (export --checkpoint best --seed i exports that one)."""
+    mgr = CheckpointManager(tmp_path, keep_last=1, keep_best=True)
+    state = {"w": jnp.zeros(4)}
+    for step, rets in [(1, [1.0, 5.0]), (2, [3.0, 2.0]), (3, [2.0, float("nan")]), (4, [0.0, 0.0])]:
+        mgr.save(step, state, META, eval_return=float(np.nanmean(rets)), force=True, eval_returns=rets)
+    assert (mgr.best_step(), mgr.best_step(0), mgr.best_step(1)) == (1, 2, 1)
+    assert mgr.steps() == [1, 2, 4]  # the last, the mean's best (1), seed 0's best (2)
+    assert mgr._manifest(4)["eval_returns"] == [0.0, 0.0]
+
+
 def test_save_interval_is_respected(tmp_path):
     now = [0.0]
     mgr = CheckpointManager(tmp_path, save_interval_s=600.0, clock=lambda: now[0])
