@@ -21,6 +21,29 @@ import jax
 import jax.numpy as jnp
 
 LECUN_UNIFORM = nn.initializers.lecun_uniform()
+# PyTorch's nn.Linear default: kernel and bias uniform in ±1/sqrt(fan_in) (kernel variance
+# 1/(3·fan_in)); what rsl_rl's networks keep (OmniReset's official PPO never re-initialises them).
+TORCH_KERNEL = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias(fan_in: int) -> Callable:
+    """PyTorch's nn.Linear bias init for a layer with ``fan_in`` inputs: U(±1/sqrt(fan_in))."""
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def dense(features: int, fan_in: int, init: str, name: str, **kw) -> nn.Dense:
+    """A Dense layer initialised as ``init`` says: "torch" (PyTorch's default, `TORCH_KERNEL` and
+    `torch_bias`) or "lecun" (flax's default lecun-normal kernel, zero bias)."""
+    if init == "torch":
+        return nn.Dense(features, kernel_init=TORCH_KERNEL, bias_init=torch_bias(fan_in), name=name, **kw)
+    if init == "lecun":
+        return nn.Dense(features, name=name, **kw)
+    raise ValueError(f"init must be 'torch' or 'lecun', got {init!r}")
 
 
 def elu(x: jax.Array) -> jax.Array:
@@ -37,19 +60,24 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def hidden_layers(x: jax.Array, widths: Sequence[int], activation: str, *,
                   dtype: Any = None, kernel_init: Callable = nn.linear.default_kernel_init,
-                  layer_norm: bool = False) -> jax.Array:
+                  layer_norm: bool = False, torch_init: bool = False) -> jax.Array:
     """Dense + ``activation`` per width, named ``hidden_0`` ... ``hidden_{n-1}``; with
     ``layer_norm`` each is followed by a LayerNorm named ``norm_0`` ... ``norm_{n-1}`` (Brax's
     order: Dense → activation → LayerNorm; scale 1, bias 0 at init).
 
     Call it inside a ``@nn.compact`` method: the layers are created in (and their parameters
     belong to) the calling module.  ``dtype`` is the compute dtype (None: the inputs'); parameters
-    are float32; biases start at zero.
+    are float32; biases start at zero (``torch_init``: kernels and biases as PyTorch's nn.Linear
+    default, `dense`, instead of ``kernel_init``).
     """
     act = ACTIVATIONS[activation]
     for i, width in enumerate(widths):
-        x = act(nn.Dense(width, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                         name=f"hidden_{i}")(x))
+        if torch_init:
+            layer = dense(width, x.shape[-1], "torch", f"hidden_{i}", dtype=dtype, param_dtype=jnp.float32)
+        else:
+            layer = nn.Dense(width, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                             name=f"hidden_{i}")
+        x = act(layer(x))
         if layer_norm:
             x = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name=f"norm_{i}")(x)
     return x

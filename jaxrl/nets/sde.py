@@ -1,9 +1,13 @@
 """PPO's networks: a Gaussian actor with state-dependent exploration and a value MLP.
 
-Both are `jaxrl.nets.mlp.hidden_layers` trunks (float32, flax's default lecun-normal kernels, zero
-biases, the configured activation) with their own output layer:
+Both are `jaxrl.nets.mlp.hidden_layers` trunks (float32, the configured activation) with their own
+output layer.  Initialisation (``layer_init``): "torch", PyTorch's nn.Linear default on every layer, heads
+included — what OmniReset's rsl_rl networks keep, and what sets the starting exploration, since
+σ(s) = ‖φ(s)‖ at log_std 0 (measured at the paper's widths on unit-normal inputs: mean σ ≈ 0.75;
+flax's lecun-normal trunk gives ≈ 3.7, so ~80% of sampled actions clip at ±1); "lecun", flax's
+lecun-normal kernels and zero biases with a small mean head (kernel ~ N(0, 0.01/fan_in)):
 
-    Actor:  x -> φ(x) [.., H] -> mean = Dense(A) (kernel ~ N(0, 0.01/fan_in)),
+    Actor:  x -> φ(x) [.., H] -> mean = Dense(A),
             σ(x) = sqrt( Σ_j φ_j(x)² · exp(2·log_std[j, a]) + 1e-6 )      (`state_dependent_std`)
     Critic: x -> Dense(1) -> V(x)
 
@@ -21,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrl.nets.mlp import hidden_layers
+from jaxrl.nets.mlp import dense, hidden_layers
 
 SDE_EPS = 1e-6  # variance floor inside σ(s)
 
@@ -38,14 +42,18 @@ class Actor(nn.Module):
     action_size: int
     activation: str = "elu"
     init_log_std: float = 0.0
+    layer_init: str = "torch"
 
     @nn.compact
     def __call__(self, x):
-        phi = hidden_layers(x, self.hidden, self.activation)
-        mean = nn.Dense(
-            self.action_size, kernel_init=nn.initializers.variance_scaling(0.01, "fan_in", "normal"),
-            name="mean",
-        )(phi)
+        phi = hidden_layers(x, self.hidden, self.activation, torch_init=self.layer_init == "torch")
+        if self.layer_init == "torch":
+            mean = dense(self.action_size, phi.shape[-1], "torch", "mean")(phi)
+        else:
+            mean = nn.Dense(
+                self.action_size, kernel_init=nn.initializers.variance_scaling(0.01, "fan_in", "normal"),
+                name="mean",
+            )(phi)
         log_std = self.param(
             "log_std", nn.initializers.constant(self.init_log_std), (self.hidden[-1], self.action_size)
         )
@@ -57,18 +65,19 @@ class Critic(nn.Module):
 
     hidden: tuple[int, ...]
     activation: str = "elu"
+    layer_init: str = "torch"
 
     @nn.compact
     def __call__(self, x):
-        x = hidden_layers(x, self.hidden, self.activation)
-        return nn.Dense(1, name="value")(x)[..., 0]
+        x = hidden_layers(x, self.hidden, self.activation, torch_init=self.layer_init == "torch")
+        return dense(1, x.shape[-1], self.layer_init, "value")(x)[..., 0]
 
 
 def actor(cfg: Any, action_size: int) -> Actor:
-    """The actor a config describes (its ``hidden``, ``activation`` and ``init_log_std``)."""
-    return Actor(tuple(cfg.hidden), action_size, cfg.activation, cfg.init_log_std)
+    """The actor a config describes (its ``hidden``, ``activation``, ``init_log_std``, ``layer_init``)."""
+    return Actor(tuple(cfg.hidden), action_size, cfg.activation, cfg.init_log_std, cfg.layer_init)
 
 
 def critic(cfg: Any) -> Critic:
-    """The value net a config describes (its ``hidden`` and ``activation``)."""
-    return Critic(tuple(cfg.hidden), cfg.activation)
+    """The value net a config describes (its ``hidden``, ``activation`` and ``layer_init``)."""
+    return Critic(tuple(cfg.hidden), cfg.activation, cfg.layer_init)

@@ -349,9 +349,9 @@ def _np_clip(tree, max_norm):
 
 @pytest.mark.parametrize("mode", ["separate", "global"])
 def test_gradient_clip_per_network_as_the_rsl_rl_fork_or_over_both(cfg, mode):
-    """"separate" (the default, OmniReset's rsl_rl fork): the actor's gradient (norm ~25) is
-    scaled to norm 1 and the critic's (norm 0.5) is left alone; "global" scales both by one
-    factor.  The optimiser `update` steps with applies exactly that clip before Adam."""
+    """"separate" (the cpu preset's): the actor's gradient (norm ~25) is scaled to norm 1 and the
+    critic's (norm 0.5) is left alone; "global" (the default, OmniReset's rsl_rl fork: one
+    ``clip_grad_norm_`` over all parameters) scales both by one factor.  The optimiser `update` steps with applies exactly that clip before Adam."""
     params = ppo.init(jax.random.PRNGKey(0), _spec(), cfg).params
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
     grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape), params)
@@ -386,12 +386,43 @@ def test_gradient_clip_per_network_as_the_rsl_rl_fork_or_over_both(cfg, mode):
 
 
 def test_runs_recorded_before_grad_clip_resume_with_the_global_clip():
-    """A run's config.json from before ``grad_clip`` existed rebuilds with the clip it trained
-    with (one global norm), while new configs default to the fork's per-network clip."""
+    """A run's config.json from before ``grad_clip`` / ``layer_init`` existed rebuilds with what it
+    trained with (one global norm; flax's init).  The paper preset is the fork's (one global clip,
+    PyTorch's init); the cpu preset keeps the settings its CPU results were measured with."""
     record = runfolder.config_to_dict(ppo.PPOConfig.cpu())
     record.pop("grad_clip")
-    assert runfolder.config_from_dict(ppo.PPOConfig, record).grad_clip == "global"
-    assert ppo.PPOConfig.cpu().grad_clip == ppo.PPOConfig.paper().grad_clip == "separate"
+    record.pop("layer_init")
+    old = runfolder.config_from_dict(ppo.PPOConfig, record)
+    assert (old.grad_clip, old.layer_init) == ("global", "lecun")
+    assert (ppo.PPOConfig.paper().grad_clip, ppo.PPOConfig.paper().layer_init) == ("global", "torch")
+    assert (ppo.PPOConfig.cpu().grad_clip, ppo.PPOConfig.cpu().layer_init) == ("separate", "lecun")
+
+
+def test_paper_init_is_pytorchs_linear_default_so_exploration_starts_as_the_official_ppo():
+    """rsl_rl keeps nn.Linear's default init (kernel and bias U(±1/√fan_in)) on every layer, and
+    at log_std 0 the starting σ(s) is ‖φ(s)‖: at the paper's widths on unit-normal inputs it is
+    ≈ 0.75 (flax's lecun trunk: ≈ 3.7, so most sampled actions would clip at ±1)."""
+    cfg = ppo.PPOConfig.paper()
+    state = ppo.init(jax.random.PRNGKey(0), _spec(), cfg)
+    for net in ("actor", "critic"):
+        p = state.params[net]["params"]
+        for name, layer in p.items():
+            if name == "log_std":
+                continue
+            fan_in = layer["kernel"].shape[0]
+            bound = 1.0 / np.sqrt(fan_in)
+            for leaf in (layer["kernel"], layer["bias"]):
+                assert np.abs(np.asarray(leaf)).max() <= bound, (net, name)
+            kernel, bias = np.asarray(layer["kernel"]), np.asarray(layer["bias"])
+            if kernel.size >= 1000:  # enough draws to see the uniform law's spread
+                assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.05), (net, name)
+            if bias.size >= 64:
+                assert np.abs(bias).max() > 0.9 * bound and bias.std() > 0.4 * bound, (net, name)
+    x = np.random.default_rng(0).normal(size=(256, D)).astype(np.float32)
+    _, std = ppo.policy(state.params, state, {"state": x}, cfg)
+    assert 0.4 < float(np.mean(std)) < 1.2
+    lecun = ppo.init(jax.random.PRNGKey(0), _spec(), cfg.replace(layer_init="lecun"))
+    assert float(np.mean(ppo.policy(lecun.params, lecun, {"state": x}, cfg)[1])) > 2.0
 
 
 # ----------------------------------------------------------------------------- config
@@ -409,6 +440,7 @@ def test_runs_recorded_before_grad_clip_resume_with_the_global_clip():
         ({"activation": "gelu"}, "activation"),
         ({"obs_norm_eps": 0.0}, "obs_norm_eps"),
         ({"grad_clip": "both"}, "grad_clip"),
+        ({"layer_init": "xavier"}, "layer_init must be .torch. or .lecun."),
     ],
 )
 def test_invalid_config_raises_clear_value_error(overrides, message):

@@ -4,23 +4,26 @@ and export rely on (SAC's MLP on the same trunk is checked in tests/algos/test_s
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrl.nets import sde
 
 
 def test_ppo_nets_keep_their_parameter_tree_and_initialisation():
     x = jnp.ones((2, 5))
-    actor = sde.Actor((16, 8), 3, "tanh", init_log_std=-0.5).init(jax.random.PRNGKey(0), x)["params"]
-    critic = sde.Critic((16, 8), "tanh").init(jax.random.PRNGKey(1), x)["params"]
+    actor = sde.Actor((16, 8), 3, "tanh", init_log_std=-0.5, layer_init="lecun").init(jax.random.PRNGKey(0), x)["params"]
+    critic = sde.Critic((16, 8), "tanh", layer_init="lecun").init(jax.random.PRNGKey(1), x)["params"]
     assert set(actor) == {"hidden_0", "hidden_1", "mean", "log_std"}
     assert set(critic) == {"hidden_0", "hidden_1", "value"}
     assert actor["hidden_0"]["kernel"].shape == (5, 16) and actor["log_std"].shape == (8, 3)
     np.testing.assert_array_equal(actor["log_std"], -0.5)
     for layer in ("hidden_0", "hidden_1", "mean"):
         np.testing.assert_array_equal(actor[layer]["bias"], 0.0)
-    # flax's default kernel init (lecun normal) in the trunk; N(0, 0.01 / fan_in) for the mean
+    # "lecun" (the cpu preset): flax's default kernel init in the trunk; N(0, 0.01 / fan_in) for the mean
     assert 0.2 < float(jnp.std(actor["hidden_0"]["kernel"])) * np.sqrt(5) < 1.5
     assert float(jnp.std(actor["mean"]["kernel"])) * np.sqrt(8) < 0.2
+    with pytest.raises(ValueError, match="init must be 'torch' or 'lecun'"):
+        sde.Critic((4,), "tanh", layer_init="xavier").init(jax.random.PRNGKey(1), x)
 
 
 
