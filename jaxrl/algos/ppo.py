@@ -105,6 +105,10 @@ class PPOConfig:
     """Normalised observation = (x − mean) / (std + obs_norm_eps), unclipped (rsl_rl's form)."""
     normalize_advantages: bool = True
     """Standardise advantages once over the whole rollout (not per minibatch)."""
+    random_episode_start: bool = True
+    """Each training env starts its first episode at a uniform random step of the time limit
+    (rsl_rl's ``init_at_random_ep_len``, which OmniReset's train.py sets): fixed-length episodes
+    would otherwise run in lockstep, every rollout one phase of the episode for all envs."""
     actor_obs_key: str = "state"
     """Observation the actor (and the exported policy) reads."""
     critic_obs_key: str = "privileged_state"
@@ -185,12 +189,14 @@ class PPOConfig:
             "entropy_coef": 0.003,
             "layer_init": "lecun",
             "grad_clip": "separate",
+            "random_episode_start": False,
         }
         base.update(overrides)
         return cls(**base)
 
     # Runs recorded before a field existed behaved like this (`runfolder.config_from_dict`).
-    RECORDED_BEFORE: ClassVar[dict] = {"grad_clip": "global", "layer_init": "lecun"}
+    RECORDED_BEFORE: ClassVar[dict] = {"grad_clip": "global", "layer_init": "lecun",
+                                          "random_episode_start": False}
 
     def replace(self, **kw) -> PPOConfig:
         return dataclasses.replace(self, **kw)

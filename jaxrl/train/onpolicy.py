@@ -100,9 +100,12 @@ class OnPolicyLoop(HostLoop):
         k_agent, k_env, k_loop = init_keys(key)
         if agent is None:
             agent = ppo.init(k_agent, self.env.spec, self.cfg)
-        return OnPolicyCarry(agent=agent,
-                             env_state=self.env.reset(k_env) if env_state is None else env_state, key=k_loop,
-                             iteration=jnp.zeros((), jnp.int32))
+        env_state = self.env.reset(k_env) if env_state is None else env_state
+        if self.cfg.random_episode_start:  # rsl_rl's init_at_random_ep_len: envs out of lockstep
+            steps = jax.random.randint(jax.random.fold_in(k_env, 1), env_state.episode_step.shape, 0,
+                                       self.env.episode_length, jnp.int32)
+            env_state = env_state.replace(episode_step=steps)
+        return OnPolicyCarry(agent=agent, env_state=env_state, key=k_loop, iteration=jnp.zeros((), jnp.int32))
 
     def _iteration(self, carry: OnPolicyCarry, _):
         cfg = self.cfg

@@ -81,3 +81,21 @@ def test_env_and_config_num_envs_must_agree(tiny):
     _cfg, loop = tiny
     with pytest.raises(ValueError, match="num_envs"):
         OnPolicyLoop(ppo.PPOConfig.cpu(num_envs=8), loop.env, None, steps=100, seed=0)
+
+
+def test_paper_runs_start_each_env_at_a_random_step_of_its_episode(tiny):
+    """rsl_rl's ``init_at_random_ep_len`` (OmniReset's train.py): fixed-length episodes start out of
+    lockstep, so the first rollout already sees episodes end; the cpu preset keeps them together."""
+    cfg, loop = tiny
+    assert ppo.PPOConfig.paper().random_episode_start and not cfg.random_episode_start
+    np.testing.assert_array_equal(np.asarray(loop.init_carry().env_state.episode_step), 0)
+    staggered = cfg.replace(random_episode_start=True)
+    env = envs.make("CartpoleBalance", num_envs=4, episode_length=10, seed=0)
+    other = OnPolicyLoop(staggered, env, None, steps=4 * cfg.batch_size, seed=3, num_evals=4)
+    carry = other.init_carry()
+    start = np.asarray(carry.env_state.episode_step)
+    assert start.min() >= 0 and start.max() < 10 and len(set(start.tolist())) > 1, start
+    _, row = other.run_chunk(carry)  # 8 steps: every env that started at step >= 2 ended once
+    assert row["train_episodes"] == int((start >= 2).sum()) > 0
+    _, lockstep = loop.run_chunk(loop.init_carry())
+    assert lockstep["train_episodes"] == 0
