@@ -99,7 +99,9 @@ def test_export_card_names_its_checkpoint_and_sim2sim_re_exports_a_stale_file(ru
     npz = lifecycle.export_run(run_dir, out=tmp_path / "p.npz")  # the format follows the suffix
     card = json.loads((tmp_path / "p.npz.card.json").read_text())
     assert card["policy"]["format"] == "npz" and npz.read_bytes()[:2] == b"PK"
-    assert card["checkpoint"] == {"which": "latest", "env_steps": latest, "run_env_steps": latest,
+    budget = json.loads((run_dir / "config.json").read_text())["steps"]
+    assert latest >= budget  # whole iterations: the last checkpoint may pass the budget
+    assert card["checkpoint"] == {"which": "latest", "env_steps": latest, "run_env_steps": budget,
                                   "run_finished": True}
     assert card["training_compute_dtype"] == "float32"
     onnx = lifecycle.export_run(run_dir)
