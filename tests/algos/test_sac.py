@@ -399,7 +399,7 @@ def test_registry_lists_sac_with_its_presets():
     from jaxrl.train import registry
 
     algo = registry.get("sac")
-    assert algo.presets == ("cpu", "brax", "paper", "lift", "lift-deploy", "lift-smoke")
+    assert algo.presets == ("cpu", "brax", "paper", "lift", "lift-deploy", "lift-lowdim", "lift-smoke")
     brax = algo.preset("brax", "CheetahRun")
     assert brax == sac.SACConfig.cpu().replace(std_head="softplus", alpha_in_losses="previous",
                                                 warmup_actions="policy")
