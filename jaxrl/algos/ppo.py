@@ -103,6 +103,9 @@ class PPOConfig:
     """Running mean/std normalisation of actor and critic observations (updated by `observe`)."""
     obs_norm_eps: float = 1e-2
     """Normalised observation = (x − mean) / (std + obs_norm_eps), unclipped (rsl_rl's form)."""
+    reshuffle_each_epoch: bool = False
+    """False: one random partition into minibatches, the same in every epoch (rsl_rl's
+    ``mini_batch_generator`` draws one ``randperm`` before its epoch loop); True: a new one per epoch."""
     normalize_advantages: bool = True
     """Standardise advantages once over the whole rollout (not per minibatch)."""
     random_episode_start: bool = True
@@ -190,13 +193,14 @@ class PPOConfig:
             "layer_init": "lecun",
             "grad_clip": "separate",
             "random_episode_start": False,
+            "reshuffle_each_epoch": True,
         }
         base.update(overrides)
         return cls(**base)
 
     # Runs recorded before a field existed behaved like this (`runfolder.config_from_dict`).
     RECORDED_BEFORE: ClassVar[dict] = {"grad_clip": "global", "layer_init": "lecun",
-                                          "random_episode_start": False}
+                                          "random_episode_start": False, "reshuffle_each_epoch": True}
 
     def replace(self, **kw) -> PPOConfig:
         return dataclasses.replace(self, **kw)
@@ -499,6 +503,13 @@ def minibatches(batch: dict, key: jax.Array, num_minibatches: int, shards: int =
     return jax.tree.map(cut, batch)
 
 
+def epoch_keys(key: jax.Array, cfg: PPOConfig) -> jax.Array:
+    """The ``num_epochs`` keys `minibatches` shuffles with: one per epoch, or the first repeated
+    (``reshuffle_each_epoch=False``: every epoch the same minibatches, as rsl_rl)."""
+    keys = jax.random.split(key, cfg.num_epochs)
+    return keys if cfg.reshuffle_each_epoch else keys[jnp.zeros(cfg.num_epochs, jnp.int32)]
+
+
 def update(
     state: PPOState, rollout: Rollout, key: jax.Array, cfg: PPOConfig, shards: int = 1
 ) -> tuple[PPOState, dict]:
@@ -527,9 +538,7 @@ def update(
         return jax.lax.scan(minibatch_step, carry, minibatches(batch, k, cfg.num_minibatches, shards))
 
     carry = (state.params, state.opt_state, state.lr)
-    (params, opt_state, lr), metrics = jax.lax.scan(
-        epoch, carry, jax.random.split(key, cfg.num_epochs)
-    )
+    (params, opt_state, lr), metrics = jax.lax.scan(epoch, carry, epoch_keys(key, cfg))
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["lr"] = lr
 

@@ -145,6 +145,11 @@ class OffPolicyLoop(HostLoop):
         self.agent, self.s = agent, settings
         self.per_env_paths = tuple(".agent" + p for p in agent.per_env)
         self.warmup_iters, self.chunk_iters, train_iters = self.budget(env.num_envs, settings)
+        if self.warmup_iters * env.num_envs < settings.min_buffer:
+            notice(f"a budget of {settings.total_steps} env steps leaves room for a warm-up of only "
+                   f"{self.warmup_iters * env.num_envs} of min_buffer={settings.min_buffer} transitions "
+                   "(the first updates sample a smaller buffer): raise steps above min_buffer + num_envs "
+                   "or lower min_buffer")
         self.total_iters = self.warmup_iters + train_iters
         self.num_updates = train_iters * settings.updates_per_step
         # Store privileged_state only when state is its prefix (see OffPolicySettings.obs_dtype).

@@ -126,6 +126,22 @@ def test_minibatches_partition_the_batch_with_an_equal_share_of_every_shard(shar
         ppo.minibatches({"i": jnp.arange(n)}, jax.random.PRNGKey(2), 5, shards)
 
 
+def test_paper_epochs_reuse_one_partition_into_minibatches_as_rsl_rl():
+    """rsl_rl's generator draws one permutation before its epoch loop: every epoch the same
+    minibatches.  The paper preset does so; the cpu preset reshuffles each epoch."""
+    def partitions(cfg):
+        keys = ppo.epoch_keys(jax.random.PRNGKey(5), cfg)
+        return [np.asarray(ppo.minibatches({"i": jnp.arange(48)}, k, 4)["i"]) for k in keys]
+
+    paper, cpu = ppo.PPOConfig.paper(), ppo.PPOConfig.cpu()
+    assert not paper.reshuffle_each_epoch and cpu.reshuffle_each_epoch
+    same = partitions(paper)
+    assert len(same) == paper.num_epochs and all((p == same[0]).all() for p in same)
+    fresh = partitions(cpu)
+    assert len(fresh) == cpu.num_epochs and not (fresh[0] == fresh[1]).all()
+    assert (same[0] == fresh[0]).all()  # the first epoch's partition is the same either way
+
+
 @pytest.mark.parametrize("n", [1000, 8192, 3])
 def test_permutation_is_numpys_stable_argsort_round_by_round_and_uniform(n):
     """`ppo.permutation` equals numpy's stable argsort of each round's random high bits applied
@@ -389,13 +405,14 @@ def test_runs_recorded_before_grad_clip_resume_with_the_global_clip():
     """A run's config.json from before ``grad_clip`` / ``layer_init`` existed rebuilds with what it
     trained with (one global norm; flax's init).  The paper preset is the fork's (one global clip,
     PyTorch's init); the cpu preset keeps the settings its CPU results were measured with."""
-    record = runfolder.config_to_dict(ppo.PPOConfig.cpu())
-    record.pop("grad_clip")
-    record.pop("layer_init")
+    record = runfolder.config_to_dict(ppo.PPOConfig.paper())
+    for field in ("grad_clip", "layer_init", "reshuffle_each_epoch", "random_episode_start"):
+        record.pop(field)
     old = runfolder.config_from_dict(ppo.PPOConfig, record)
     assert (old.grad_clip, old.layer_init) == ("global", "lecun")
     assert (ppo.PPOConfig.paper().grad_clip, ppo.PPOConfig.paper().layer_init) == ("global", "torch")
     assert (ppo.PPOConfig.cpu().grad_clip, ppo.PPOConfig.cpu().layer_init) == ("separate", "lecun")
+    assert old.reshuffle_each_epoch and not old.random_episode_start
 
 
 def test_paper_init_is_pytorchs_linear_default_so_exploration_starts_as_the_official_ppo():

@@ -404,6 +404,17 @@ def test_highest_precision_is_scoped_to_the_physics_step(tiny_loop):
     assert set(_dot_precisions(asked.lower_chunk(carry).as_text())) == {"HIGHEST"}
 
 
+def test_a_budget_too_small_for_the_warm_up_says_so(capsys):
+    """LIFT's code refuses a budget below min_buffer + num_envs; the loop runs it, shortening the
+    warm-up, and now says so (the first updates then sample a buffer smaller than min_buffer)."""
+    env = envs.make("CartpoleBalance", 4, **ENV)
+    registry.get("flashsac").make_loop(TINY["flashsac"], env, None, STEPS["flashsac"], 0, 2)
+    assert "warm-up" not in capsys.readouterr().err
+    registry.get("flashsac").make_loop(TINY["flashsac"].replace(min_buffer=400), env, None, 64, 0, 2)
+    err = capsys.readouterr().err
+    assert "leaves room for a warm-up of only 60 of min_buffer=400 transitions" in err, err
+
+
 def test_buffer_that_cannot_fit_is_refused_before_compiling():
     cfg = TINY["flashsac"].replace(buffer_size=10**11)
     with pytest.raises(replay.ReplayCapacityError, match="lower buffer_size to at most"):
