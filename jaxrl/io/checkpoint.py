@@ -365,7 +365,7 @@ class CheckpointManager:
         _sync(f"jaxrl-ckpt-{step}-committed")
         self._last_save = self._clock()
         if primary:
-            self._apply_retention()
+            self._apply_retention(len(eval_returns or ()))
         _sync(f"jaxrl-ckpt-{step}-retained")
         log.info("saved checkpoint step %d to %s", step, self._step_dir(step))
         return True
@@ -414,25 +414,16 @@ class CheckpointManager:
         _write_json(folder / _MANIFEST, manifest)
         (folder / _MARKER).write_text(_sha256(folder / _MANIFEST) + "\n")
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self, seeds: int = 0) -> None:
         """Keep the last ``keep_last`` and the best; steps known to be corrupt neither count nor
         go (a resume that fell back past them would otherwise lose each new checkpoint to them)."""
         steps = [s for s in self.steps() if s not in self._corrupt]
         keep = set(steps[-self.keep_last :])
-        if self.keep_best:  # the best by the mean, and each seed's own best
-            keep |= {b for b in [self.best_step(), *map(self.best_step, range(self._seeds()))] if b is not None}
+        if self.keep_best:  # the best by the mean, and each of ``seeds`` seeds' own best
+            keep |= {b for b in [self.best_step(), *map(self.best_step, range(seeds))] if b is not None}
         for step in steps:
             if step not in keep:
                 shutil.rmtree(self._step_dir(step), ignore_errors=True)
-
-    def _seeds(self) -> int:
-        """How many seeds the newest manifest has returns for (0 for a one-seed run)."""
-        for step in reversed(self.steps()):
-            try:
-                return len(self._manifest(step).get("eval_returns") or [])
-            except (OSError, ValueError):
-                continue
-        return 0
 
     def _recover_temporaries(self) -> None:
         """What a crashed writer left: unfinished folders go; the old copy of a step whose re-save

@@ -386,9 +386,7 @@ def export_policy(
     file's name, format, SHA-256 and tensor names added.  Returns ``(policy_path, card_path)``.
     """
     out_path = Path(out_path)
-    format = format or out_path.suffix.lstrip(".")
-    if format not in ("onnx", "npz"):
-        raise ValueError(f"format must be 'onnx' or 'npz', got {format!r}")
+    format = policy_format(out_path, format)
     obs_dim = int(card["observation"]["size"])
     action_dim = check_layers(as_numpy(layers), obs_dim)
     if action_dim != int(card["action"]["size"]):
@@ -408,5 +406,32 @@ def export_policy(
         "output": "action",
         "opset": opset if format == "onnx" else None,
     }
-    card_path = write_card(Path(str(out_path) + ".card.json"), card)
+    card_path = write_card(card_path_of(out_path), card)
     return out_path, card_path
+
+
+FORMATS = ("onnx", "npz")
+
+
+def policy_format(out_path: str | os.PathLike, format: str | None = None, default: str | None = None) -> str:
+    """The format a policy file is written in: ``format``, else the file's suffix (.onnx / .npz),
+    else ``default``.  A suffix naming the other format is refused: the file would not load."""
+    suffix = Path(out_path).suffix.lstrip(".").lower()
+    chosen = format or (suffix if suffix in FORMATS else default)
+    if chosen not in FORMATS:
+        raise ValueError(f"format must be 'onnx' or 'npz', got {chosen!r}")
+    if suffix in FORMATS and suffix != chosen:
+        raise ValueError(f"{str(out_path)!r} names a .{suffix} file but format={chosen!r}: name it "
+                         f"*.{chosen} or leave the format out (it follows the suffix)")
+    return chosen
+
+
+def card_path_of(policy_path: str | os.PathLike) -> Path:
+    """Where a policy file's card lives: ``<policy_path>.card.json``."""
+    return Path(f"{policy_path}.card.json")
+
+
+def read_card(policy_path: str | os.PathLike) -> dict | None:
+    """The card of an exported policy file; None when it has none."""
+    path = card_path_of(policy_path)
+    return json.loads(path.read_text()) if path.exists() else None

@@ -48,12 +48,7 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
     if seed_index is not None and not 0 <= int(seed_index) < seeds:
         raise ValueError(f"seed_index={seed_index}: {run_dir} trained {seeds} seed(s), so 0..{seeds - 1}")
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
-    step = None
-    if which == "best":
-        step = ckpt.best_step(int(seed_index) if seeds > 1 else None)  # that seed's own best
-        if step is None:
-            raise ValueError(f"{run_dir}: no checkpoint has a finite evaluation return, so there is no "
-                             "'best' one; use checkpoint='latest'")
+    step = best_step(ckpt, record, seed_index) if which == "best" else None
     algo, config, env, loop = run.rebuild(record, with_eval=False, devices=1, run_dir=run_dir)
     # Shapes only, and only the agent read from disk: no replay buffer built or loaded.
     template = jax.eval_shape(loop.init_carry)
@@ -62,6 +57,16 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
     if seeds > 1:
         agent = jax.tree.map(lambda x: x[int(seed_index)], agent)
     return record, algo, config, agent, env, int(step)
+
+
+def best_step(ckpt: CheckpointManager, record: dict, seed_index: int | None) -> int:
+    """The 'best' checkpoint of a run: the best evaluation of seed ``seed_index`` in a
+    several-seed run, else of the run; refused when no checkpoint has a finite return."""
+    step = ckpt.best_step(int(seed_index) if int(record.get("seeds", 1)) > 1 else None)
+    if step is None:
+        raise ValueError(f"{ckpt.directory}: no checkpoint has a finite evaluation return, so there is no "
+                         "'best' one; use checkpoint='latest'")
+    return step
 
 
 def actor_obs_key(config: Any) -> str:
@@ -128,10 +133,9 @@ def pd_gains(model: Any) -> dict:
             "effort_limit": [None if x is None else float(x) for x in limits]}
 
 
-def _robot_card_fields(env: Any) -> dict:
+def _robot_card_fields(env: Any) -> tuple[dict, dict]:
     """Actuator names, action mapping (scale, offset, formula, clip), default pose, PD gains and
-    effort limits read off the task and its MuJoCo model; the fields returned go to `make_card`
-    and its ``extra``."""
+    effort limits read off the task and its MuJoCo model: (`make_card`'s keywords, its ``extra``)."""
     task = _inner_task(env)
     model = getattr(task, "mj_model", None)
     fields: dict[str, Any] = {}
@@ -168,48 +172,36 @@ def _robot_card_fields(env: Any) -> dict:
             "know; read that task's step")}
     if default_pose is not None and np.shape(default_pose) == (n,):
         fields["default_joint_pos"] = np.asarray(default_pose, float).tolist()
-    fields["extra"] = extra
-    return fields
-
-
-def _with_extra(fields: dict, more: dict) -> dict:
-    return {**fields, "extra": {**fields.get("extra", {}), **more}}
-
-
-FORMATS = ("onnx", "npz")
+    return fields, extra
 
 
 def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | None = None,
                which: str = "latest", seed_index: int | None = None) -> Path:
     """Export the run's deterministic policy (of seed ``seed_index`` for a several-seed run);
     returns the policy file's path.  ``fmt`` defaults to ``out``'s suffix (.onnx / .npz), else
-    ONNX; a suffix naming the other format is refused."""
-    suffix = Path(out).suffix.lstrip(".").lower() if out is not None else ""
-    if fmt is None:
-        fmt = suffix if suffix in FORMATS else "onnx"
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be 'onnx' or 'npz', got {fmt!r}")
-    if suffix in FORMATS and suffix != fmt:
-        raise ValueError(f"out={str(out)!r} names a .{suffix} file but format={fmt!r}: name it "
-                         f"*.{fmt} or leave the format out (it follows the suffix)")
+    ONNX; a suffix naming the other format is refused (`export.policy_format`), before any work."""
+    out = Path(out) if out is not None else Path(run_dir) / f"policy.{fmt or 'onnx'}"
+    fmt = export.policy_format(out, fmt, default="onnx")
     record, algo, config, agent, env, step = _load_run(run_dir, which, seed_index)
     layers = algo.policy_layers(agent, config)
     key = actor_obs_key(config)
+    robot, robot_extra = _robot_card_fields(env)
     card = export.make_card(
         obs_layout={key: env.obs_spec[key].size},
         control_dt=env.spec.dt,
         config=runfolder.identity(record),  # the hash the checkpoints carry (not where it ran)
         env=record["env"],
         algo=record["algo"],
-        **_with_extra(_robot_card_fields(env), {
+        **robot,
+        extra={
+            **robot_extra,
             "seed": record["seed"] + int(seed_index or 0),
             "checkpoint": {"which": which, "env_steps": step, "run_env_steps": int(record["steps"]),
                            "run_finished": step >= int(record["steps"])},
             # training acted with these products; the exported file computes in float32
             "training_compute_dtype": getattr(getattr(config, "sac", config), "compute_dtype", "float32"),
-        }),
+        },
     )
-    out = Path(out) if out is not None else Path(run_dir) / f"policy.{fmt}"
     policy_path, _ = export.export_policy(layers, out, fmt, card=card)
     return policy_path
 

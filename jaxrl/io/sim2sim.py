@@ -55,20 +55,21 @@ def _state_obs(obs: Any, key: str = "state") -> np.ndarray:
 def policy_obs_key(policy_file: str | Path) -> str:
     """The observation key an exported policy reads: its card's (first) layout block; "state"
     for a file without a card."""
-    card = Path(f"{policy_file}.card.json")
-    if not card.exists():
-        return "state"
-    layout = json.loads(card.read_text())["observation"]["layout"]
+    from jaxrl.io.export import read_card
+
+    card = read_card(policy_file)
+    layout = card["observation"]["layout"] if card else []
     return layout[0]["name"] if len(layout) == 1 else "state"
 
 
 def _stale_export(policy_file: Path, want: dict) -> str | None:
     """Why ``policy_file`` (exported earlier into the run folder) is not the policy asked for:
     another seed, config or checkpoint, or a card without them; None when it is."""
-    card_file = Path(f"{policy_file}.card.json")
-    if not card_file.exists():
+    from jaxrl.io.export import read_card
+
+    card = read_card(policy_file)
+    if card is None:
         return "it has no card"
-    card = json.loads(card_file.read_text())
     have = {"seed": card.get("seed"), "config_sha256": card.get("config_sha256"),
             "env_steps": (card.get("checkpoint") or {}).get("env_steps")}
     diff = [f"{k} {have[k]} (wanted {want[k]})" for k in want if have[k] != want[k]]
@@ -149,7 +150,7 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     passes (the report's ``passed``; the CLI exits with status 1 when it fails).
     """
     import envs
-    from jaxrl.io import lifecycle, runfolder
+    from jaxrl.io import export, lifecycle, runfolder
     from jaxrl.io.checkpoint import CheckpointManager
 
     if episodes < 1:
@@ -166,8 +167,8 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
             ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
             want = {"seed": record["seed"] + int(seed_index or 0),
                     "config_sha256": runfolder.config_hash(runfolder.identity(record)),
-                    "env_steps": (ckpt.best_step(seed_index if int(record.get("seeds", 1)) > 1 else None)
-                                  if which == "best" else ckpt.latest_step())}
+                    "env_steps": (lifecycle.best_step(ckpt, record, seed_index) if which == "best"
+                                  else ckpt.latest_step())}
             if stale := _stale_export(policy_file, want):
                 notice(f"sim2sim: re-exporting {policy_file}: the file there is not the policy asked for "
                        f"({stale})")
@@ -191,8 +192,7 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     mjx_side = run_episodes(task, policy, keys, length, reset=reset, obs_key=obs_key)
     c_side = run_episodes(task, policy, keys, length, physics, reset=reset, obs_key=obs_key)
     m_mean, c_mean = float(np.mean(mjx_side["returns"])), float(np.mean(c_side["returns"]))
-    card_file = Path(f"{policy_file}.card.json")
-    card = json.loads(card_file.read_text()) if card_file.exists() else {}
+    card = export.read_card(policy_file) or {}
     report = {
         "env": record["env"], "policy": str(policy_file), "episodes": episodes, "episode_length": length,
         "policy_seed": card.get("seed"), "policy_checkpoint": card.get("checkpoint"),

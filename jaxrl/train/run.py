@@ -510,7 +510,7 @@ class _Session:
                     self.ckpt.save(row["env_steps"], carry, self.metadata,
                                    eval_return=row.get("eval_return"),
                                    force=self.loop.finished(carry), skip=self._skip(carry),
-                                   eval_returns=per_seed if k > 1 and "eval_return" in row else None)
+                                   eval_returns=per_seed if k > 1 else None)  # NaN: not evaluated
                 if bar is not None:
                     bar.update(row)
                 if self.progress_fn is not None:
