@@ -8,7 +8,7 @@
     jaxrl train sac --env T1JoystickFlatTerrain --preset lift --env-kwargs push_config.enable=true domain_randomization=true
     jaxrl finetune RUN_DIR --env CartpoleBalanceHeavyPole --real-steps 5000 --out runs/ft [--preset cpu|paper] [--config.starts 128 ...]
     jaxrl resume RUN_DIR [--devices N]
-    jaxrl export RUN_DIR --format onnx|npz [--out FILE] [--seed I]
+    jaxrl export RUN_DIR --format onnx|npz [--out FILE] [--seed I]   # --seed-index I, as eval/sim2sim
     jaxrl eval RUN_DIR --episodes 10 [--video out.mp4 --grid 4]
     jaxrl sim2sim RUN_DIR --episodes 3
     jaxrl resets build --task NAME --per-type N --out FILE
@@ -78,6 +78,13 @@ def _help(text: str):
     import tyro
 
     return tyro.conf.arg(help=text)
+
+
+def _also(*names: str):
+    """Other spellings of an option (tyro aliases)."""
+    import tyro
+
+    return tyro.conf.arg(aliases=names)
 
 
 ENV_KWARGS_HELP = ("env settings KEY=VALUE ...: Playground config keys, dotted (push_config.enable=false "
@@ -271,7 +278,8 @@ class ExportArgs:
     format: Literal["onnx", "npz"] | None = None  # default: --out's suffix, else onnx
     out: str | None = None  # default: RUN_DIR/policy.<format>
     checkpoint: Literal["latest", "best"] = "latest"
-    seed: int | None = None  # a run of K seeds: which one to export (0..K-1)
+    # a run of K seeds: which one to export (0..K-1); --seed-index as `eval` and `sim2sim` spell it
+    seed: Annotated[int | None, _also("--seed-index")] = None
 
 
 def export_cmd(a: ExportArgs) -> Path:

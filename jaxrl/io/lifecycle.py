@@ -256,7 +256,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     own evaluations began (`default_start`: "anywhere" for an OmniReset run, as the paper scores).
 
     Returns (and writes ``RUN_DIR/eval.json``; for another ``env``, ``RUN_DIR/eval_<env>.json``)
-    the per-episode returns and lengths.  With
+    the per-episode returns and lengths (and, for tasks that score it, success at each episode's end
+    and the success rate).  With
     ``video`` it also renders the first ``grid`` episodes with MuJoCo's renderer into one video
     (a grid when ``grid > 1``); frames after an episode ends hold its last state.  ``camera``
     None picks the task's first camera (set up by its author) or MuJoCo's free camera.
@@ -294,13 +295,16 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         return episode_rollout(env, lambda obs, _: policy(obs[obs_key]), start, key,
                                record=frame if k else None)
 
-    ret, length, frames = rollout(jax.random.PRNGKey(seed))
-    ret, length = np.asarray(ret, float), np.asarray(length).astype(int)
+    ep = rollout(jax.random.PRNGKey(seed))
+    ret, length, frames = np.asarray(ep.returns, float), np.asarray(ep.lengths).astype(int), ep.recorded
     report = {
         "env": name, "start": start, "checkpoint": which, "episodes": episodes, "seed": seed,
         "returns": ret.tolist(), "lengths": length.tolist(),
         "mean_return": float(ret.mean()), "std_return": float(ret.std()),
     }
+    if ep.success is not None:  # tasks that score success (OmniReset's): 1 where an episode ended in it
+        report["success"] = np.asarray(ep.success, int).tolist()
+        report["success_rate"] = float(np.mean(report["success"]))
     if video is not None:
         report["video"] = str(_write_rollout_video(env, frames, length[:k], video, height, width, camera))
     if write:  # another task's evaluation beside the run's own, not over it

@@ -39,15 +39,21 @@ class Progress:
         kwargs = {"unit": "step", "unit_scale": True, "dynamic_ncols": True, "smoothing": 0.1}
         self.bar = tqdm(total=int(total_env_steps), desc=desc, **(kwargs | tqdm_kwargs))
         self.eval_return: float | None = None
+        self.eval_success: float | None = None
 
     def update(self, row: Mapping[str, Any]) -> None:
-        """Advance to ``row['env_steps']``; show ``row['eval_return']`` when the row has one."""
+        """Advance to ``row['env_steps']``; show ``row['eval_return']`` (and ``eval_success``) when
+        the row has one."""
         if "env_steps" in row:
             self.bar.update(max(int(row["env_steps"]) - self.bar.n, 0))
         if row.get("eval_return") is not None and math.isfinite(float(row["eval_return"])):
             self.eval_return = float(row["eval_return"])
+            self.eval_success = row.get("eval_success")  # tasks that score success (OmniReset)
         if self.eval_return is not None:
-            self.bar.set_postfix(eval_return=f"{self.eval_return:.4g}", refresh=False)
+            shown = {"eval_return": f"{self.eval_return:.4g}"}
+            if self.eval_success is not None:
+                shown["success"] = f"{self.eval_success:.0%}"
+            self.bar.set_postfix(**shown, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,36 +11,56 @@ import jax.numpy as jnp
 from envs.wrappers import EnvState, VecEnv
 
 
+class Episodes(NamedTuple):
+    """One episode per env (`episode_rollout`)."""
+
+    returns: jax.Array  # [N]
+    lengths: jax.Array  # [N] steps until the episode ended
+    # [N] the task's ``metrics['success']`` after each episode's last step (OmniReset's success:
+    # at the end, not at any point); None for tasks that report no success
+    success: jax.Array | None
+    recorded: Any  # record(state) of the state before each step, [T, ...]; () without record
+
+
+def task_success(state: EnvState) -> jax.Array | None:
+    """The task's per-env ``metrics['success']`` ([N]), or None if it has none."""
+    metrics = getattr(state.inner, "metrics", None)
+    return metrics.get("success") if isinstance(metrics, dict) else None
+
+
 def episode_rollout(env: VecEnv, policy: Callable[[dict, jax.Array], jax.Array], state: EnvState,
-                    key: jax.Array, record: Callable[[EnvState], Any] | None = None):
+                    key: jax.Array, record: Callable[[EnvState], Any] | None = None) -> Episodes:
     """Every env of ``env`` for exactly one episode from ``state`` (traceable).
 
     Scans ``episode_length`` steps of ``policy(obs, key) -> actions`` with the env's auto-reset
     off (`VecEnv.without_auto_reset`: the program then compiles the task's reset physics once, not
     twice); steps after an env's episode ended are masked out (``where``, so a diverged finished
-    episode cannot leak NaN), and early terminations are scored correctly.  Returns
-    ``(returns [N], lengths [N], recorded)`` where ``recorded`` stacks ``record(state)`` of the
-    state *before* each step ([T, ...]; ``()`` without ``record``).
+    episode cannot leak NaN), and early terminations are scored correctly.
     """
     env = env.without_auto_reset()
+    scores_success = task_success(state) is not None
 
     def body(carry, k):
-        s, alive, ret, length = carry
+        s, alive, ret, length, success = carry
         seen = record(s) if record is not None else ()
         s = env.step(s, policy(s.obs, k))
         ret, length = ret + jnp.where(alive > 0, s.reward, 0.0), length + alive
+        if scores_success:
+            success = jnp.where(alive > 0, task_success(s).astype(jnp.float32), success)
         alive = alive * (1.0 - s.done.astype(jnp.float32))
-        return (s, alive, ret, length), seen
+        return (s, alive, ret, length, success), seen
 
     n = env.num_envs
-    init = (state, jnp.ones((n,)), jnp.zeros((n,)), jnp.zeros((n,)))
-    (_, _, ret, length), recorded = jax.lax.scan(body, init, jax.random.split(key, env.episode_length))
-    return ret, length, recorded
+    init = (state, jnp.ones((n,)), jnp.zeros((n,)), jnp.zeros((n,)), jnp.zeros((n,)))
+    (_, _, ret, length, success), recorded = jax.lax.scan(
+        body, init, jax.random.split(key, env.episode_length))
+    return Episodes(ret, length, success if scores_success else None, recorded)
 
 
 def evaluation(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array]):
-    """``(agent_state, key) -> {'eval_return', 'eval_length'}`` (pure, traceable): the mean over
-    envs of one deterministic episode each (`episode_rollout`), from ``env.reset`` of the first
+    """``(agent_state, key) -> {'eval_return', 'eval_length'}`` (pure, traceable; plus
+    ``eval_success``, the fraction of episodes ending in success, for tasks that report one:
+    OmniReset's manipulation tasks): the mean over envs of one deterministic episode each (`episode_rollout`), from ``env.reset`` of the first
     of `eval_keys`.  One program holding the reset physics; the training loops use
     `evaluation_from` instead, with the reset as a program of its own.  An env with a
     ``reset_pool`` resets without drawing the pool: one episode needs no other start."""
@@ -69,8 +89,11 @@ def evaluation_from(env: VecEnv, act: Callable[[Any, dict, jax.Array], jax.Array
     evaluation's compile on tasks that settle their start pose (CheetahRun)."""
 
     def evaluate(agent_state, env_state, key):
-        ret, length, _ = episode_rollout(env, lambda obs, k: act(agent_state, obs, k), env_state, key)
-        return {"eval_return": ret.mean(), "eval_length": length.mean()}
+        ep = episode_rollout(env, lambda obs, k: act(agent_state, obs, k), env_state, key)
+        out = {"eval_return": ep.returns.mean(), "eval_length": ep.lengths.mean()}
+        if ep.success is not None:
+            out["eval_success"] = ep.success.mean()
+        return out
 
     return evaluate
 

@@ -99,7 +99,7 @@ def test_one_episode_rollout_without_auto_reset_scores_as_the_auto_resetting_env
         return jnp.tanh(sign * (obs["state"] @ w))
 
     key = jax.random.PRNGKey(5)
-    ret, length, _ = jax.jit(lambda k: episode_rollout(env, policy, env.reset(k), k))(key)
+    ret, length, _, _ = jax.jit(lambda k: episode_rollout(env, policy, env.reset(k), k))(key)
     state, alive = env.reset(key), np.ones(3)
     ref_ret, ref_len = np.zeros(3), np.zeros(3)
     for _ in range(env.episode_length):  # the auto-resetting env, eagerly, masked after the end

@@ -271,6 +271,11 @@ def test_progress_runs_headless_and_shows_the_last_eval_return():
         assert bar.bar.n == 3000
         assert bar.bar.postfix == "eval_return=4.5"
     assert "eval_return=4.5" in out.getvalue() and "3.00k/3.00k" in out.getvalue()
+    # a task that scores success (OmniReset's) shows its rate beside the return
+    with Progress(10, notebook=False, file=io.StringIO(), mininterval=0) as bar:
+        bar.update({"env_steps": 5, "eval_return": 80.0, "eval_success": 0.25})
+        bar.update({"env_steps": 10, "actor_loss": 0.1})
+        assert bar.bar.postfix == "eval_return=80, success=25%"
 
 
 def test_live_curve_is_a_no_op_outside_notebooks():

@@ -146,6 +146,17 @@ def test_success_by_type_reports_each_drawn_type_and_the_nominal_start(push_task
     rates.update(omr.success_by_type(nominal, _still, jax.random.PRNGKey(1), params=()))
     assert rates == {"at_goal": 1.0, "far": 0.0, "nominal": 0.0}
     assert all(np.isfinite(r) and 0.0 <= r <= 1.0 for r in rates.values())
+    # an evaluation's episodes score the same success: 1 exactly where the episode began seated
+    from jaxrl.train.evaluate import episode_rollout, evaluation_from
+
+    start = mixed.without_auto_reset().reset(jax.random.PRNGKey(2))
+    ep = jax.jit(lambda s, k: episode_rollout(mixed, lambda obs, k: _still((), obs, k), s, k))(
+        start, jax.random.PRNGKey(3))
+    seated = np.asarray(start.inner.info["reset_type"]) == 0
+    assert 0 < seated.sum() < seated.size
+    np.testing.assert_array_equal(np.asarray(ep.success), seated.astype(np.float32))
+    ev = jax.jit(evaluation_from(mixed, _still))((), start, jax.random.PRNGKey(3))
+    assert float(ev["eval_success"]) == seated.mean()  # the training loops' metrics rows
     with pytest.raises(ValueError, match="steps"):
         omr.success_by_type(nominal, _still, jax.random.PRNGKey(1), steps=4, params=())
 
@@ -247,11 +258,16 @@ def test_training_on_a_hand_built_mixture_env_writes_the_dataset_into_the_run(pu
     its programs compiled): the record names ``RUN/resets.npz``, and the run rebuilds from it."""
     from jaxrl import ppo
     from jaxrl.io import runfolder
+    from jaxrl.io.metrics import read_jsonl
     from jaxrl.train import run
 
     cfg = dataclasses.replace(ppo.PPOConfig.cpu(), num_envs=16, hidden=(32, 32))
     env = omr.make_mixture_env("PushToSlot", push_dataset, probs=None, num_envs=cfg.num_envs)
-    ppo.train(env, cfg, steps=4_096, num_evals=2, progress=False, out_dir=tmp_path / "run")
+    _, rows = ppo.train(env, cfg, steps=4_096, num_evals=2, progress=False, out_dir=tmp_path / "run")
+    # the task scores success: every evaluation row says how often (the paper's measure)
+    logged = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_return" in r]
+    assert logged and all(0.0 <= r["eval_success"] <= 1.0 for r in logged)
+    assert [r["eval_success"] for r in logged] == [r["eval_success"] for r in rows if "eval_return" in r]
     record = run.read_record(tmp_path / "run")
     assert record["resets"]["path"] == str((tmp_path / "run" / runfolder.RESETS_FILE).resolve())
     assert record["env_kwargs"] == {"episode_length": env.episode_length}

@@ -97,6 +97,17 @@ def test_k_vmapped_seeds_equal_k_separate_runs(runs, tmp_path, algo):
     for a, b in zip(jax.tree.leaves(agent1), jax.tree.leaves(jax.tree.map(lambda x: x[1], carry.agent))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert lifecycle.export_run(out, "npz", seed_index=1).exists()
+    # the command line: `export --seed i`, or `--seed-index i` as `eval` and `sim2sim` spell it
+    from jaxrl import cli
+
+    for flag in ("--seed", "--seed-index"):
+        cli.main(["export", str(out), "--out", str(tmp_path / f"{flag}.npz"), flag, "1"])
+    policies = [np.load(tmp_path / f"{flag}.npz") for flag in ("--seed", "--seed-index")]
+    assert sorted(policies[0].files) == sorted(policies[1].files)
+    for name in policies[0].files:
+        np.testing.assert_array_equal(policies[0][name], policies[1][name])
+    seed0 = np.load(lifecycle.export_run(out, "npz", seed_index=0, out=tmp_path / "seed0.npz"))
+    assert any(not np.array_equal(seed0[n], policies[0][n]) for n in seed0.files)  # another seed
 
 
 def test_a_run_without_matplotlib_ends_normally_without_its_png(runs, tmp_path, monkeypatch, capsys):
