@@ -32,6 +32,31 @@ def check_finite(metrics: Mapping[str, Any], env_steps: int) -> None:
         raise NonFiniteError(name, env_steps, value.reshape(-1)[~np.isfinite(value.reshape(-1))][0])
 
 
+def check_transitions(env_state: Any, env_steps: int) -> None:
+    """Raise when the envs produced a NaN/inf reward or observation, warm-up chunks included.
+
+    Rewards are caught through the episode returns, which keep a non-finite reward: the running
+    ones until their episode ends, then the completed-episode sum for good (``stats.return_sum``,
+    never reset in a run).  Observations are checked as they stand at the end of the chunk (a
+    non-finite physics state persists, or ends its episode with a non-finite reward).  Why here
+    and not from the losses: a NaN stored in the replay buffer surfaces only when an update
+    samples it, and every checkpoint saved before that would hold it and count as good."""
+    returns = {"rewards (their episode return)": (env_state.episode_return, env_state.stats.return_sum)}
+    obs = {f"observations ({k})": (v,) for k, v in dict(env_state.obs).items()
+           if np.dtype(v.dtype).kind in "fc"}  # (pixels are integers: nothing to check, or copy)
+    for name, arrays in (returns | obs).items():
+        for v in (part for a in arrays for part in _on_this_host(a)):
+            if not np.isfinite(v).all():
+                raise NonFiniteError(name, env_steps, v.reshape(-1)[~np.isfinite(v.reshape(-1))][0])
+
+
+def _on_this_host(x: Any) -> list[np.ndarray]:
+    """The parts of ``x`` this process holds (all of it on one host; its shards on several)."""
+    if getattr(x, "is_fully_addressable", True):
+        return [np.asarray(x)]
+    return [np.asarray(shard.data) for shard in x.addressable_shards]
+
+
 def check_actions(nonfinite_actions: Any, env_steps: int) -> None:
     """Raise when the env saw NaN/inf actions (VecEnv counts them inside jit)."""
     n = int(nonfinite_actions)

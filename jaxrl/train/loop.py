@@ -347,6 +347,7 @@ class HostLoop:
         steps = self.env_steps(carry)
         # Actions first: a NaN action is the root cause of the NaN losses that follow it.
         guards.check_actions(parallel.host_value(carry.env_state.nonfinite_actions).sum(), steps)
+        guards.check_transitions(carry.env_state, steps)
         guards.check_finite({k: v for k, v in metrics.items() if k != "train_return"}, steps)
         elapsed = time.perf_counter() - t0
         row = {"env_steps": steps, "chunk_s": elapsed,

@@ -1,10 +1,13 @@
 """A NaN stops training with a report of which quantity went non-finite, and when."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 import envs
+from envs.wrappers import VecEnv
 from jaxrl.train import guards
 from jaxrl.train.offpolicy import OffPolicyAgent, OffPolicyLoop, OffPolicySettings
 
@@ -41,10 +44,12 @@ def env():
     return envs.make("CartpoleBalance", num_envs=4, episode_length=20)
 
 
+SETTINGS = OffPolicySettings(total_steps=64, batch_size=16, updates_per_step=1,
+                             buffer_size=256, min_buffer=16, num_evals=2)
+
+
 def _loop(env, **bad):
-    settings = OffPolicySettings(total_steps=64, batch_size=16, updates_per_step=1,
-                                 buffer_size=256, min_buffer=16, num_evals=2)
-    return OffPolicyLoop(env, _linear_agent(env, **bad), settings, None, seed=0)
+    return OffPolicyLoop(env, _linear_agent(env, **bad), SETTINGS, None, seed=0)
 
 
 def test_nan_loss_stops_the_loop_with_a_report(env):
@@ -59,6 +64,38 @@ def test_nan_actions_stop_the_loop_with_a_report(env):
     carry, _ = loop.run_chunk(loop.init_carry())
     with pytest.raises(guards.NonFiniteError, match="policy actions"):
         loop.run_chunk(carry)
+
+
+def _nan_after(env, steps: int, field: str) -> VecEnv:
+    """``env``'s task, whose reward (or observation) turns NaN from its ``steps``-th step on in
+    every episode (the physics stays finite)."""
+    task = copy.copy(env.env)
+    task.__dict__ = {k: v for k, v in vars(task).items() if not k.startswith("_jaxrl")}  # own traces
+
+    class Broken(type(task)):
+        def step(self, state, action):
+            s = super().step(state, action)
+            late = s.data.time > (steps - 0.5) * self.dt
+            if field == "reward":
+                return s.replace(reward=jnp.where(late, jnp.nan, s.reward))
+            return s.replace(obs=jnp.where(late, jnp.nan, s.obs))
+
+    task.__class__ = Broken
+    return VecEnv(task, env.num_envs, env.episode_length, name="CartpoleBalance")
+
+
+@pytest.mark.parametrize("field", ["reward", "obs"])
+def test_nan_rewards_and_observations_stop_the_loop_in_the_warm_up_already(env, field):
+    """The update below never reads rewards, and the warm-up makes none: only the check of the
+    transitions themselves can stop the run before a NaN reaches the replay buffer's checkpoints.
+    The same env without the NaN trains through (the check does not fire on finite values)."""
+    loop = OffPolicyLoop(_nan_after(env, 3, field), _linear_agent(env), SETTINGS, None, seed=0)
+    name = "rewards" if field == "reward" else "observations"
+    with pytest.raises(guards.NonFiniteError, match=f"{name}.* became non-finite .* env step 16"):
+        loop.run_chunk(loop.init_carry())  # the warm-up: 4 vector steps of 4 envs
+    healthy = _loop(env)
+    carry, _ = healthy.run_chunk(healthy.init_carry())
+    healthy.run_chunk(carry)
 
 
 def test_off_policy_settings_refuse_bad_values_with_the_fix():
