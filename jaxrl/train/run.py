@@ -40,7 +40,7 @@ import numpy as np
 import envs
 from envs.wrappers import VecEnv
 from jaxrl.io import runfolder
-from jaxrl.io.checkpoint import CheckpointManager
+from jaxrl.io.checkpoint import CheckpointError, CheckpointManager
 from jaxrl.io.checkpoint import writer_absent as checkpoint_writer_absent
 from jaxrl.train import parallel, registry
 from jaxrl.train.loop import notice
@@ -378,9 +378,10 @@ def check_same_layout(record: dict, target: str, target_kwargs: dict, purpose: s
 
 
 def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None,
-               check_only: bool = False) -> tuple[Any, dict]:
+               check_only: bool = False, step: int | None = None) -> tuple[Any, dict]:
     """``carry`` with the agent subtrees ``parts`` read from ``run_dir``'s newest verified
-    checkpoint (layout checked leaf by leaf); returns it and the provenance for config.json.
+    checkpoint, or its checkpoint ``step`` (layout checked leaf by leaf); returns it and the
+    provenance for config.json.
 
     A part is an agent field (``actor_params``), a field prefix (``actor`` = every ``actor_*``
     field) or a dotted path inside one (``params.actor``); None loads the whole agent.
@@ -403,7 +404,7 @@ def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None,
         return path.startswith("agent.") and any(covers(part, path[len("agent."):]) for part in parts)
 
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
-    carry, meta, step, loaded = ckpt.restore_matching(carry, select, check_only=check_only)
+    carry, meta, step, loaded = ckpt.restore_matching(carry, select, step=step, check_only=check_only)
     return carry, {"run": str(Path(run_dir).absolute()), "step": int(step), "parts": parts,
                    "algo": meta.get("algo"), "env": meta.get("env"),
                    "config_hash": meta.get("config_hash"), "leaves": len(loaded)}
@@ -434,8 +435,15 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
         notice(f"{run_dir} has no committed checkpoint yet (stopped before the first one): "
                "starting it again from step 0")
         if record.get("init_from"):
+            # the step it started from, not the source's newest: the source may have trained on
             src = record["init_from"]
-            carry, _ = load_parts(carry, src["run"], src["parts"])
+            try:
+                carry, _ = load_parts(carry, src["run"], src["parts"], step=src.get("step"))
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"{run_dir} started from step {src.get('step')} of {src['run']}, which cannot be "
+                    f"read now ({e}); start the run again with --init-from (Python: init_from=) to "
+                    "take the source's newest checkpoint") from e
         step = 0
     else:
         carry, _, step = session.ckpt.restore(carry, expected_metadata=session.metadata)

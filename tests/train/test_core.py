@@ -206,6 +206,37 @@ def test_init_from_loads_only_the_chosen_parts_and_records_them(runs, tmp_path):
     assert record["init_from"]["parts"] == ["actor", "critic"]
 
 
+def test_a_run_restarted_before_its_first_checkpoint_loads_the_source_step_it_started_from(
+        runs, tmp_path, monkeypatch, stop_after):
+    """A requeued `init_from` run with no checkpoint of its own starts again from the source's
+    step recorded in its config.json, not the source's newest (the source may have trained on
+    meanwhile); a recorded step the source no longer has is refused, naming it."""
+    import json
+    import shutil
+
+    from jaxrl.io.checkpoint import CheckpointError, CheckpointManager
+
+    src = runs["flashsac", 4][0]
+    newest = CheckpointManager(src).steps()[-1]
+    child = tmp_path / "child"
+    with pytest.raises(stop_after.Stop):
+        _train("flashsac", 2, out_dir=child, init_from=src, init_parts=["actor"], progress_fn=stop_after(1))
+    shutil.rmtree(child / "checkpoints")  # killed before its first checkpoint
+    record = json.loads((child / "config.json").read_text())
+    assert record["init_from"]["step"] == newest
+    loaded, read = [], run.load_parts
+    monkeypatch.setattr(run, "load_parts", lambda *a, **k: loaded.append(read(*a, **k)) or loaded[-1])
+    with pytest.raises(stop_after.Stop):
+        run.resume(child, progress=False, progress_fn=stop_after(1))
+    assert [info["step"] for _, info in loaded] == [newest]
+    # the step it started from is gone (here: never existed): refused, not the newest taken
+    shutil.rmtree(child / "checkpoints")
+    record["init_from"]["step"] = newest - 1
+    (child / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=f"started from step {newest - 1} of .* cannot be read now"):
+        run.resume(child, progress=False)
+
+
 def test_a_restored_carry_lowers_to_the_program_of_a_fresh_one(runs):
     """Resume and `init_from` find the fresh run's programs in the compilation cache: the chunk's
     arguments, as the loop passes them (`HostLoop.place`), lower to the same module for a fresh
