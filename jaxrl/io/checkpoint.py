@@ -288,9 +288,13 @@ class CheckpointManager:
 
     def best_step(self, seed_index: int | None = None) -> int | None:
         """The committed step with the highest eval return (None when none has one): of seed
-        ``seed_index`` in a several-seed run (its own return, ``eval_returns``), else the mean."""
+        ``seed_index`` in a several-seed run (its own return, ``eval_returns``), else the mean.
+        Steps found corrupt are passed over: retention keeps the best, and keeping a corrupt
+        one would delete the good best that replaces it."""
         best, best_return = None, -np.inf
         for step in self.steps():
+            if step in self._corrupt:
+                continue
             try:
                 manifest = self._manifest(step)
             except (OSError, ValueError):
@@ -301,6 +305,19 @@ class CheckpointManager:
             if ret is not None and np.isfinite(ret) and ret > best_return:
                 best, best_return = step, ret
         return best
+
+    def best_verified_step(self, seed_index: int | None = None) -> int | None:
+        """`best_step` among the steps that verify: a corrupt best (warned about) gives way to
+        the next best, as the newest gives way in `restore`."""
+        while (step := self.best_step(seed_index)) is not None:
+            problem = self.verify(step)
+            if problem is None:
+                return step
+            self._corrupt[step] = problem
+            msg = f"skipping corrupt best checkpoint in {self.directory}: {problem}"
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return None
 
     # ---- saving
 
@@ -363,6 +380,7 @@ class CheckpointManager:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         _sync(f"jaxrl-ckpt-{step}-committed")
+        self._corrupt.pop(step, None)  # a re-save of a step found corrupt: good again
         self._last_save = self._clock()
         if primary:
             self._apply_retention(len(eval_returns or ()))

@@ -62,10 +62,10 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
 def best_step(ckpt: CheckpointManager, record: dict, seed_index: int | None) -> int:
     """The 'best' checkpoint of a run: the best evaluation of seed ``seed_index`` in a
     several-seed run, else of the run; refused when no checkpoint has a finite return."""
-    step = ckpt.best_step(int(seed_index) if int(record.get("seeds", 1)) > 1 else None)
+    step = ckpt.best_verified_step(int(seed_index) if int(record.get("seeds", 1)) > 1 else None)
     if step is None:
-        raise ValueError(f"{ckpt.directory}: no checkpoint has a finite evaluation return, so there is no "
-                         "'best' one; use checkpoint='latest'")
+        raise ValueError(f"{ckpt.directory}: no checkpoint that verifies has a finite evaluation return, so "
+                         "there is no 'best' one; use checkpoint='latest'")
     return step
 
 

@@ -385,3 +385,30 @@ def test_retention_does_not_count_a_corrupt_newest_step(tmp_path):
     assert resumed.steps() == [2, 5]  # the newest good one, and the corrupt one left as it was
     resumed.save(3, make_state(3), META, force=True)
     assert resumed.steps() == [3, 5]
+
+
+def test_a_corrupt_best_step_is_neither_the_best_nor_kept_as_it(tmp_path):
+    """Step 1 (return 5) good, step 2 (return 9) corrupt, the run resumed: its next save (step 3,
+    return 0) with keep_last=1 keeps step 1 as the best, not the corrupt step 2 in its place
+    (before, step 1 was deleted and `best` pointed at a step that cannot be read).  Re-saving
+    step 2 makes it a candidate again."""
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    for step, ret in ((1, 5.0), (2, 9.0)):
+        mgr.save(step, make_state(step), META, eval_return=ret, force=True)
+    mgr.release()
+    data_file(mgr, 2).write_bytes(b"")
+    resumed = CheckpointManager(tmp_path, keep_last=1)
+    with pytest.warns(RuntimeWarning, match="step 2: file"):
+        _, _, step = resumed.restore(make_state(0))
+    assert step == 1 and resumed.best_step() == 1
+    resumed.save(3, make_state(3), META, eval_return=0.0, force=True)
+    assert resumed.steps() == [1, 2, 3] and resumed.best_step() == 1
+    restored, _, _ = resumed.restore(make_state(0), step=resumed.best_step())
+    assert_bit_exact(restored, make_state(1))
+    # a reader that has not met the damage yet (export --checkpoint best) verifies the best first
+    resumed.release()
+    reader = CheckpointManager(tmp_path)
+    with pytest.warns(RuntimeWarning, match="corrupt best checkpoint.*step 2: file"):
+        assert reader.best_verified_step() == 1
+    resumed.save(2, make_state(2), META, eval_return=9.0, force=True)
+    assert resumed.best_step() == 2
