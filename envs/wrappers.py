@@ -37,7 +37,7 @@ draw of the task's start distribution.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -198,14 +198,16 @@ class VecEnv:
         self._model_batch = None
         self._model_axes = None
         if randomization_fn is not None:
-            keys = jax.random.split(jax.random.PRNGKey(self.seed ^ 0x5EED), self.num_envs)
-            self._model_batch, self._model_axes = randomization_fn(env.mjx_model, keys)
+            self._model_batch, self._model_axes = self._draw_models(self.seed)
         self.spec = self._make_spec()
         # True when the actor's `state` is the first entries of `privileged_state` (always for
         # flat tasks; `envs.make` knows it for tasks that build privileged_state as [state, ...]):
         # replay then stores privileged_state alone.
         self.state_in_privileged = not self.spec.has_privileged_state
         self.seed_axis: str | None = None  # a named vmap axis the auto-reset decides across
+        # Under a seed vmap (`across` with seeds): every member's randomised models, batched
+        # leaves stacked [K, N, ...], so that each member steps its own draws.
+        self._seed_models = None
         self.no_auto_reset = False  # `without_auto_reset`: one-episode rollouts need none
         # The keyword arguments that rebuild this env's task with `envs.make(name, ...)` (set
         # there; a training run records them, so `jaxrl resume` / `eval` / `export` rebuild the
@@ -389,14 +391,51 @@ class VecEnv:
         # its traced reset / step instead of re-tracing MJX.
         return self._variant("_distributed", None if size == 1 else mesh, "mesh")
 
-    def across(self, axis_name: str) -> VecEnv:
+    def across(self, axis_name: str, seeds: Sequence[int] | None = None) -> VecEnv:
         """This env stepped under a `jax.vmap` named ``axis_name`` (the trainers' seed axis):
         the auto-reset's ``lax.cond(any(done))`` then decides once for all members of that axis
         (a ``psum`` of the flags), so it stays a branch.  Under a plain vmap its predicate is
         batched and the cond becomes a select that resets every step: a task whose reset is
         costly (CheetahRun settles its start pose with hundreds of physics steps) ran 400x
-        slower per step with 8 seeds.  Only valid inside such a vmap."""
-        return self._variant("_across", axis_name, "seed_axis")
+        slower per step with 8 seeds.  Only valid inside such a vmap.
+
+        ``seeds``: the env seed of each member of the axis.  A randomised env then steps each
+        member on the models its own seed draws, as that member's separate env would (without
+        them every member would share this env's draws: K correlated seeds)."""
+        own = None if seeds is None or self._randomization_fn is None else tuple(int(s) for s in seeds)
+
+        def setup(env: VecEnv) -> None:
+            env.seed_axis = axis_name
+            if own is not None:
+                env._seed_models = env._stack_models(own)
+
+        return self._variant("_across", (axis_name, own), setup)
+
+    def _draw_models(self, seed: int) -> tuple[Any, Any]:
+        """(model batch, in_axes): the randomiser's models for ``num_envs`` envs seeded ``seed``."""
+        keys = jax.random.split(jax.random.PRNGKey(seed ^ 0x5EED), self.num_envs)
+        return self._randomization_fn(self.env.mjx_model, keys)
+
+    def _stack_models(self, seeds: tuple[int, ...]) -> Any:
+        """`_draw_models` of each seed, batched leaves stacked on a leading member axis."""
+        draws = [self._model_batch if s == self.seed else self._draw_models(s)[0] for s in seeds]
+
+        def stack(axis, *subs):
+            return subs[0] if axis is None else jax.tree.map(lambda *x: jnp.stack(x), *subs)
+
+        return jax.tree.map(stack, self._model_axes, *draws, is_leaf=lambda a: a is None)
+
+    def _models(self) -> Any:
+        """The randomised models this env steps (None: the nominal one); under a seed vmap whose
+        members drew their own (`across`), the current member's."""
+        if self._seed_models is None:
+            return self._model_batch
+        i = jax.lax.axis_index(self.seed_axis)
+
+        def pick(axis, sub):
+            return sub if axis is None else jax.tree.map(lambda x: x[i], sub)
+
+        return jax.tree.map(pick, self._model_axes, self._seed_models, is_leaf=lambda a: a is None)
 
     def without_auto_reset(self) -> VecEnv:
         """This env with a ``step`` that never resets: for rollouts of exactly one episode
@@ -407,16 +446,20 @@ class VecEnv:
         for nothing.  Steps after the end continue the finished episode's physics."""
         return self._variant("_no_reset", True, "no_auto_reset")
 
-    def _variant(self, memo_name: str, value: Any, attr: str) -> VecEnv:
-        """A copy of this env with ``attr = value`` and jitted reset / step of its own, kept in
-        the memo ``memo_name`` (`distribute`, `across`, `without_auto_reset`): loops built on
-        the same env reuse one variant and its traces."""
+    def _variant(self, memo_name: str, value: Any, attr: str | Callable[[VecEnv], None]) -> VecEnv:
+        """A copy of this env with ``attr = value`` (or set up by ``attr(copy)``) and jitted
+        reset / step of its own, kept in the memo ``memo_name`` under ``value`` (`distribute`,
+        `across`, `without_auto_reset`): loops built on the same env reuse one variant and its
+        traces."""
         import copy
 
         memo = self.__dict__.setdefault(memo_name, {})
         if value not in memo:
             env = copy.copy(self)
-            setattr(env, attr, value)
+            if callable(attr):
+                attr(env)
+            else:
+                setattr(env, attr, value)
             env._make_jits()
             if attr == "mesh":
                 env.__dict__.pop("_inner_specs", None)
@@ -479,7 +522,7 @@ class VecEnv:
         if self._pooled:
             inner, pool = self._start_pool(reset_envs, keys, key)
         else:
-            inner, pool = reset_envs(self._model_batch, None, keys), None
+            inner, pool = reset_envs(self._models(), None, keys), None
         obs = split_obs(inner.obs)
         n = self.num_envs
         zeros_f = jnp.zeros((n,), jnp.float32)
@@ -517,10 +560,11 @@ class VecEnv:
             return x.ndim > 0 and x.shape[0] == n
 
         if r == 1:
-            first = reset_envs(self._model_batch, None, keys)
+            first = reset_envs(self._models(), None, keys)
             return first, jax.tree.map(lambda x: x[:, None] if batched(x) else x, first)
         more = jax.random.split(jax.random.fold_in(key, 0x9001), (r - 1, n))
-        draws = jax.lax.map(lambda k: reset_envs(self._model_batch, None, k),
+        models = self._models()
+        draws = jax.lax.map(lambda k: reset_envs(models, None, k),
                             jnp.concatenate([keys[None], more]))  # [R, N, ...]
         first = jax.tree.map(lambda x: x[0], draws)
         return first, jax.tree.map(lambda x, f: jnp.swapaxes(x, 0, 1) if batched(f) else f, draws, first)
@@ -617,7 +661,7 @@ class VecEnv:
             out = None
         pool = state.start_pool
         new_inner, raw_next_obs, reward, terminated, truncated, hit = self._local(
-            self._physics, 3, out, pool=pool is not None)(self._model_batch, (state.inner, pool), action, keys, step)
+            self._physics, 3, out, pool=pool is not None)(self._models(), (state.inner, pool), action, keys, step)
         next_obs = split_obs(raw_next_obs)
         done = terminated | truncated
         ep_return = state.episode_return + reward

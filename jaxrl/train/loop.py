@@ -187,9 +187,12 @@ class HostLoop:
         if self.num_seeds > 1:
             # The auto-reset branch decided across seeds (`VecEnv.across`), so it stays a
             # branch under the seed vmap (inside `shard_map` too: each device for its envs).
-            self.env = self.env.across(SEED_AXIS)
+            # A randomised env draws each seed's models from that seed's env seed (`across`), as
+            # the seed's separate run would: seed s trains on env seed ``env.seed + s - seeds[0]``.
+            offsets = [s - self.seeds[0] for s in self.seeds]
+            self.env = self.env.across(SEED_AXIS, [self.env.seed + o for o in offsets])
             if self.eval_env is not None:
-                self.eval_env = self.eval_env.across(SEED_AXIS)
+                self.eval_env = self.eval_env.across(SEED_AXIS, [self.eval_env.seed + o for o in offsets])
 
     def quick_if_short(self, env_steps: int, gradient_rows: int) -> None:
         """Compile the chunk, init and first reset the quick way (`envs._runtime.short_run_options`)

@@ -349,6 +349,42 @@ def test_a_domain_randomised_task_traces_its_reset_once_too(monkeypatch):
         assert len(calls) == 1 and env.spec.obs == plain.spec.obs, randomiser.__name__
 
 
+def _damping(m, keys):
+    damping = jax.vmap(lambda k: m.dof_damping * jax.random.uniform(k, (), minval=0.1, maxval=10.0))(keys)
+    return m.tree_replace({"dof_damping": damping}), jax.tree.map(lambda _: None, m).tree_replace({"dof_damping": 0})
+
+
+def test_each_member_of_a_seed_vmap_steps_the_models_its_own_seed_draws():
+    """A run of K seeds vmaps one env (`VecEnv.across`): with a randomiser, member i steps the
+    models env seed i draws, as its separate run would, not member 0's (K correlated seeds)."""
+    def rollout(env, key):
+        s = env.reset(key)
+        for _ in range(3):
+            s = env.step(s, jnp.ones((3, env.action_size)))
+        return s.inner.data.qvel
+
+    key = jax.random.PRNGKey(5)
+    alone = [np.asarray(jax.jit(rollout, static_argnums=0)(
+        envs.make("CartpoleBalance", num_envs=3, episode_length=50, seed=s, randomization_fn=_damping), key))
+        for s in (7, 8)]
+    assert not np.allclose(alone[0], alone[1])  # the draws matter
+    env = envs.make("CartpoleBalance", num_envs=3, episode_length=50, seed=7, randomization_fn=_damping)
+    together = jax.jit(jax.vmap(lambda k: rollout(env.across("seeds", [7, 8]), k), axis_name="seeds"))(
+        jnp.stack([key, key]))
+    np.testing.assert_allclose(np.asarray(together), np.stack(alone), rtol=1e-5, atol=1e-6)
+    # a training loop of 2 seeds hands each its own env seed's draws, training and eval envs alike
+    from jaxrl.train import registry
+
+    ppo = registry.get("ppo")
+    loop = ppo.make_loop(ppo.config.cpu(num_envs=3, unroll_length=4, num_minibatches=1), env,
+                         env.with_num_envs(3, seed=8), 24, 7, 1, seeds=2)
+    for member_env, first in ((loop.env, 7), (loop.eval_env, 8)):
+        for i in range(2):
+            own = envs.make("CartpoleBalance", 3, 50, seed=first + i, randomization_fn=_damping)._model_batch
+            np.testing.assert_array_equal(np.asarray(member_env._seed_models.dof_damping[i]),
+                                          np.asarray(own.dof_damping))
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
 def test_reset_pool_must_be_a_count(bad, cartpole4):
     with pytest.raises(ValueError, match="reset_pool must be an int >= 0"):
