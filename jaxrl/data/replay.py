@@ -109,21 +109,26 @@ def check_memory(example: Any, capacity: int, *, memory_fraction: float = 0.8,
 
     With ``devices`` > 1 the buffer and ``other_bytes`` are split evenly over that many devices
     (each device holds its share of the envs and of the batch); ``replicated_bytes`` (the agent:
-    networks, optimiser, normalisers) sit whole on every device.
+    networks, optimiser, normalisers) sit whole on every device.  CPU devices share the host's
+    free memory, so there all ``devices`` shares must fit in it together.
     ``free_bytes`` and ``platform`` default to the current device's; give them to ask about
     another device (e.g. a 24 GB GPU from a laptop: ``free_bytes=24 * 10**9, platform="gpu"``).
     """
+    platform = platform or jax.default_backend()
     row = nbytes(example, 1)
     devices = max(int(devices), 1)
     need = (peak_bytes(row * int(capacity), platform) + int(other_bytes)) // devices + int(replicated_bytes)
     have = device_memory_bytes() if free_bytes is None else int(free_bytes)
-    if have is not None and need > memory_fraction * have:
+    # CPU devices are one host's RAM: all their shares draw on the same free bytes
+    sharing = devices if platform == "cpu" else 1
+    if have is not None and sharing * need > memory_fraction * have:
         per_row = peak_bytes(row, platform) / devices
-        fit = max(0, int((memory_fraction * have - other_bytes / devices - replicated_bytes)
+        fit = max(0, int((memory_fraction * have / sharing - other_bytes / devices - replicated_bytes)
                          / max(per_row, 1e-9)))
         others = other_bytes + replicated_bytes * devices
         rest = f" plus {others / 2**30:.2f} GiB for the rest of the run" if others else ""
-        split = f" over {devices} devices" if devices > 1 else ""
+        split = (f" over {devices} devices" + (" sharing this host's memory" if sharing > 1 else "")
+                 if devices > 1 else "")
         raise ReplayCapacityError(
             f"replay buffer of {int(capacity):,} transitions ({row:,} bytes each) needs "
             f"{peak_bytes(row * int(capacity), platform) / 2**30:.2f} GiB at its peak{rest}{split}, "

@@ -74,6 +74,14 @@ def test_buffer_that_cannot_fit_in_memory_is_refused_before_allocating():
     with pytest.raises(replay.ReplayCapacityError, match="lower buffer_size"):
         replay.init(example, capacity=10**12)
     assert replay.nbytes(example, 10) == 40000
+    # CPU devices share the host's RAM: a buffer that does not fit on one does not fit on two
+    # either (each holding half), while two GPUs each bring their own memory
+    row = {"obs": np.zeros((250,), np.float32)}  # 1,000 bytes: 10^6 rows = 1 GB, 2 GB at the CPU peak
+    for devices in (1, 2):
+        with pytest.raises(replay.ReplayCapacityError, match="lower buffer_size to at most 800,000"):
+            replay.check_memory(row, 10**6, free_bytes=2 * 10**9, platform="cpu", devices=devices)
+    need, _ = replay.check_memory(row, 10**6, free_bytes=2 * 10**9, platform="gpu", devices=2)
+    assert need == 5 * 10**8
 
 
 def test_bad_capacity_and_wrong_sized_insert_are_refused():
