@@ -13,7 +13,8 @@
    arm (a) evaluates from "anywhere" states (`envs.omnireset.scratch_env`), arm (b) from the
    nominal start; the results file in the repo predates that (both arms nominal).
 3. Evaluate every final policy (deterministic: the mean action) on two starts, ``--eval-envs``
-   envs each, ``episode_length - 1`` steps (so no auto-reset happens):
+   envs each, ``episode_length`` steps with the auto-reset off (before stop 49 one step fewer, the
+   table in README among them: the auto-reset replaced the last step's state):
    - ``nominal``:  the task's nominal start (pusher in one corner, puck in the middle);
    - ``anywhere``: OmniReset's reset type (1), the whole task from scratch — states drawn from
      the dataset's "anywhere" type alone (puck and pusher anywhere; the paper's evaluation).

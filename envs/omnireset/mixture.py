@@ -211,8 +211,10 @@ def success_by_type(
 ) -> dict[str, float]:
     """Success rate per reset type of ``policy`` over one fresh reset of every env of ``vec_env``.
 
-    Runs ``steps`` (default ``episode_length - 1``: the whole episode, no auto-reset) and counts
-    an env a success iff ``metrics['success'] == 1`` at the LAST step.  ``vec_env`` is a mixture
+    Runs ``steps`` (default ``episode_length``: the whole episode, its auto-reset off) and counts
+    an env a success iff ``metrics['success'] == 1`` after the LAST step, as the training loops'
+    evaluations score ``eval_success`` (before stop 49 the default was one step short, since the
+    auto-reset replaced the last step's state).  ``vec_env`` is a mixture
     env (`make_mixture_env`; types of probability 0 are left out, so ``probs=[1, 0, 0]`` evaluates
     reset type 0 alone, e.g. OmniReset's "anywhere") or a plain env of the task, which starts from
     the nominal state and reports ``{'nominal': rate}``.  A type with positive probability that no
@@ -222,9 +224,10 @@ def success_by_type(
     enter as a jit argument, so that evaluating many agents compiles once per (env, policy, steps).
     One jitted scan, one host transfer at the end.
     """
-    steps = vec_env.episode_length - 1 if steps is None else int(steps)
-    if not 1 <= steps < vec_env.episode_length:
-        raise ValueError(f"steps ({steps}) must be in [1, episode_length) = [1, {vec_env.episode_length})")
+    steps = vec_env.episode_length if steps is None else int(steps)
+    if not 1 <= steps <= vec_env.episode_length:
+        raise ValueError(f"steps ({steps}) must be in [1, episode_length] = [1, {vec_env.episode_length}]")
+    vec_env = vec_env.without_auto_reset()
     mixture = vec_env.env
     if isinstance(mixture, ResetMixture):
         shown = [j for j, p in enumerate(mixture.probs) if p > 0]

@@ -157,8 +157,17 @@ def test_success_by_type_reports_each_drawn_type_and_the_nominal_start(push_task
     np.testing.assert_array_equal(np.asarray(ep.success), seated.astype(np.float32))
     ev = jax.jit(evaluation_from(mixed, _still))((), start, jax.random.PRNGKey(3))
     assert float(ev["eval_success"]) == seated.mean()  # the training loops' metrics rows
-    with pytest.raises(ValueError, match="steps"):
-        omr.success_by_type(nominal, _still, jax.random.PRNGKey(1), steps=4, params=())
+    with pytest.raises(ValueError, match=r"steps \(5\) must be in \[1, episode_length\] = \[1, 4\]"):
+        omr.success_by_type(nominal, _still, jax.random.PRNGKey(1), steps=5, params=())
+    # the whole episode is scored, as an evaluation scores it: the policy acts episode_length times
+    calls = []
+
+    def counted(obs, key):
+        jax.debug.callback(lambda: calls.append(1))
+        return jnp.zeros(obs["state"].shape[:1] + (2,))
+
+    omr.success_by_type(nominal, counted, jax.random.PRNGKey(1))
+    assert len(calls) == nominal.episode_length == 4
 
 
 # --------------------------------------------------------------------- what a run evaluates on
