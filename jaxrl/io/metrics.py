@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _tensorboard_writer(run_dir: Path, purge_step: int | None = None) -> Any:
+    """A tensorboardX writer into RUN_DIR/tensorboard whose event file name ends in the time in
+    ns: tensorboardX names files by the second and opens them with "wb", so a second writer
+    within the same second (a quick restart) would empty the first one's file; the suffix also
+    keeps the files in the order written, which is the order TensorBoard applies purges in."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir=str(run_dir / "tensorboard"), purge_step=purge_step,
+                         filename_suffix=f".{time.time_ns()}")
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -104,7 +116,7 @@ class MetricsLogger:
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
+                self._tb = _tensorboard_writer(self.run_dir)
             if wandb:
                 ident = {}
                 if not os.environ.get("WANDB_RUN_ID"):
@@ -128,13 +140,19 @@ class MetricsLogger:
     def rewrite(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Make ``metrics.jsonl`` exactly ``rows`` (a resume drops the rows logged after its
         checkpoint): written to a new file renamed over the old one, so a kill leaves one of the
-        two whole, then appended to as before.  TensorBoard and W&B keep what they have."""
+        two whole, then appended to as before.  TensorBoard's events past the last kept row are
+        purged (a new event file whose first event tells TensorBoard to hide every earlier event
+        from that step on: its ``purge_step``), so the rows logged again are not drawn twice; W&B
+        keeps what it has (it drops rows below its step)."""
         from jaxrl.io.runfolder import write_text_atomic
 
         write_text_atomic(self.path, "".join(json.dumps({str(k): _plain(v) for k, v in r.items()}) + "\n"
                                              for r in rows))
         self._file.close()  # (it points at the replaced file)
         self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = _tensorboard_writer(self.run_dir, purge_step=int(rows[-1]["env_steps"]) + 1 if rows else 0)
 
     def log(self, row: Mapping[str, Any]) -> None:
         """Append ``row`` (needs ``env_steps``; other values scalars) everywhere."""

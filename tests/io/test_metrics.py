@@ -27,7 +27,9 @@ ROWS = [
 
 
 def read_tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    """Parse TFRecord-framed Event protos (u64 length, u32 crc, data, u32 crc)."""
+    """Parse TFRecord-framed Event protos (u64 length, u32 crc, data, u32 crc), file by file in
+    name order as TensorBoard reads them, and as TensorBoard does, let a session START event at
+    step S hide every event read before it at a step >= S (a restarted writer's ``purge_step``)."""
     from tensorboardX.proto import event_pb2
 
     scalars: dict[str, list[tuple[int, float]]] = {}
@@ -37,6 +39,8 @@ def read_tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
             (length,) = struct.unpack("<Q", data[offset : offset + 8])
             event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                scalars = {tag: [(s, v) for s, v in points if s < event.step] for tag, points in scalars.items()}
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
@@ -90,6 +94,22 @@ def test_a_resume_rewrites_the_log_atomically_and_keeps_appending_to_it(tmp_path
         logger.log(ROWS[1])
     assert read_jsonl(tmp_path / "metrics.jsonl") == ROWS[:2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # the killed try's file reused
+
+
+def test_a_resume_hides_the_tensorboard_points_it_logs_again(tmp_path):
+    """A run killed after logging rows 1-3 but checkpointed at row 1 logs rows 2-3 again when it
+    resumes: TensorBoard shows each step once, the resumed session's value (before stop 49 both,
+    a zigzag); a restart within the same second keeps the first session's events."""
+    with MetricsLogger(tmp_path) as logger:
+        for row in ROWS:
+            logger.log({**row, "sps": 1.0})
+    with MetricsLogger(tmp_path) as logger:  # the resume, at once
+        logger.rewrite(ROWS[:1])
+        for row in ROWS[1:]:
+            logger.log({**row, "sps": 2.0})
+    scalars = read_tensorboard_scalars(tmp_path / "tensorboard")
+    assert scalars["sps"] == [(1000, 1.0), (2000, 2.0), (3000, 2.0)]
+    assert scalars["eval_return"] == [(1000, 1.5), (2000, 3.0), (3000, 4.5)]
 
 
 def test_row_without_env_steps_is_rejected(tmp_path):
