@@ -48,9 +48,9 @@ def config_hash(config: Any) -> str:
 def identity(record: dict) -> dict:
     """The part of a record that defines the training run (what `config_hash` hashes): not
     ``init_from``, whose source step and path say where a run started, not what it is, and not
-    ``devices``, where it ran (a run resumes on another device count).  Records written before
-    ``seeds`` existed are single-seed runs."""
-    out = {k: v for k, v in record.items() if k not in ("init_from", "devices")}
+    ``devices``, where it ran (a run resumes on another device count), and not ``session``, how
+    it is checkpointed and logged.  Records written before ``seeds`` existed are single-seed runs."""
+    out = {k: v for k, v in record.items() if k not in ("init_from", "devices", "session")}
     if out.get("seeds", 1) == 1:
         out.pop("seeds", None)
     return out

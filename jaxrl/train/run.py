@@ -47,6 +47,8 @@ from jaxrl.train.loop import notice
 
 NUM_EVAL_ENVS = 16  # evaluation envs of a config without its own ``num_eval_envs`` field
 SCRATCH_EVAL = "anywhere"  # a run record's ``eval_start`` when it is scored from OmniReset's type (1)
+# `train`'s checkpoint and logging defaults, recorded with each run (``session``) for its resume
+SESSION_DEFAULTS = {"checkpoint_every_s": 600.0, "keep_last": 3, "save_buffer": True, "tensorboard": True}
 
 
 def eval_env_count(config: Any) -> int:
@@ -326,6 +328,9 @@ def train(
     carry = loop.init_carry()
     if init_from is not None:
         carry, record["init_from"] = load_parts(carry, init_from, init_parts)
+    # how the run is checkpointed and logged: its resume keeps it (information, not identity)
+    record["session"] = {"checkpoint_every_s": float(checkpoint_every_s), "keep_last": int(keep_last),
+                         "save_buffer": bool(save_buffer), "tensorboard": bool(tensorboard)}
     session = _Session(loop, record, train_env, out_dir, progress, checkpoint_every_s,
                        keep_last, save_buffer, progress_fn, tensorboard, wandb)
     if out_dir is not None and primary:
@@ -417,16 +422,21 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
 
     A run folder without any committed checkpoint (killed while compiling) starts again from
     step 0, with a notice: requeue scripts can call resume blindly.  ``wandb=None`` logs to
-    Weights & Biases again when the run did (it continues the same W&B run).
+    Weights & Biases again when the run did (it continues the same W&B run).  Checkpoints and
+    logging go on as the run was started (its recorded ``checkpoint_every_s``, ``keep_last``,
+    ``save_buffer``, ``tensorboard``), unless given here.
     """
     from jaxrl.io import metrics as metrics_io
 
     run_dir = Path(run_dir)
     record = runfolder.read_record(run_dir)
     _, _, train_env, loop = rebuild(record, devices=devices, run_dir=run_dir)
-    session = _Session(loop, record, train_env, run_dir, progress,
-                       kwargs.get("checkpoint_every_s", 600.0), kwargs.get("keep_last", 3),
-                       kwargs.get("save_buffer", True), kwargs.get("progress_fn"), True,
+    # the run's own checkpoint and logging settings (runs recorded before stop 49: the defaults),
+    # unless given here
+    kept = {**SESSION_DEFAULTS, **record.get("session", {}),
+            **{k: v for k, v in kwargs.items() if k in SESSION_DEFAULTS}}
+    session = _Session(loop, record, train_env, run_dir, progress, kept["checkpoint_every_s"],
+                       kept["keep_last"], kept["save_buffer"], kwargs.get("progress_fn"), kept["tensorboard"],
                        (run_dir / "wandb" / "jaxrl_run_id").exists() if wandb is None else wandb)
     log = run_dir / "metrics.jsonl"
     _preflight(loop)

@@ -237,6 +237,21 @@ def test_a_run_restarted_before_its_first_checkpoint_loads_the_source_step_it_st
         run.resume(child, progress=False)
 
 
+def test_a_resume_keeps_the_runs_own_checkpoint_settings(runs, tmp_path, stop_after):
+    """A run started with keep_last=5 and a checkpoint at every row is resumed (as `jaxrl resume`
+    does, without those options) and still keeps 5: before stop 49 the resume fell back to the
+    defaults (3) and deleted the others at its first save."""
+    from jaxrl.io.checkpoint import CheckpointManager
+
+    out = tmp_path / "kept"
+    with pytest.raises(stop_after.Stop):
+        _train("flashsac", 4, out_dir=out, keep_last=5, checkpoint_every_s=0.0, progress_fn=stop_after(2))
+    assert run.read_record(out)["session"] == {"checkpoint_every_s": 0.0, "keep_last": 5,
+                                               "save_buffer": True, "tensorboard": True}
+    run.resume(out, progress=False)
+    assert len(CheckpointManager(out).steps()) == 5  # one per row: warm-up and 4 evaluations
+
+
 def test_a_restored_carry_lowers_to_the_program_of_a_fresh_one(runs):
     """Resume and `init_from` find the fresh run's programs in the compilation cache: the chunk's
     arguments, as the loop passes them (`HostLoop.place`), lower to the same module for a fresh
