@@ -426,8 +426,6 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
     logging go on as the run was started (its recorded ``checkpoint_every_s``, ``keep_last``,
     ``save_buffer``, ``tensorboard``), unless given here.
     """
-    from jaxrl.io import metrics as metrics_io
-
     run_dir = Path(run_dir)
     record = runfolder.read_record(run_dir)
     _, _, train_env, loop = rebuild(record, devices=devices, run_dir=run_dir)
@@ -438,6 +436,22 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
     session = _Session(loop, record, train_env, run_dir, progress, kept["checkpoint_every_s"],
                        kept["keep_last"], kept["save_buffer"], kwargs.get("progress_fn"), kept["tensorboard"],
                        (run_dir / "wandb" / "jaxrl_run_id").exists() if wandb is None else wandb)
+    try:
+        carry, rows, done = _resume_state(loop, record, run_dir, session)
+    except BaseException:
+        session.close()  # the writer's lock and the metrics sinks: a failed resume holds nothing
+        raise
+    if done:
+        session.close()
+        return carry, rows
+    return session.run(carry, rows=rows, wall_offset=rows[-1]["wall_s"] if rows else 0.0)
+
+
+def _resume_state(loop, record: dict, run_dir: Path, session: _Session) -> tuple[Any, list[dict], bool]:
+    """(carry, rows kept, whether the run had already finished) of `resume`: its newest verified
+    checkpoint (or a fresh start), the metrics rows up to it (the log rewritten to them)."""
+    from jaxrl.io import metrics as metrics_io
+
     log = run_dir / "metrics.jsonl"
     _preflight(loop)
     carry = loop.init_carry()
@@ -459,26 +473,20 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
         carry, _, step = session.ckpt.restore(carry, expected_metadata=session.metadata)
         if loop.finished(carry) and (run_dir / "summary.json").exists():
             # Nothing to train: leave the run folder as its last session wrote it.
-            session.close()
             notice(f"{run_dir} already finished its budget ({loop.env_steps(carry):,} env steps): nothing "
                    "to resume.  To train on from it, start a new run with --init-from (Python: init_from=)")
-            return carry, metrics_io.read_jsonl(log) if log.exists() else []
+            return carry, metrics_io.read_jsonl(log) if log.exists() else [], True
         if session.ckpt.last_restore_skipped:
             warnings.warn(
                 f"checkpoint step {step} of {run_dir} was saved without {', '.join(loop.optional_state)} "
                 "(save_buffer=False or not enough disk space); refilling it with fresh warm-up "
                 "transitions: the resumed run will not equal an uninterrupted one exactly",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning, stacklevel=3)
             carry = loop.refill(carry)
     rows = [r for r in metrics_io.read_jsonl(log) if r["env_steps"] <= step] if log.exists() else []
-    session.claim()  # this process writes the run from here on (another writing it is refused)
-    try:
-        if session.logger is not None:  # (process 0's) rows logged after the checkpoint come again
-            session.logger.rewrite(rows)
-    except BaseException:
-        session.close()
-        raise
-    return session.run(carry, rows=rows, wall_offset=rows[-1]["wall_s"] if rows else 0.0)
+    if session.logger is not None:  # (process 0's) rows logged after the checkpoint come again
+        session.logger.rewrite(rows)
+    return carry, rows, False
 
 
 class _Session:
@@ -499,9 +507,16 @@ class _Session:
 
             self.ckpt = CheckpointManager(self.out, keep_last=keep_last,
                                           save_interval_s=checkpoint_every_s)
+            # the folder's one writer before anything is written into it: another process
+            # training into it (even one still compiling) is refused here, its files untouched
+            self.ckpt.claim()
             if jax.process_index() == 0:  # one metrics file, one TensorBoard, one W&B run
-                self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb,
-                                            config=self.metadata)
+                try:
+                    self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb,
+                                                config=self.metadata)
+                except BaseException:
+                    self.ckpt.release()
+                    raise
 
     def run(self, carry, rows: list[dict], wall_offset: float = 0.0):
         from jaxrl.io.progress import Progress

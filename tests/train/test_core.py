@@ -252,6 +252,35 @@ def test_a_resume_keeps_the_runs_own_checkpoint_settings(runs, tmp_path, stop_af
     assert len(CheckpointManager(out).steps()) == 5  # one per row: warm-up and 4 evaluations
 
 
+def test_a_run_refused_by_another_writers_lock_writes_nothing(runs, tmp_path, monkeypatch):
+    """Two `train` calls into one fresh folder, both past the folder check: the one that takes
+    the writer's lock second (here another writer takes it while this one compiles) is refused
+    before it writes config.json, metrics or TensorBoard files, which would have replaced the
+    other run's record; a failed resume lets go of the lock."""
+    from jaxrl.io.checkpoint import CheckpointError, CheckpointManager
+
+    out = tmp_path / "busy"
+    holders, preflight = [], run._preflight
+    monkeypatch.setattr(run, "_preflight", lambda loop: (holders.append(CheckpointManager(out)),
+                                                         holders[-1].claim(), preflight(loop)))
+    with pytest.raises(CheckpointError, match="is writing checkpoints into"):
+        _train("flashsac", 2, out_dir=out)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    holders[0].release()
+    # a resume that fails (its record no longer matches its checkpoints) releases the lock
+    import json
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["flashsac", 2][0], moved)
+    record = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**record, "seed": 99}))
+    with pytest.raises(CheckpointMismatchError, match="seed"):
+        run.resume(moved, progress=False)
+    CheckpointManager(moved).claim()
+
+
 def test_a_restored_carry_lowers_to_the_program_of_a_fresh_one(runs):
     """Resume and `init_from` find the fresh run's programs in the compilation cache: the chunk's
     arguments, as the loop passes them (`HostLoop.place`), lower to the same module for a fresh
