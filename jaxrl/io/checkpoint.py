@@ -680,7 +680,7 @@ class CheckpointManager:
             if stored[i]["shape"] != shape or stored[i]["dtype"] != dtype:
                 raise CheckpointMismatchError(
                     f"{self.directory} step {step}: {name}: checkpoint has {_fmt(stored[i])}, this run "
-                    f"expects {_fmt(expected)} (different observation/action layout or network size?)")
+                    f"expects {_fmt(expected)} ({_why_shapes_differ(stored[i]['shape'], shape)})")
             if i in skipped:
                 raise CheckpointError(f"{self.directory} step {step}: {name} was not saved in that checkpoint")
             pairs.append((j, i))
@@ -701,6 +701,19 @@ class CheckpointManager:
             leaves[j] = (_from_stored(leaves[j], arrays[f"leaf_{i:05d}"]) if np.size(leaves[j]) != 0
                          else _empty_like(leaves[j]))
         return jax.tree_util.tree_unflatten(treedef, leaves), metadata, step, loaded
+
+
+def _why_shapes_differ(stored: Sequence[int], wanted: Sequence[int]) -> str:
+    """The likely cause of a leaf's other shape in another run's checkpoint: a seed axis (runs of
+    K seeds carry one in front of every leaf) or the layout."""
+    stored, wanted = list(stored), list(wanted)
+    if wanted[1:] == stored:
+        return (f"this run trains {wanted[0]} seeds at once and the checkpoint's run one: start each "
+                "seed as its own run from it, or train the source with as many seeds")
+    if stored[1:] == wanted:
+        return (f"the checkpoint's run trained {stored[0]} seeds at once and this run one: export or "
+                "load one seed of it, or train this run with as many seeds")
+    return "different observation/action layout or network size?"
 
 
 def writer_absent(run_dir: str | os.PathLike) -> None:

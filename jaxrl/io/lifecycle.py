@@ -44,7 +44,7 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
     seeds = int(record.get("seeds", 1))
     if seeds > 1 and seed_index is None:
         raise ValueError(f"{run_dir} trained {seeds} seeds at once: choose one with seed_index 0..{seeds - 1} "
-                         "(CLI: export --seed I; eval and sim2sim --seed-index I)")
+                         "(CLI: --seed-index I; export takes --seed I too)")
     if seed_index is not None and not 0 <= int(seed_index) < seeds:
         raise ValueError(f"seed_index={seed_index}: {run_dir} trained {seeds} seed(s), so 0..{seeds - 1}")
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))

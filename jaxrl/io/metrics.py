@@ -114,8 +114,6 @@ class MetricsLogger:
             if had_rows and not _ends_with_newline(self.path):  # a crash cut the last row
                 self._file.write("\n")
             if tensorboard:
-                from tensorboardX import SummaryWriter
-
                 self._tb = _tensorboard_writer(self.run_dir)
             if wandb:
                 ident = {}

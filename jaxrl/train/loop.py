@@ -451,13 +451,16 @@ class HostLoop:
             from jax.experimental import multihost_utils
 
             fits = sizes is None or memory.fits(sizes, free, sharing)
-            every = np.asarray(multihost_utils.process_allgather(np.array([fits, free or 0], np.int64)))
-            for p, (ok, have) in enumerate(every.reshape(-1, 2)):
+            # free memory in MiB: without jax_enable_x64 the gather's int64 would be cut to 32 bits
+            mib = min((free or 0) >> 20, 2**31 - 1)
+            every = np.asarray(multihost_utils.process_allgather(np.array([fits, mib], np.int32)))
+            for p, (ok, have_mib) in enumerate(every.reshape(-1, 2)):
+                have = int(have_mib) << 20
                 if not ok and sizes is None:  # (this backend said nothing; another's did)
                     raise memory.ProgramMemoryError(f"the compiled {name} program does not fit process {p}'s "
                                                     f"device memory; it was not called.  Lower {knobs}")
                 if not ok:
-                    raise memory.refusal(sizes, knobs, int(have), sharing, where=f"process {p}'s device")
+                    raise memory.refusal(sizes, knobs, have, sharing, where=f"process {p}'s device")
         elif sizes is not None:
             memory.check(sizes, knobs, free, sharing)
 

@@ -84,7 +84,7 @@ class OnPolicyLoop(HostLoop):
             raise ValueError(f"steps must be >= 1, got {steps}")
         # Each device takes an equal share of every minibatch (ppo.minibatches).
         self.setup(env, eval_env, seed, devices, seeds,
-                   {"minibatch": cfg.batch_size // cfg.num_minibatches})
+                   {"minibatch (num_envs*unroll_length/num_minibatches)": cfg.batch_size // cfg.num_minibatches})
         self.cfg = cfg
         iters = math.ceil(steps / cfg.batch_size)
         self.chunk_iters, self.total_iters = chunk_plan(iters, num_evals)

@@ -282,8 +282,9 @@ def train(
                         f"{', '.join(spec.presets)})")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    seeds = int(seeds)
     if init_from is not None and not runfolder.is_run(init_from):
         raise FileNotFoundError(f"--init-from {init_from}: not a jaxrl run folder (no config.json)")
     primary = jax.process_index() == 0  # several hosts: one of them writes the run folder
@@ -429,6 +430,10 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
     run_dir = Path(run_dir)
     record = runfolder.read_record(run_dir)
     _, _, train_env, loop = rebuild(record, devices=devices, run_dir=run_dir)
+    if record.get("devices") not in (None, loop.devices):
+        notice(f"{run_dir} trained on {record['devices']} device(s) and resumes on {loop.devices}: each device "
+               "samples its own replay shard and minibatches with its own key, so the run goes on "
+               "correctly but not bit for bit as on its own device count (`--devices N` keeps it)")
     # the run's own checkpoint and logging settings (runs recorded before stop 49: the defaults),
     # unless given here
     kept = {**SESSION_DEFAULTS, **record.get("session", {}),

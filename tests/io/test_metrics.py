@@ -304,3 +304,19 @@ def test_live_curve_is_a_no_op_outside_notebooks():
         curve.update(row)
     curve.update({"env_steps": 4000, "critic_loss": 1.0})
     assert curve.points == [(1000.0, 1.5), (2000.0, 3.0), (3000.0, 4.5)]
+
+
+def test_the_seed_interval_is_students_t_on_the_sample_std():
+    """95% interval of a K-seed mean: t(0.975, K-1) · s / √K with s the sample std (ddof 1).
+    Two seeds 0 and 1: t(0.975, 1) = 12.706 (a t table), s = 0.7071, half-width 6.353; a normal
+    quantile (1.96) or ddof 0 would give 0.98 or 6.35/√2 instead.  NaN seeds are left out; fewer
+    than two seeds: no interval."""
+    import math
+
+    from jaxrl.train.loop import confidence_interval
+
+    assert confidence_interval([0.0, 1.0]) == pytest.approx((0.5 - 6.3531, 0.5 + 6.3531), abs=1e-3)
+    assert confidence_interval([0.0, math.nan, 1.0]) == pytest.approx((0.5 - 6.3531, 0.5 + 6.3531), abs=1e-3)
+    lo, hi = confidence_interval([2.0, 4.0, 6.0, 8.0])  # t(0.975, 3) = 3.182, s = 2.582
+    assert (lo, hi) == pytest.approx((5.0 - 3.182 * 2.582 / 2, 5.0 + 3.182 * 2.582 / 2), abs=1e-2)
+    assert all(math.isnan(x) for x in confidence_interval([3.0]))

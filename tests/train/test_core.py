@@ -309,6 +309,9 @@ def test_init_from_a_run_with_another_layout_names_the_field_and_both_shapes(run
         run.load_parts(jax.eval_shape(loop.init_carry), src, ["policy"], check_only=True)
     with pytest.raises(FileNotFoundError, match="not a jaxrl run folder"):
         _train("flashsac", 2, init_from=Path(src) / "nope")
+    # a seed count that differs is named as such, not as a layout (every leaf has a seed axis)
+    with pytest.raises(CheckpointMismatchError, match="this run trains 2 seeds at once and the checkpoint's run one"):
+        _train("flashsac", 2, init_from=src, init_parts=["actor"], seeds=2)
 
 
 # --------------------------------------------------------------------------- donation, precision

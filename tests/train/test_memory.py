@@ -5,6 +5,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxrl.train import memory
@@ -71,6 +72,23 @@ def test_a_loop_refuses_a_program_before_its_first_call(monkeypatch, cartpole4):
     with pytest.raises(memory.ProgramMemoryError, match=r"evaluate program.*Lower num_eval_envs"):
         loop._call("evaluate", jax.jit(program), x, donate=False)
     assert "chunk" not in loop._compiled and not ran and loop.compile_s > 0
+    # several hosts: each process's free memory reaches the others through a gather of int32s
+    # (an int64 would be cut to 32 bits without jax_enable_x64: "0.00 GiB free")
+    from jax.experimental import multihost_utils
+
+    gathered = []
+
+    def gather(x):  # the two processes' answers, as a device round trip would carry them
+        gathered.append(np.asarray(jax.device_get(jax.device_put(x))))
+        return np.stack([gathered[-1], gathered[-1]])
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", gather)
+    monkeypatch.setattr(replay, "device_memory_bytes", lambda *a, **k: 40 * 2**30)
+    monkeypatch.setattr(memory, "fits", lambda *a, **k: False)  # (no 40 GiB program here)
+    with pytest.raises(memory.ProgramMemoryError, match=r"process 0's device has 40\.00 GiB free"):
+        loop._call("evaluate2", jax.jit(program), x, donate=False)
+    monkeypatch.undo()
     monkeypatch.setattr(replay, "device_memory_bytes", lambda *a, **k: 2**30)
     jax.block_until_ready(loop._call("chunk", jax.jit(program), x, donate=False))
     assert ran and loop.program_bytes["chunk"]["temporaries"] >= 512 * 512 * 4

@@ -257,7 +257,7 @@ def test_a_two_device_checkpoint_resumes_on_one_device_and_back(tmp_path, stop_a
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_two_device_ppo_checkpoint_resumes_on_one_device(tmp_path, stop_after):
+def test_a_two_device_ppo_checkpoint_resumes_on_one_device(tmp_path, stop_after, capsys):
     """PPO's carry (agent, normaliser, env state split on its env axis) restores from a 2-device
     checkpoint onto 1 device with equal values and finishes there; its minibatches are then drawn
     within one shard instead of two (`ppo.minibatches`), which changes no layout.  The envs restart
@@ -286,8 +286,10 @@ def test_a_two_device_ppo_checkpoint_resumes_on_one_device(tmp_path, stop_after)
     np.testing.assert_array_equal(q, pool_q[:, 0])  # each env back at its own first state
     for a, b in zip(jax.tree.leaves(restored[1]), jax.tree.leaves(restored[2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    capsys.readouterr()
     carry, rows = run.resume(out, devices=1, progress=False, checkpoint_every_s=0)
     assert rows[-1]["env_steps"] == 96 and np.isfinite(rows[-1]["eval_return"])
+    assert "trained on 2 device(s) and resumes on 1" in capsys.readouterr().err  # not bit for bit: said
     assert CheckpointManager(out).latest_step() > step and int(carry.agent.updates) > int(restored[1].agent.updates)
 
 
@@ -316,7 +318,7 @@ def test_impossible_device_and_seed_requests_are_refused_before_compiling(monkey
     with pytest.raises(ValueError, match="JAXRL_DEVICES must be a positive integer, got 'two'"):
         make(TINY_FLASH, env4, None, 64, 0, 1)
     cfg = ppo.PPOConfig.cpu(num_envs=4, unroll_length=3, num_minibatches=4, num_epochs=1, hidden=(8,))
-    with pytest.raises(ValueError, match="devices=2 must divide minibatch=3"):
+    with pytest.raises(ValueError, match=r"devices=2 must divide minibatch \(num_envs\*unroll_length/num_minibatches\)=3"):
         registry.get("ppo").make_loop(cfg, env4, None, 64, 0, 1, devices=2)
     # several processes: a mesh smaller than every device of every host would leave hosts out
     monkeypatch.delenv("JAXRL_DEVICES")

@@ -63,7 +63,10 @@ def runs(tmp_path_factory):
 
 def test_resumed_run_equals_uninterrupted_run(runs):
     full, crashed, killed_at = runs
-    assert 3 <= len(killed_at) < 7  # killed in the middle (warm-up + 6 chunks in all)
+    rows_full = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    killed_steps = [int(name.split("_")[1]) for name in killed_at]
+    # killed in the middle, before its last checkpoint (else the resume would have nothing to do)
+    assert len(killed_at) >= 3 and max(killed_steps) < rows_full[-1]["env_steps"]
     # --env-kwargs reached the run record, which `jaxrl resume` rebuilt the env from
     assert json.loads((crashed / "config.json").read_text())["env_kwargs"] == {"vision": False}
     _, _, _, agent_a, _ = lifecycle.load_run(full)
@@ -90,8 +93,15 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous_good(runs, tmp_path)
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 64] = os.urandom(64)
     data.write_bytes(bytes(raw))
+    steps = sorted(int(p.name.split("_")[1]) for p in (run / "checkpoints").glob("step_*"))
     with pytest.warns(RuntimeWarning, match="checksum"):
-        lifecycle.load_run(run)
+        _, _, _, agent, _ = lifecycle.load_run(run)
+    # the step before the damaged one, read intact (orbax would read the damaged bytes silently)
+    (run / "checkpoints" / latest.name).rename(run / "damaged")
+    _, _, _, previous, _ = lifecycle.load_run(run)
+    assert len(steps) >= 2
+    for a, b in zip(jax.tree.leaves(agent), jax.tree.leaves(previous)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_restoring_into_another_layout_names_the_mismatch(runs, tmp_path):
