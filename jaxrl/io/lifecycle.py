@@ -52,7 +52,11 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
     algo, config, env, loop = run.rebuild(record, with_eval=False, devices=1, run_dir=run_dir)
     # Shapes only, and only the agent read from disk: no replay buffer built or loaded.
     template = jax.eval_shape(loop.init_carry)
-    carry, _, step = ckpt.restore(template, step=step, only=lambda path: path.startswith(".agent"))
+    # the record must be the one the checkpoints were written with (its hash), as for a resume:
+    # an edited config.json that keeps every shape (a width, an activation, ...) would
+    # otherwise rebuild another policy around the stored weights and export it silently
+    carry, _, step = ckpt.restore(template, step=step, only=lambda path: path.startswith(".agent"),
+                                  expected_metadata=run.metadata(record, env))
     agent = carry.agent
     if seeds > 1:
         agent = jax.tree.map(lambda x: x[int(seed_index)], agent)

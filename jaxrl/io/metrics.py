@@ -152,6 +152,11 @@ class MetricsLogger:
             self._tb.close()
             self._tb = _tensorboard_writer(self.run_dir, purge_step=int(rows[-1]["env_steps"]) + 1 if rows else 0)
 
+    def sync(self) -> None:
+        """The rows logged so far onto the disk (fsync), not only into the OS's cache."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def log(self, row: Mapping[str, Any]) -> None:
         """Append ``row`` (needs ``env_steps``; other values scalars) everywhere."""
         if "env_steps" not in row:

@@ -176,6 +176,7 @@ class FinetuneLoop(HostLoop):
     """`jaxrl.train.run`'s protocol over the finetuning epoch (one chunk iteration = one epoch)."""
 
     optional_state = (".imagined",)  # rebuilt by the next rounds; the real buffer is precious
+    refill_note = "the next imagination rounds fill it again"
     memory_knobs = ("starts or horizon_max (the imagined rollouts), imagined_batch or updates_per_round "
                     "(the rows sampled and the update's activations)")
 

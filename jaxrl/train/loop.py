@@ -149,6 +149,7 @@ class HostLoop:
     """
 
     optional_state: tuple[str, ...] = ()  # carry paths a checkpoint may leave out (see refill)
+    refill_note: str = ""  # what `refill` does about them, for the resume's warning
     per_env_paths: tuple[str, ...] = ()  # carry paths outside .env_state with a leading env axis
     env: Any
     seed: int

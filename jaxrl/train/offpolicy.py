@@ -126,6 +126,7 @@ class OffPolicyLoop(HostLoop):
 
     # Carry subtrees a checkpoint may leave out (too big for the disk); `refill` rebuilds them.
     optional_state = (".buffer",)
+    refill_note = "refilling it with fresh warm-up transitions"
     memory_knobs = ("batch_size or updates_per_step (the rows sampled per iteration and the update's "
                     "activations), or num_envs (the physics step's intermediates)")
 

@@ -484,8 +484,8 @@ def _resume_state(loop, record: dict, run_dir: Path, session: _Session) -> tuple
         if session.ckpt.last_restore_skipped:
             warnings.warn(
                 f"checkpoint step {step} of {run_dir} was saved without {', '.join(loop.optional_state)} "
-                "(save_buffer=False or not enough disk space); refilling it with fresh warm-up "
-                "transitions: the resumed run will not equal an uninterrupted one exactly",
+                f"(save_buffer=False or not enough disk space); {loop.refill_note}: the resumed run "
+                "will not equal an uninterrupted one exactly",
                 RuntimeWarning, stacklevel=3)
             carry = loop.refill(carry)
     rows = [r for r in metrics_io.read_jsonl(log) if r["env_steps"] <= step] if log.exists() else []
@@ -545,9 +545,13 @@ class _Session:
                 if self.ckpt is not None:
                     k = getattr(self.loop, "num_seeds", 1)
                     per_seed = [row.get(f"seed{i}/eval_return", math.nan) for i in range(k)]
+                    force = self.loop.finished(carry)
+                    if self.logger is not None and (force or self.ckpt.should_save()):
+                        # on disk before the checkpoint: after a power cut a committed checkpoint
+                        # must not outlive its rows, which a resume keeps only up to its step
+                        self.logger.sync()
                     self.ckpt.save(row["env_steps"], carry, self.metadata,
-                                   eval_return=row.get("eval_return"),
-                                   force=self.loop.finished(carry), skip=self._skip(carry),
+                                   eval_return=row.get("eval_return"), force=force, skip=self._skip(carry),
                                    eval_returns=per_seed if k > 1 else None)  # NaN: not evaluated
                 if bar is not None:
                     bar.update(row)

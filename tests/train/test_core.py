@@ -281,6 +281,30 @@ def test_a_run_refused_by_another_writers_lock_writes_nothing(runs, tmp_path, mo
     CheckpointManager(moved).claim()
 
 
+def test_the_rows_reach_the_disk_before_each_checkpoint(runs, tmp_path, monkeypatch):
+    """metrics.jsonl is fsynced before every checkpoint is written: a power cut must not leave a
+    committed checkpoint whose rows were still in the OS's cache (a resume keeps the rows up to
+    its checkpoint, so lost rows would stay lost)."""
+    import os
+
+    from jaxrl.io.checkpoint import CheckpointManager
+
+    events, save, fsync = [], CheckpointManager.save, os.fsync
+    monkeypatch.setattr(CheckpointManager, "save", lambda self, step, *a, **k: (
+        events.append(("checkpoint", step)) if save(self, step, *a, **k) else False))
+
+    def synced(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == "metrics.jsonl":
+            events.append(("rows", len((tmp_path / "rows" / "metrics.jsonl").read_text().splitlines())))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    _train("flashsac", 2, out_dir=tmp_path / "rows", checkpoint_every_s=0.0)
+    assert events[0] == ("rows", 1)
+    checkpoints = [i for i, e in enumerate(events) if e[0] == "checkpoint"]
+    assert len(checkpoints) == 3 and all(events[i - 1] == ("rows", n) for n, i in enumerate(checkpoints, 1))
+
+
 def test_a_restored_carry_lowers_to_the_program_of_a_fresh_one(runs):
     """Resume and `init_from` find the fresh run's programs in the compilation cache: the chunk's
     arguments, as the loop passes them (`HostLoop.place`), lower to the same module for a fresh

@@ -123,6 +123,32 @@ def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained,
     assert lifecycle.export_run(out, "npz").exists()
 
 
+def test_a_finetuning_run_stopped_mid_way_resumes_to_the_uninterrupted_result(pretrained, finetuned, tmp_path,
+                                                                           stop_after):
+    """Stopped after its first row (its checkpoint written) and resumed, a finetuning run ends bit
+    for bit where the uninterrupted one does: agent, world model, real and imagined buffers, env
+    state, keys, rows.  Saved without the imagined buffer (save_buffer=False, kept by the resume),
+    the resume says so and that the next rounds fill it again, and finishes its budget."""
+    _, want, want_rows = finetuned
+    kwargs = {"real_steps": FT.prefill + 2 * EPOCH, "config": FT, "num_evals": 2, "progress": False,
+              "checkpoint_every_s": 0, "tensorboard": False}
+    for save_buffer in (True, False):
+        out = tmp_path / f"ft_{save_buffer}"
+        with pytest.raises(stop_after.Stop):
+            run.finetune(pretrained, "CartpoleBalanceHeavyPole", out_dir=out, progress_fn=stop_after(1),
+                         save_buffer=save_buffer, **kwargs)
+        if save_buffer:
+            carry, rows = run.resume(out, progress=False)
+            for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(carry)[0], jax.tree.leaves(want)):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+            assert [(r["env_steps"], r.get("eval_return")) for r in rows] == \
+                [(r["env_steps"], r.get("eval_return")) for r in want_rows]
+        else:
+            with pytest.warns(RuntimeWarning, match=r"without \.imagined .*the next imagination rounds fill it again"):
+                _, rows = run.resume(out, progress=False)
+            assert rows[-1]["env_steps"] == want_rows[-1]["env_steps"]
+
+
 def test_the_models_noise_reaches_the_actors_observation_only(finetuned):
     """Cartpole's observation is one flat array, the actor's and the critic's at once.  In the
     imagined buffer the actor's next observation carries the model's noise and the critic's is

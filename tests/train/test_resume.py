@@ -113,8 +113,14 @@ def test_restoring_into_another_layout_names_the_mismatch(runs, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     cfg["config"]["actor_width"] = 32
     (run / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointMismatchError, match="checkpoint has"):
+    with pytest.raises(CheckpointMismatchError, match="different configuration: .*actor_width"):
         lifecycle.load_run(run)
+    # an edit that keeps every shape is refused as well (it would export another policy silently)
+    cfg = json.loads((full / "config.json").read_text())
+    cfg["config"]["tau"] = 0.5
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match="different configuration: .*tau"):
+        lifecycle.export_run(run, "npz", out=tmp_path / "p.npz")
 
 
 def test_exported_onnx_and_npz_equal_the_jax_policy_on_random_and_real_observations(runs, tmp_path):
