@@ -407,7 +407,8 @@ class VecEnv:
         def setup(env: VecEnv) -> None:
             env.seed_axis = axis_name
             if own is not None:
-                env._seed_models = env._stack_models(own)
+                with jax.ensure_compile_time_eval():  # concrete arrays even when asked inside a trace
+                    env._seed_models = env._stack_models(own)
 
         return self._variant("_across", (axis_name, own), setup)
 

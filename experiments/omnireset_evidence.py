@@ -228,10 +228,10 @@ def main():
         "eval": {"starts": {"nominal": "the task's nominal start",
                             "anywhere": "reset type 'anywhere' of the dataset alone (OmniReset's "
                                         "evaluation: the whole task from scratch)"},
-                 "num_envs": args.eval_envs, "steps": episode_length - 1,
+                 "num_envs": args.eval_envs, "steps": episode_length,
                  "policy": "deterministic (mean action)",
-                 "success_rule": "metrics['success'] == 1 (puck within success_pos of goal) at the "
-                                 "last step of an episode_length-1 step rollout (no auto-reset)"},
+                 "success_rule": "metrics['success'] == 1 (puck within success_pos of goal) after the "
+                                 "last step of an episode_length step rollout (auto-reset off)"},
         "summary": summarise(results, args.seeds, args.arms),
         "results": results,
         "total_wall_s": time.perf_counter() - t_all,

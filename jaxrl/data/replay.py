@@ -119,8 +119,8 @@ def check_memory(example: Any, capacity: int, *, memory_fraction: float = 0.8,
     devices = max(int(devices), 1)
     need = (peak_bytes(row * int(capacity), platform) + int(other_bytes)) // devices + int(replicated_bytes)
     have = device_memory_bytes() if free_bytes is None else int(free_bytes)
-    # CPU devices are one host's RAM: all their shares draw on the same free bytes
-    sharing = devices if platform == "cpu" else 1
+    # CPU devices are one host's RAM: all this host's shares draw on the same free bytes
+    sharing = min(devices, len(jax.local_devices(backend="cpu"))) if platform == "cpu" else 1
     if have is not None and sharing * need > memory_fraction * have:
         per_row = peak_bytes(row, platform) / devices
         fit = max(0, int((memory_fraction * have / sharing - other_bytes / devices - replicated_bytes)

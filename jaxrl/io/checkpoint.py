@@ -26,6 +26,7 @@ shardings the target has, so a checkpoint restores onto another device or host c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -225,6 +226,10 @@ class CheckpointManager:
         self._last_save = clock()
         self.last_restore_skipped: list[str] = []  # paths `restore` left as the target's (not saved)
         self._corrupt: dict[int, str] = {}  # step -> why it cannot be restored (retention does not count it)
+        # steps written or verified by this manager -> their files' (path, size, mtime): hashed
+        # again only when a file changed
+        self._verified: dict[int, tuple] = {}
+        self._written: set[int] = set()  # steps this manager saved (retention trusts them unhashed)
         self._lock = None  # the writer's lock file (`claim`; None where the file system has no locks)
         self._claimed = False
 
@@ -306,10 +311,13 @@ class CheckpointManager:
                 best, best_return = step, ret
         return best
 
-    def best_verified_step(self, seed_index: int | None = None) -> int | None:
+    def best_verified_step(self, seed_index: int | None = None, trust_written: bool = False) -> int | None:
         """`best_step` among the steps that verify: a corrupt best (warned about) gives way to
-        the next best, as the newest gives way in `restore`."""
+        the next best, as the newest gives way in `restore`.  ``trust_written``: a step this
+        manager saved counts without hashing it again (retention, at every save)."""
         while (step := self.best_step(seed_index)) is not None:
+            if trust_written and step in self._written:
+                return step
             problem = self.verify(step)
             if problem is None:
                 return step
@@ -381,6 +389,7 @@ class CheckpointManager:
             raise
         _sync(f"jaxrl-ckpt-{step}-committed")
         self._corrupt.pop(step, None)  # a re-save of a step found corrupt: good again
+        self._written.add(step)
         self._last_save = self._clock()
         if primary:
             self._apply_retention(len(eval_returns or ()))
@@ -437,8 +446,9 @@ class CheckpointManager:
         go (a resume that fell back past them would otherwise lose each new checkpoint to them)."""
         steps = [s for s in self.steps() if s not in self._corrupt]
         keep = set(steps[-self.keep_last :])
-        if self.keep_best:  # the best by the mean, and each of ``seeds`` seeds' own best
-            keep |= {b for b in [self.best_step(), *map(self.best_step, range(seeds))] if b is not None}
+        if self.keep_best:  # the best by the mean, and each of ``seeds`` seeds' own best, that verify
+            best = functools.partial(self.best_verified_step, trust_written=True)
+            keep |= {b for b in [best(), *map(best, range(seeds))] if b is not None}
         for step in steps:
             if step not in keep:
                 shutil.rmtree(self._step_dir(step), ignore_errors=True)
@@ -461,11 +471,26 @@ class CheckpointManager:
 
     # ---- verifying and restoring
 
+    def _stamp(self, step: int) -> tuple:
+        """(path, size, mtime) of every file of ``step``: what a change to it would change."""
+        try:
+            return tuple(sorted((str(p), st.st_size, st.st_mtime_ns) for p in self._step_dir(step).rglob("*")
+                                if p.is_file() and (st := p.stat())))
+        except OSError:
+            return ()
+
     def verify(self, step: int) -> str | None:
         """None when every file of ``step`` matches its checksum, else what failed (a file the
-        disk cannot read included)."""
+        disk cannot read included).  A step this manager wrote or verified already is not
+        hashed again while its files keep their sizes and times (a replay buffer can be
+        gigabytes, and `export --checkpoint best` verifies the best before restoring it)."""
+        if step in self._verified and self._verified[step] == self._stamp(step):
+            return None
         try:
-            return self._verify(step)
+            problem = self._verify(step)
+            if problem is None:
+                self._verified[step] = self._stamp(step)
+            return problem
         except OSError as e:
             return f"step {step}: unreadable ({e})"
 

@@ -37,17 +37,35 @@ def check_transitions(env_state: Any, env_steps: int) -> None:
 
     Rewards are caught through the episode returns, which keep a non-finite reward: the running
     ones until their episode ends, then the completed-episode sum for good (``stats.return_sum``,
-    never reset in a run).  Observations are checked as they stand at the end of the chunk (a
-    non-finite physics state persists, or ends its episode with a non-finite reward).  Why here
-    and not from the losses: a NaN stored in the replay buffer surfaces only when an update
-    samples it, and every checkpoint saved before that would hold it and count as good."""
+    never reset in a run).  Observations are checked as they stand at the end of the chunk, the
+    last step's final ones included (a non-finite physics state persists, or, as the tasks
+    compute rewards from it, shows in the returns).  Why here and not from the losses: a NaN
+    stored in the replay buffer surfaces only when an update samples it, and every checkpoint
+    saved before that would hold it and count as good.  On several hosts each checks its own
+    envs and all stop together (one host stopping alone would leave the others waiting)."""
+    import jax
+    import jax.numpy as jnp
+
     returns = {"rewards (their episode return)": (env_state.episode_return, env_state.stats.return_sum)}
-    obs = {f"observations ({k})": (v,) for k, v in dict(env_state.obs).items()
-           if np.dtype(v.dtype).kind in "fc"}  # (pixels are integers: nothing to check, or copy)
+    obs = {f"observations ({k})": (v, env_state.final_obs[k]) for k, v in dict(env_state.obs).items()
+           if jnp.issubdtype(v.dtype, jnp.inexact)}  # (pixels are integers: nothing to check, or copy)
+    found = None
     for name, arrays in (returns | obs).items():
-        for v in (part for a in arrays for part in _on_this_host(a)):
+        for v in (np.asarray(part) for a in arrays for part in _on_this_host(a)):
+            v = v if v.dtype.kind in "fc" else v.astype(np.float64)  # bfloat16 (kind "V")
             if not np.isfinite(v).all():
-                raise NonFiniteError(name, env_steps, v.reshape(-1)[~np.isfinite(v.reshape(-1))][0])
+                found = (name, v.reshape(-1)[~np.isfinite(v.reshape(-1))][0])
+                break
+        if found is not None:
+            break
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        bad = np.asarray(multihost_utils.process_allgather(np.int32(found is not None))).reshape(-1)
+        if found is None and bad.any():
+            found = (f"a reward or observation on process {int(np.flatnonzero(bad)[0])}", float("nan"))
+    if found is not None:
+        raise NonFiniteError(found[0], env_steps, found[1])
 
 
 def _on_this_host(x: Any) -> list[np.ndarray]:

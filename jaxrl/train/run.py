@@ -324,8 +324,6 @@ def train(
         # and so does a run still training there (its writer's lock).
         checkpoint_writer_absent(Path(out_dir))
         runfolder.claim(Path(out_dir), True)
-    if dataset_env is not None and primary:
-        keep_resets(dataset_env, out_dir, env_kwargs)
     carry = loop.init_carry()
     if init_from is not None:
         carry, record["init_from"] = load_parts(carry, init_from, init_parts)
@@ -334,8 +332,14 @@ def train(
                          "save_buffer": bool(save_buffer), "tensorboard": bool(tensorboard)}
     session = _Session(loop, record, train_env, out_dir, progress, checkpoint_every_s,
                        keep_last, save_buffer, progress_fn, tensorboard, wandb)
-    if out_dir is not None and primary:
-        runfolder.write_record(out_dir, record)
+    try:  # the folder's writer now (its lock): its files go in
+        if dataset_env is not None and primary:
+            keep_resets(dataset_env, out_dir, env_kwargs)
+        if out_dir is not None and primary:
+            runfolder.write_record(out_dir, record)
+    except BaseException:
+        session.close(failed=True)
+        raise
     return session.run(carry, rows=[])
 
 
@@ -444,7 +448,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, wandb: bool | None = N
     try:
         carry, rows, done = _resume_state(loop, record, run_dir, session)
     except BaseException:
-        session.close()  # the writer's lock and the metrics sinks: a failed resume holds nothing
+        session.close(failed=True)  # the writer's lock and the metrics sinks: a failed resume holds nothing
         raise
     if done:
         session.close()
@@ -545,13 +549,14 @@ class _Session:
                 if self.ckpt is not None:
                     k = getattr(self.loop, "num_seeds", 1)
                     per_seed = [row.get(f"seed{i}/eval_return", math.nan) for i in range(k)]
-                    force = self.loop.finished(carry)
-                    if self.logger is not None and (force or self.ckpt.should_save()):
-                        # on disk before the checkpoint: after a power cut a committed checkpoint
+                    if self.logger is not None:
+                        # on disk before any checkpoint: after a power cut a committed checkpoint
                         # must not outlive its rows, which a resume keeps only up to its step
+                        # (every row: one fsync per chunk, and no race with the save's clock)
                         self.logger.sync()
                     self.ckpt.save(row["env_steps"], carry, self.metadata,
-                                   eval_return=row.get("eval_return"), force=force, skip=self._skip(carry),
+                                   eval_return=row.get("eval_return"), force=self.loop.finished(carry),
+                                   skip=self._skip(carry),
                                    eval_returns=per_seed if k > 1 else None)  # NaN: not evaluated
                 if bar is not None:
                     bar.update(row)
@@ -577,10 +582,11 @@ class _Session:
         if self.ckpt is not None:
             self.ckpt.claim()
 
-    def close(self) -> None:
-        """Close the metrics sinks and the writer's lock of a session that will not run."""
+    def close(self, failed: bool = False) -> None:
+        """Close the metrics sinks (``failed``: W&B records a failed run) and the writer's lock
+        of a session that will not run."""
         if self.logger is not None:
-            self.logger.close()
+            self.logger.close(failed=failed)
         if self.ckpt is not None:
             self.ckpt.release()
 

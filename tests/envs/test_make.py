@@ -369,8 +369,8 @@ def test_each_member_of_a_seed_vmap_steps_the_models_its_own_seed_draws():
         for s in (7, 8)]
     assert not np.allclose(alone[0], alone[1])  # the draws matter
     env = envs.make("CartpoleBalance", num_envs=3, episode_length=50, seed=7, randomization_fn=_damping)
-    together = jax.jit(jax.vmap(lambda k: rollout(env.across("seeds", [7, 8]), k), axis_name="seeds"))(
-        jnp.stack([key, key]))
+    members = env.across("seeds", [7, 8])
+    together = jax.jit(jax.vmap(lambda k: rollout(members, k), axis_name="seeds"))(jnp.stack([key, key]))
     np.testing.assert_allclose(np.asarray(together), np.stack(alone), rtol=1e-5, atol=1e-6)
     # a training loop of 2 seeds hands each its own env seed's draws, training and eval envs alike
     from jaxrl.train import registry

@@ -210,30 +210,35 @@ def test_a_run_restarted_before_its_first_checkpoint_loads_the_source_step_it_st
         runs, tmp_path, monkeypatch, stop_after):
     """A requeued `init_from` run with no checkpoint of its own starts again from the source's
     step recorded in its config.json, not the source's newest (the source may have trained on
-    meanwhile); a recorded step the source no longer has is refused, naming it."""
+    meanwhile: here the record names an older kept step, as if it had); a recorded step the
+    source no longer has is refused, naming it."""
     import json
     import shutil
 
     from jaxrl.io.checkpoint import CheckpointError, CheckpointManager
 
-    src = runs["flashsac", 4][0]
-    newest = CheckpointManager(src).steps()[-1]
+    src = tmp_path / "source"
+    _train("flashsac", 4, out_dir=src, checkpoint_every_s=0.0, keep_last=5)
+    kept = CheckpointManager(src).steps()
+    assert len(kept) >= 3
     child = tmp_path / "child"
     with pytest.raises(stop_after.Stop):
         _train("flashsac", 2, out_dir=child, init_from=src, init_parts=["actor"], progress_fn=stop_after(1))
     shutil.rmtree(child / "checkpoints")  # killed before its first checkpoint
     record = json.loads((child / "config.json").read_text())
-    assert record["init_from"]["step"] == newest
+    assert record["init_from"]["step"] == kept[-1]
+    record["init_from"]["step"] = kept[1]
+    (child / "config.json").write_text(json.dumps(record))
     loaded, read = [], run.load_parts
     monkeypatch.setattr(run, "load_parts", lambda *a, **k: loaded.append(read(*a, **k)) or loaded[-1])
     with pytest.raises(stop_after.Stop):
         run.resume(child, progress=False, progress_fn=stop_after(1))
-    assert [info["step"] for _, info in loaded] == [newest]
+    assert [info["step"] for _, info in loaded] == [kept[1]]
     # the step it started from is gone (here: never existed): refused, not the newest taken
     shutil.rmtree(child / "checkpoints")
-    record["init_from"]["step"] = newest - 1
+    record["init_from"]["step"] = kept[-1] - 1
     (child / "config.json").write_text(json.dumps(record))
-    with pytest.raises(CheckpointError, match=f"started from step {newest - 1} of .* cannot be read now"):
+    with pytest.raises(CheckpointError, match=f"started from step {kept[-1] - 1} of .* cannot be read now"):
         run.resume(child, progress=False)
 
 

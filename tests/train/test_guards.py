@@ -107,3 +107,26 @@ def test_off_policy_settings_refuse_bad_values_with_the_fix():
     with pytest.raises(ValueError, match="exceeds buffer_size 8: raise buffer_size"):
         OffPolicySettings(**(ok | {"buffer_size": 8}))
     assert OffPolicySettings(**ok).warmup_actions == "uniform"
+
+
+def test_the_transition_check_covers_bfloat16_and_stops_every_host_together(env, monkeypatch):
+    """bfloat16 observations (numpy kind "V") are checked too; on several hosts a NaN that one
+    host finds in its envs stops all of them (alone, it would leave the others waiting in the
+    next chunk's collectives); finite values on every host pass."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    s = env.reset(jax.random.PRNGKey(0))
+    guards.check_transitions(s, 4)
+    half = {k: v.astype(jnp.bfloat16) for k, v in s.obs.items()}
+    bad = s.replace(obs={k: v.at[0, 0].set(jnp.nan) for k, v in half.items()}, final_obs=half)
+    with pytest.raises(guards.NonFiniteError, match=r"observations \(.*state\) became non-finite"):
+        guards.check_transitions(bad, 4)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    for others, stops in (([0, 0], False), ([0, 1], True)):
+        monkeypatch.setattr(multihost_utils, "process_allgather", lambda x, o=others: np.array(o, np.int32))
+        if stops:
+            with pytest.raises(guards.NonFiniteError, match="a reward or observation on process 1"):
+                guards.check_transitions(s, 4)
+        else:
+            guards.check_transitions(s, 4)
