@@ -184,16 +184,37 @@ def resets_of(record: dict, run_dir: str | Path | None) -> dict | None:
     """The record's reset dataset (``resets``), found where it is now: the recorded path, or
     else ``RUN_DIR/resets.npz`` (a run folder moved or copied to another machine: a hand-built
     mixture's dataset is saved there).  The record itself keeps the recorded path (it is part of
-    the run's identity, which its checkpoints carry)."""
+    the run's identity, which its checkpoints carry).  A dataset recorded with its ``sha256``
+    (runs started with a dataset file, since stop 49) must still be that file: one rebuilt at
+    the same path (`jaxrl resets build --out` again) is refused instead of silently changing
+    where a resumed or evaluated run starts."""
     resets = record.get("resets")
-    if not resets or Path(resets["path"]).exists() or run_dir is None:
+    if not resets:
         return resets
-    here = Path(run_dir) / runfolder.RESETS_FILE
-    if here.exists():
-        return {**resets, "path": str(here.resolve())}
-    raise FileNotFoundError(
-        f"{run_dir} trained on the reset dataset {resets['path']}, which is not there (nor is {here}): "
-        f"copy the dataset back to that path, or into the run folder as {runfolder.RESETS_FILE}")
+    if not Path(resets["path"]).exists() and run_dir is not None:
+        here = Path(run_dir) / runfolder.RESETS_FILE
+        if not here.exists():
+            raise FileNotFoundError(
+                f"{run_dir} trained on the reset dataset {resets['path']}, which is not there (nor is {here}): "
+                f"copy the dataset back to that path, or into the run folder as {runfolder.RESETS_FILE}")
+        resets = {**resets, "path": str(here.resolve())}
+    if resets.get("sha256") and Path(resets["path"]).exists() and file_sha256(resets["path"]) != resets["sha256"]:
+        raise ValueError(
+            f"the reset dataset {resets['path']} is not the file this run trained on (its sha256 "
+            f"differs from the recorded {resets['sha256'][:12]}...): it was rebuilt or replaced since.  "
+            "Put the run's dataset back at that path, or train a new run on the new dataset")
+    return resets
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (a reset dataset: a few MB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def rebuild(record: dict, with_eval: bool = True, devices: int | None = None,
@@ -297,6 +318,9 @@ def train(
             if path is not None and Path(out_dir).resolve() in (Path(path).resolve(), *Path(path).resolve().parents):
                 raise ValueError(f"overwrite=True would delete {out_dir}, which holds this run's {name} "
                                  f"({path}): train into another folder, or move that input out first")
+    if resets and resets.get("path") and Path(resets["path"]).is_file():
+        # the dataset's fingerprint: a resume, eval or export refuses a file rebuilt at that path
+        resets = {**resets, "sha256": file_sha256(resets["path"])}
     env_kwargs = config_env_kwargs(config, env_kwargs) if isinstance(env, str) else dict(env_kwargs or {})
     dataset_env = None  # a hand-built mixture VecEnv whose dataset the run folder keeps
     if isinstance(env, VecEnv):

@@ -212,6 +212,32 @@ def test_an_omnireset_run_evaluates_from_the_anywhere_type_only(push_dataset, tm
     assert lifecycle.default_start({**marked, "resets": None}, "PushToSlot") == "nominal"  # a VecEnv run
     anywhere_envs = lifecycle.eval_envs(marked, "PushToSlot", 4, 0, "anywhere")
     assert anywhere_envs.num_envs == 4 and anywhere_envs.env.dataset.counts == push_dataset.counts
+    # a run started with a dataset file records its sha256; a file rebuilt at that path since is
+    # refused where the run is rebuilt (resume, eval, export), not silently used
+    fingerprinted = {**rec, "resets": {**rec["resets"], "sha256": run.file_sha256(path)}}
+    assert run.resets_of(fingerprinted, None) == fingerprinted["resets"]
+    fewer = dataclasses.replace(push_dataset, qpos=[q[:2] for q in push_dataset.qpos],
+                                qvel=[v[:2] for v in push_dataset.qvel], ctrl=[c[:2] for c in push_dataset.ctrl])
+    fewer.save(path)  # `jaxrl resets build --out` again, at the same path
+    with pytest.raises(ValueError, match="is not the file this run trained on .*rebuilt or replaced since"):
+        run.rebuild(fingerprinted, devices=1)
+    push_dataset.save(path)
+    assert run.resets_of(fingerprinted, None) == fingerprinted["resets"]  # the same bytes again
+    # `train(resets={'path': FILE})` (the CLI's --resets) records that fingerprint
+    seen, make_envs = [], run.make_envs
+
+    def spy(*a):
+        seen.append(a[4])
+        raise KeyboardInterrupt  # enough: the record's resets are what make_envs receives
+
+    run.make_envs = spy
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run.train("ppo", "PushToSlot", ppo.PPOConfig.cpu(num_envs=8), steps=64, progress=False,
+                      resets={"path": str(path), "probs": None})
+    finally:
+        run.make_envs = make_envs
+    assert seen == [{"path": str(path), "probs": None, "sha256": run.file_sha256(path)}]
     np.testing.assert_array_equal(anywhere_envs.env.probs, np.eye(3)[anywhere])
     assert not isinstance(lifecycle.eval_envs(marked, "PushToSlot", 4, 0, "nominal").env, omr.ResetMixture)
     with pytest.raises(ValueError, match="draws from the reset dataset a run trained on"):
