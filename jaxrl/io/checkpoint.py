@@ -152,7 +152,9 @@ def metadata_diff(stored: Mapping, expected: Mapping) -> dict[str, tuple]:
 # --------------------------------------------------------------------------- files
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoint files, policy files, reset
+    datasets)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -427,7 +429,7 @@ class CheckpointManager:
         _write_json(folder / "metadata.json", dict(metadata))
         _write_json(folder / "skipped.json", skipped)
         files = {
-            rel: {"sha256": _sha256(folder / rel), "size": (folder / rel).stat().st_size}
+            rel: {"sha256": file_sha256(folder / rel), "size": (folder / rel).stat().st_size}
             for rel in _files_under(folder)
         }
         manifest = {
@@ -439,7 +441,7 @@ class CheckpointManager:
             "files": files,
         }
         _write_json(folder / _MANIFEST, manifest)
-        (folder / _MARKER).write_text(_sha256(folder / _MANIFEST) + "\n")
+        (folder / _MARKER).write_text(file_sha256(folder / _MANIFEST) + "\n")
 
     def _apply_retention(self, seeds: int = 0) -> None:
         """Keep the last ``keep_last`` and the best; steps known to be corrupt neither count nor
@@ -501,7 +503,7 @@ class CheckpointManager:
         except OSError:
             return f"step {step}: no {_MARKER} marker (unfinished write)"
         manifest_path = folder / _MANIFEST
-        if not manifest_path.is_file() or _sha256(manifest_path) != marker:
+        if not manifest_path.is_file() or file_sha256(manifest_path) != marker:
             return f"step {step}: {_MANIFEST} is missing or does not match its checksum"
         try:
             files = self._manifest(step)["files"]
@@ -516,7 +518,7 @@ class CheckpointManager:
                     f"step {step}: file {rel} has {path.stat().st_size} bytes, "
                     f"{info['size']} were written (truncated?)"
                 )
-            if _sha256(path) != info["sha256"]:
+            if file_sha256(path) != info["sha256"]:
                 return f"step {step}: file {rel} does not match its SHA-256 checksum (corrupted)"
         return None
 

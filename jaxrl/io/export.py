@@ -19,7 +19,6 @@ The same list runs in jax (``to_jax``), numpy (``jaxrl.io.numpy_policy.forward``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxrl.io.checkpoint import file_sha256
 from jaxrl.io.numpy_policy import forward as numpy_forward  # noqa: F401  (re-exported)
 from jaxrl.io.numpy_policy import load_npz  # noqa: F401  (re-exported)
 
@@ -368,10 +368,6 @@ def write_card(path: str | os.PathLike, card: Mapping[str, Any]) -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export_policy(
     layers: Sequence[Mapping],
     out_path: str | os.PathLike,
@@ -401,7 +397,7 @@ def export_policy(
     card["policy"] = {
         "file": out_path.name,
         "format": format,
-        "sha256": _file_sha256(out_path),
+        "sha256": file_sha256(out_path),
         "input": "obs",
         "output": "action",
         "opset": opset if format == "onnx" else None,

@@ -40,7 +40,7 @@ import numpy as np
 import envs
 from envs.wrappers import VecEnv
 from jaxrl.io import runfolder
-from jaxrl.io.checkpoint import CheckpointError, CheckpointManager
+from jaxrl.io.checkpoint import CheckpointError, CheckpointManager, file_sha256
 from jaxrl.io.checkpoint import writer_absent as checkpoint_writer_absent
 from jaxrl.train import parallel, registry
 from jaxrl.train.loop import notice
@@ -204,17 +204,6 @@ def resets_of(record: dict, run_dir: str | Path | None) -> dict | None:
             f"differs from the recorded {resets['sha256'][:12]}...): it was rebuilt or replaced since.  "
             "Put the run's dataset back at that path, or train a new run on the new dataset")
     return resets
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (a reset dataset: a few MB)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rebuild(record: dict, with_eval: bool = True, devices: int | None = None,

@@ -355,14 +355,14 @@ def test_a_disk_read_error_is_a_failed_verification_not_a_crash(two_saved, monke
 
     mgr, _ = two_saved
     bad = data_file(mgr, 2)
-    real = checkpoint._sha256
+    real = checkpoint.file_sha256
 
     def sha256(path):
         if Path(path) == bad:
             raise OSError(5, "Input/output error")
         return real(path)
 
-    monkeypatch.setattr(checkpoint, "_sha256", sha256)
+    monkeypatch.setattr(checkpoint, "file_sha256", sha256)
     assert "step 2: unreadable" in mgr.verify(2) and "Input/output error" in mgr.verify(2)
     with pytest.warns(RuntimeWarning, match="step 2: unreadable"):
         _, _, step = mgr.restore(make_state(0))
