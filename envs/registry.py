@@ -228,7 +228,9 @@ def _load_playground(name: str, impl: str | None, menagerie_path, overrides: dic
         menagerie.check_standin_physics(name, env.mj_model, env.xml_path, env._model_assets)
     if impl == "warp":
         _quiet_warp_model(env)
-    return env, int(cfg.get("episode_length", 1000))
+    # the built task's own config: a constructor may set its length (Cartpole's vision=True: 250)
+    built = getattr(env, "_config", None)
+    return env, int((built if built is not None and "episode_length" in built else cfg).get("episode_length", 1000))
 
 
 def _load_brax(name: str, overrides: dict) -> tuple[Any, int]:
@@ -276,13 +278,13 @@ def make(
     """
     if not isinstance(domain_randomization, (bool, np.bool_)):  # "False" would be truthy
         raise TypeError(f"domain_randomization must be True or False, got {domain_randomization!r}")
+    src = source_of(name)  # an unknown name is named as such, before anything else is looked up
     if domain_randomization and randomization_fn is None:
         randomization_fn = playground_randomizer(name)
-    src = source_of(name)
     if impl is not None and impl not in ("jax", "warp"):
         raise ValueError(f"impl must be 'jax' or 'warp', got {impl!r}")
     if src == "jaxrl":
-        env = _OWN[name](**overrides)
+        env = _OWN[name](**_own_task_kwargs(name, impl, menagerie_path), **overrides)
         default_len = _OWN_DEFAULT_LENGTH[name]
     elif src == "playground":
         env, default_len = _load_playground(name, impl, menagerie_path, overrides)
@@ -299,6 +301,25 @@ def make(
                  "domain_randomization": domain_randomization or None, "reset_pool": reset_pool or None}
         vec.make_kwargs = {"episode_length": length, **{k: v for k, v in given.items() if v}, **overrides}
     return vec
+
+
+def _own_task_kwargs(name: str, impl: str | None, menagerie_path: Any) -> dict:
+    """``impl`` / ``menagerie_path`` for a registered constructor that takes them (the finetuning
+    variants of Playground tasks); one that does not is MJX's JAX implementation on its own
+    assets, so asking it for warp or a Menagerie checkout is refused, not silently ignored."""
+    import inspect
+
+    params = inspect.signature(_OWN[name]).parameters  # named: **overrides are the task's config
+    out = {}
+    for key, value, ignored in (("impl", impl, "jax"), ("menagerie_path", menagerie_path, None)):
+        if value is None:
+            continue
+        if key in params:
+            out[key] = value
+        elif value != ignored:
+            raise ValueError(f"{name} does not take {key}={value!r}: it is built from its own MJCF and "
+                             "stepped with MJX's JAX implementation; leave it out")
+    return out
 
 
 def _model_on_this_host(env: Any) -> None:

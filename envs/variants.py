@@ -37,7 +37,7 @@ from typing import Any
 
 import jax
 
-from envs.registry import _load_playground, register
+from envs.registry import _load_playground, _quiet_warp_model, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,10 @@ def edit_physics(env: Any, change: Change) -> Any:
         mj.geom_friction[:, 0] *= change.friction
         mj.pair_friction[:, :2] *= change.friction
     env._mjx_model = mjx.put_model(mj, impl=env.mjx_model.impl)
+    _quiet_warp_model(env)  # warp's put_model turns its per-step overflow prints back on
+    # a VecEnv built on this task before traced the old model as a constant: forget those traces
+    for memo in ("_jaxrl_one_env", "_jaxrl_observation_size"):
+        env.__dict__.pop(memo, None)
     return env
 
 
@@ -102,12 +106,12 @@ def scale_masses(env: Any, factors: dict[str, float]) -> Any:
 
 
 def _variant(name: str, change: Change) -> Callable[..., Any]:
-    def make(impl: str | None = None, **overrides):
+    def make(impl: str | None = None, menagerie_path: Any = None, **overrides):
         overrides = {**change.config, **overrides}
-        env = edit_physics(_load_playground(change.base, impl, None, overrides)[0], change)
+        env = edit_physics(_load_playground(change.base, impl, menagerie_path, overrides)[0], change)
         # What the agent is told about the world: the nominal physics (a world model's prior must
         # not know the changed masses or friction; it learns the difference from real data).
-        env.nominal = _load_playground(change.base, impl, None, overrides)[0]
+        env.nominal = _load_playground(change.base, impl, menagerie_path, overrides)[0]
         return env
 
     make.__doc__ = f"{change.base} changed: {change}."
@@ -145,8 +149,11 @@ C_TARGETS = {"CartpoleBalanceInMuJoCoC": "CartpoleBalance", "CartpoleSwingupInMu
 
 
 def _c_target(base: str) -> Callable[..., Any]:
-    def make(impl: str | None = None, **overrides):
-        return CTask(_load_playground(base, impl or "jax", None, overrides)[0])
+    def make(impl: str | None = None, menagerie_path: Any = None, **overrides):
+        if impl not in (None, "jax"):
+            raise ValueError(f"{base}InMuJoCoC converts MuJoCo C's state into MJX's JAX layout: impl must be "
+                             f"'jax' (or left out), got {impl!r}")
+        return CTask(_load_playground(base, "jax", menagerie_path, overrides)[0])
 
     make.__doc__ = f"{base} simulated by MuJoCo C."
     return make

@@ -9,6 +9,9 @@ and adds, all inside jit:
   observation of the finished episode in ``EnvState.final_obs`` so that off-policy learners
   can bootstrap on time-outs;
 * separate ``terminated`` (the task ended the episode) and ``truncated`` (time limit) flags;
+  at a step that ended an episode the whole task state (``info``, ``metrics``: a success flag)
+  is already the next episode's, unlike Brax's auto-reset, which keeps the finished one's
+  metrics: read end-of-episode metrics from `VecEnv.without_auto_reset` (the evaluations do);
 * episode statistics (`EpisodeStats`) that a training loop reads from the state pytree, with
   no host round-trip;
 * dict observations: ``state`` for the actor and ``privileged_state`` for the critic; flat
@@ -198,6 +201,10 @@ class VecEnv:
         self._model_batch = None
         self._model_axes = None
         if randomization_fn is not None:
+            if getattr(getattr(env, "unwrapped", env), "_mjx_model", None) is None:
+                raise TypeError(f"{self.name}: randomization_fn randomises an MJX model (`mjx_model`), and this "
+                                "task keeps none (a Brax pipeline env keeps its model in `sys`): use a MuJoCo "
+                                "Playground or jaxrl task, or Brax's own DomainRandomizationVmapWrapper")
             self._model_batch, self._model_axes = self._draw_models(self.seed)
         self.spec = self._make_spec()
         # True when the actor's `state` is the first entries of `privileged_state` (always for

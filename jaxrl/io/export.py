@@ -32,7 +32,7 @@ from jaxrl.io.numpy_policy import forward as numpy_forward  # noqa: F401  (re-ex
 from jaxrl.io.numpy_policy import load_npz  # noqa: F401  (re-exported)
 
 # One identity per run: the card's config_sha256 is the hash its checkpoints carry.
-from jaxrl.io.runfolder import _jsonable, config_hash
+from jaxrl.io.runfolder import _jsonable, config_hash, write_text_atomic
 
 CARD_FORMAT_VERSION = 1
 OPS = (
@@ -364,7 +364,7 @@ def write_card(path: str | os.PathLike, card: Mapping[str, Any]) -> Path:
     if missing:
         raise ValueError(f"policy card lacks {missing}; build it with make_card(...)")
     path = Path(path)
-    path.write_text(json.dumps(dict(card), indent=2, allow_nan=False, default=_jsonable) + "\n")
+    write_text_atomic(path, json.dumps(dict(card), indent=2, allow_nan=False, default=_jsonable) + "\n")
     return path
 
 
@@ -389,20 +389,25 @@ def export_policy(
         raise ValueError(
             f"the policy outputs {action_dim} actions, the card names {card['action']['size']}"
         )
+    # Each file whole or not at all: the policy written beside its place, the card (naming the
+    # new file's SHA-256) put in place, then the policy.  A kill between the two leaves a card
+    # that does not describe the file there, which `sim2sim` checks before trusting the pair.
+    tmp = out_path.with_name(out_path.name + ".tmp")
     if format == "onnx":
-        to_onnx(layers, obs_dim, out_path, opset=opset)
+        to_onnx(layers, obs_dim, tmp, opset=opset)
     else:
-        save_npz(layers, out_path)
+        save_npz(layers, tmp)
     card = dict(card)
     card["policy"] = {
         "file": out_path.name,
         "format": format,
-        "sha256": file_sha256(out_path),
+        "sha256": file_sha256(tmp),
         "input": "obs",
         "output": "action",
         "opset": opset if format == "onnx" else None,
     }
     card_path = write_card(card_path_of(out_path), card)
+    os.replace(tmp, out_path)
     return out_path, card_path
 
 

@@ -41,12 +41,7 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     run_dir = Path(run_dir)
     record = run.read_record(run_dir)
-    seeds = int(record.get("seeds", 1))
-    if seeds > 1 and seed_index is None:
-        raise ValueError(f"{run_dir} trained {seeds} seeds at once: choose one with seed_index 0..{seeds - 1} "
-                         "(CLI: --seed-index I; export takes --seed I too)")
-    if seed_index is not None and not 0 <= int(seed_index) < seeds:
-        raise ValueError(f"seed_index={seed_index}: {run_dir} trained {seeds} seed(s), so 0..{seeds - 1}")
+    seeds = check_seed_index(run_dir, record, seed_index)
     ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
     step = best_step(ckpt, record, seed_index) if which == "best" else None
     algo, config, env, loop = run.rebuild(record, with_eval=False, devices=1, run_dir=run_dir)
@@ -61,6 +56,18 @@ def _load_run(run_dir: str | Path, which: str, seed_index: int | None
     if seeds > 1:
         agent = jax.tree.map(lambda x: x[int(seed_index)], agent)
     return record, algo, config, agent, env, int(step)
+
+
+def check_seed_index(run_dir: Path, record: dict, seed_index: int | None) -> int:
+    """The run's seed count, after refusing a ``seed_index`` that names none of its seeds (or
+    none given where it trained several)."""
+    seeds = int(record.get("seeds", 1))
+    if seeds > 1 and seed_index is None:
+        raise ValueError(f"{run_dir} trained {seeds} seeds at once: choose one with seed_index 0..{seeds - 1} "
+                         "(CLI: --seed-index I; export takes --seed I too)")
+    if seed_index is not None and not 0 <= int(seed_index) < seeds:
+        raise ValueError(f"seed_index={seed_index}: {run_dir} trained {seeds} seed(s), so 0..{seeds - 1}")
+    return seeds
 
 
 def best_step(ckpt: CheckpointManager, record: dict, seed_index: int | None) -> int:
@@ -274,7 +281,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
         raise ValueError(f"start must be {START_NOMINAL!r} or {START_ANYWHERE!r}, got {start!r}")
     if video is not None and not 1 <= grid <= episodes:
         raise ValueError(f"grid must be between 1 and episodes={episodes}, got {grid}")
-    record, algo, config, agent, _ = load_run(run_dir, which, seed_index)
+    record, algo, config, agent, _, step = _load_run(run_dir, which, seed_index)
     policy = export.to_jax(algo.policy_layers(agent, config))
     obs_key = actor_obs_key(config)
     name = env or record["env"]
@@ -302,7 +309,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     ep = rollout(jax.random.PRNGKey(seed))
     ret, length, frames = np.asarray(ep.returns, float), np.asarray(ep.lengths).astype(int), ep.recorded
     report = {
-        "env": name, "start": start, "checkpoint": which, "episodes": episodes, "seed": seed,
+        "env": name, "start": start, "checkpoint": which, "checkpoint_env_steps": step,
+        "seed_index": int(seed_index or 0), "episodes": episodes, "seed": seed,
         "returns": ret.tolist(), "lengths": length.tolist(),
         "mean_return": float(ret.mean()), "std_return": float(ret.std()),
     }
@@ -318,12 +326,13 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
 
 
 def _write_rollout_video(env, frames, lengths, path, height, width, camera) -> Path:
-    """[T, K, ...] states -> video; each episode's frames stop at its end (held)."""
+    """[T + 1, K, ...] states (the start, then after each step) -> video; each episode's frames
+    stop at its last state, the one after its last step (held)."""
     from jaxrl.io import video
 
     qpos, mocap_pos, mocap_quat = (np.asarray(f) for f in frames)
     t = np.arange(qpos.shape[0])[:, None]
-    idx = np.minimum(t, np.maximum(lengths[None, :] - 1, 0))  # [T, K] hold the last frame
+    idx = np.minimum(t, lengths[None, :])  # [T + 1, K] hold the last frame
     cols = np.arange(qpos.shape[1])[None, :]
     qpos, mocap_pos, mocap_quat = qpos[idx, cols], mocap_pos[idx, cols], mocap_quat[idx, cols]
     dt = env.spec.dt or 0.02

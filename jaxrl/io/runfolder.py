@@ -120,7 +120,8 @@ def claim(out: Path, overwrite: bool) -> None:
     out = Path(out)
     if not ((out / "config.json").exists() or (out / "checkpoints").exists()):
         return
-    existing = [n for n in RUN_FILES if (out / n).exists()]
+    # with the evaluations on other tasks (`jaxrl eval --env`), which would outlive the run they scored
+    existing = [n for n in RUN_FILES if (out / n).exists()] + sorted(p.name for p in out.glob("eval_*.json"))
     if not overwrite:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(existing)}). Continue it with `jaxrl resume {out}`, "

@@ -65,11 +65,14 @@ def policy_obs_key(policy_file: str | Path) -> str:
 def _stale_export(policy_file: Path, want: dict) -> str | None:
     """Why ``policy_file`` (exported earlier into the run folder) is not the policy asked for:
     another seed, config or checkpoint, or a card without them; None when it is."""
+    from jaxrl.io.checkpoint import file_sha256
     from jaxrl.io.export import read_card
 
     card = read_card(policy_file)
     if card is None:
         return "it has no card"
+    if (card.get("policy") or {}).get("sha256") != file_sha256(policy_file):
+        return "its card describes another file (an export stopped half way?)"
     have = {"seed": card.get("seed"), "config_sha256": card.get("config_sha256"),
             "env_steps": (card.get("checkpoint") or {}).get("env_steps")}
     diff = [f"{k} {have[k]} (wanted {want[k]})" for k in want if have[k] != want[k]]
@@ -163,12 +166,14 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     record = runfolder.read_record(run_dir)
     if policy_file is None:
         policy_file = run_dir / "policy.onnx"
+        lifecycle.check_seed_index(run_dir, record, seed_index)
         if policy_file.exists():
             ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
+            # the step an export would restore: the newest (or best) that verifies
             want = {"seed": record["seed"] + int(seed_index or 0),
                     "config_sha256": runfolder.config_hash(runfolder.identity(record)),
                     "env_steps": (lifecycle.best_step(ckpt, record, seed_index) if which == "best"
-                                  else ckpt.latest_step())}
+                                  else ckpt.latest_verified_step())}
             if stale := _stale_export(policy_file, want):
                 notice(f"sim2sim: re-exporting {policy_file}: the file there is not the policy asked for "
                        f"({stale})")

@@ -19,7 +19,10 @@ class Episodes(NamedTuple):
     # [N] the task's ``metrics['success']`` after each episode's last step (OmniReset's success:
     # at the end, not at any point); None for tasks that report no success
     success: jax.Array | None
-    recorded: Any  # record(state) of the state before each step, [T, ...]; () without record
+    # record(state) of the start and of the state after each step, [T + 1, ...] (frame t is the
+    # state after t steps, so frame `lengths` is an episode's last: a fall, a success); ()
+    # without record
+    recorded: Any
 
 
 def task_success(state: EnvState) -> jax.Array | None:
@@ -42,18 +45,19 @@ def episode_rollout(env: VecEnv, policy: Callable[[dict, jax.Array], jax.Array],
 
     def body(carry, k):
         s, alive, ret, length, success = carry
-        seen = record(s) if record is not None else ()
         s = env.step(s, policy(s.obs, k))
         ret, length = ret + jnp.where(alive > 0, s.reward, 0.0), length + alive
         if scores_success:
             success = jnp.where(alive > 0, task_success(s).astype(jnp.float32), success)
         alive = alive * (1.0 - s.done.astype(jnp.float32))
-        return (s, alive, ret, length, success), seen
+        return (s, alive, ret, length, success), (record(s) if record is not None else ())
 
     n = env.num_envs
     init = (state, jnp.ones((n,)), jnp.zeros((n,)), jnp.zeros((n,)), jnp.zeros((n,)))
     (_, _, ret, length, success), recorded = jax.lax.scan(
         body, init, jax.random.split(key, env.episode_length))
+    if record is not None:
+        recorded = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), record(state), recorded)
     return Episodes(ret, length, success if scores_success else None, recorded)
 
 

@@ -88,7 +88,8 @@ def test_auto_reset_keeps_final_obs_and_flags_truncation(cartpole4):
 def test_one_episode_rollout_without_auto_reset_scores_as_the_auto_resetting_env(pendulum3):
     """Evaluation steps `VecEnv.without_auto_reset` (its program holds the reset physics once):
     returns and lengths equal those of the auto-resetting env masked by hand, with episodes
-    that end early (the pendulum falls)."""
+    that end early (the pendulum falls).  Its recorded frames are the start and the state after
+    each step, so an episode's frame ``length`` is its last state: the fall a video must show."""
     from jaxrl.train.evaluate import episode_rollout
 
     env = pendulum3
@@ -99,17 +100,24 @@ def test_one_episode_rollout_without_auto_reset_scores_as_the_auto_resetting_env
         return jnp.tanh(sign * (obs["state"] @ w))
 
     key = jax.random.PRNGKey(5)
-    ret, length, _, _ = jax.jit(lambda k: episode_rollout(env, policy, env.reset(k), k))(key)
+    ret, length, _, (frames, ended) = jax.jit(lambda k: episode_rollout(
+        env, policy, env.reset(k), k, record=lambda s: (s.obs["state"], s.done)))(key)
     state, alive = env.reset(key), np.ones(3)
-    ref_ret, ref_len = np.zeros(3), np.zeros(3)
+    ref_ret, ref_len, ref_frames = np.zeros(3), np.zeros(3), [np.asarray(state.obs["state"])]
     for _ in range(env.episode_length):  # the auto-resetting env, eagerly, masked after the end
         state = env.step(state, policy(state.obs, None))
         ref_ret += np.asarray(state.reward) * alive
         ref_len += alive
+        ref_frames.append(np.asarray(state.final_obs["state"]))  # the obs after the step, reset or not
         alive = alive * ~np.asarray(state.done)
     assert 0 < ref_len.min() < env.episode_length  # early ends, masked
     np.testing.assert_allclose(ret, ref_ret, rtol=1e-5)
     np.testing.assert_array_equal(length, ref_len)
+    assert frames.shape[0] == env.episode_length + 1
+    for i, n in enumerate(ref_len.astype(int)):  # up to each episode's last state, that state included
+        np.testing.assert_array_equal(ended[: n + 1, i], np.arange(n + 1) == n)  # frame n: the state that ended it
+        # (the eager steps drift from the scanned ones by ~1e-3 over a falling pendulum's episode)
+        np.testing.assert_allclose(frames[: n + 1, i], np.stack(ref_frames)[: n + 1, i], atol=2e-2)
     assert env.without_auto_reset() is env.without_auto_reset()  # one variant, one trace
     # What it is for: the step's program holds no reset branch (the reset physics) any more.
     action = policy(state.obs, None)
@@ -150,6 +158,51 @@ def test_unknown_env_name_lists_closest_names():
         envs.make("CartpoleBalanc")
     with pytest.raises(ValueError, match="unknown env name"):
         envs.make("NoSuchTaskAnywhere")
+    with pytest.raises(ValueError, match="unknown env name.*CartpoleBalance"):  # not "no randomiser"
+        envs.make("CartpoleBalanc", domain_randomization=True)
+
+
+def test_a_hand_made_randomiser_on_a_task_without_an_mjx_model_is_refused_clearly():
+    with pytest.raises(TypeError, match="keeps none .*Brax pipeline"):
+        envs.make("inverted_pendulum", randomization_fn=lambda model, keys: (model, None))
+
+
+def test_own_tasks_take_impl_and_menagerie_path_or_refuse_them(monkeypatch):
+    """A finetuning variant of a Playground task builds the MJX implementation asked for (and
+    its nominal twin too), with warp's per-step prints kept off after the physics edit; a task
+    of our own MJCF refuses warp instead of silently stepping JAX."""
+    from envs import _runtime, variants
+
+    heavy = envs.make("CartpoleBalanceHeavyPole", impl="warp").env
+    assert str(heavy.mjx_model.impl).lower().endswith("warp") and heavy.nominal.mjx_model.impl == heavy.mjx_model.impl
+    if not _runtime.verbose():
+        assert heavy.mjx_model.opt._impl.warn_overflow == 0
+    with pytest.raises(ValueError, match="PushToSlot does not take impl='warp'"):
+        envs.make("PushToSlot", impl="warp")
+    with pytest.raises(ValueError, match="does not take menagerie_path"):
+        envs.make("PushToSlot", menagerie_path="/tmp/menagerie")
+    asked = []
+    real = variants._load_playground
+    monkeypatch.setattr(variants, "_load_playground", lambda *a: asked.append(a[:3]) or real(*a))
+    envs.make("CartpoleBalanceHeavyPole", impl="jax", menagerie_path="/tmp/menagerie")
+    assert asked == [("CartpoleBalance", "jax", "/tmp/menagerie")] * 2
+
+
+def test_the_episode_length_is_the_built_tasks(monkeypatch):
+    """A Playground constructor may set its own length (Cartpole with vision: 250 steps): the
+    time limit is the built task's config, not the default config's."""
+    from mujoco_playground import registry as pg
+
+    real = pg.load
+
+    def load(name, config_overrides=None):
+        env = real(name, config_overrides=config_overrides)
+        env._config.episode_length = 250  # as CartpoleBalance(vision=True) does in its __init__
+        return env
+
+    monkeypatch.setattr(pg, "load", load)
+    assert envs.make("CartpoleBalance").episode_length == 250
+    assert envs.make("CartpoleBalance", episode_length=40).episode_length == 40
 
 
 @pytest.mark.parametrize("n", [0, -3])

@@ -62,3 +62,15 @@ def test_heavy_pole_targets_scale_the_pole_and_nothing_else(name, factor):
     assert float(env.mjx_model.body_mass[i]) == pytest.approx(factor * nom.body_mass[i], rel=1e-6)
     others = np.arange(nom.nbody) != i
     np.testing.assert_array_equal(env.mj_model.body_mass[others], nom.body_mass[others])
+
+
+def test_editing_a_tasks_physics_reaches_every_vecenv_built_after():
+    """A VecEnv's jitted single-env step is kept on the task (`VecEnv._one_env`) with the MJX model
+    traced in as a constant: `edit_physics` forgets it, so a VecEnv built after the edit steps
+    the new physics, not the old (before, the edit changed `mj_model` but not what MJX stepped)."""
+    vec = envs.make("CartpoleBalance", num_envs=1, episode_length=5)
+    state, action = vec.reset(jax.random.PRNGKey(0)), np.full((1, 1), 0.7, np.float32)
+    before = np.asarray(vec.step(state, action).obs["state"])
+    variants.scale_masses(vec.env, {"pole_1": 10.0})
+    after = np.asarray(envs.VecEnv(vec.env, 1, 5).step(state, action).obs["state"])
+    assert not np.allclose(before, after)

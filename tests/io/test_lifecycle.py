@@ -31,15 +31,40 @@ def test_eval_scores_the_trained_policy_and_writes_a_grid_video(run_dir, tmp_pat
     assert report["start"] == "nominal"  # not an OmniReset run: the task's own start
     assert report["mean_return"] >= 900  # the solved policy, not an untrained one (~200-600)
     assert json.loads((run_dir / "eval.json").read_text())["returns"] == report["returns"]
+    from jaxrl.io.checkpoint import CheckpointManager
+
+    # which policy it scored: the run's seed and the checkpoint (a run evaluated while it trains)
+    assert report["seed_index"] == 0
+    assert report["checkpoint_env_steps"] == CheckpointManager(run_dir, save_interval_s=float("inf")).latest_step()
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(out))
     meta = next(reader)
     frames = [np.frombuffer(f, np.uint8).reshape(48, 128, 3) for f in reader]
     assert meta["size"] == (128, 48)  # two 64-wide cells side by side
-    assert len(frames) == 500  # 1000 control steps at 100 Hz -> every 2nd frame at 50 fps
+    assert len(frames) == 501  # the start and 1000 control steps at 100 Hz -> every 2nd at 50 fps
     assert abs(meta["fps"] - 50) < 1e-6
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.1  # the cart moves
+
+
+def test_a_rollout_video_shows_each_episodes_last_state_and_holds_it(cartpole4, monkeypatch, tmp_path):
+    """Frames are the start and the state after each step (`episode_rollout`'s record): an
+    episode of length L shows frames 0..L, frame L (its last state: the fall, the success) held
+    after it ends.  Before, frame L was never drawn (L-1 was held).  CartpoleBalance: 100 Hz,
+    so every 2nd frame at 50 fps."""
+    seen = {}
+
+    def render_frames(model, qpos, **kw):
+        seen["qpos"] = qpos
+        return np.zeros((len(qpos), 4, 4, 3), np.uint8)
+
+    monkeypatch.setattr(video, "render_frames", render_frames)
+    monkeypatch.setattr(video, "write_video", lambda path, frames, fps: path)
+    steps, nq = 6, lifecycle.sim_task(cartpole4).mj_model.nq
+    qpos = np.arange(steps + 1.0)[:, None, None] + np.array([0.0, 100.0])[None, :, None] + np.zeros((1, 1, nq))
+    no_mocap = (np.zeros((steps + 1, 2, 0, 3)), np.zeros((steps + 1, 2, 0, 4)))
+    lifecycle._write_rollout_video(cartpole4, (qpos, *no_mocap), np.array([3, 6]), tmp_path / "v.mp4", 4, 4, None)
+    np.testing.assert_array_equal(seen["qpos"][:, :, 0], [[0, 100], [2, 102], [3, 104], [3, 106]])
 
 
 def test_sim2sim_return_in_mujoco_c_matches_mjx(run_dir, monkeypatch):
@@ -113,6 +138,14 @@ def test_export_card_names_its_checkpoint_and_sim2sim_re_exports_a_stale_file(ru
     assert json.loads(card_file.read_text())["checkpoint"]["env_steps"] == latest
     assert report["policy_checkpoint"]["env_steps"] == latest and report["policy_seed"] == card["seed"]
     assert report["passed"] is True
+    # a policy file that is not the one its card describes (an export stopped between the two
+    # files) is exported again, not trusted
+    from jaxrl.io.checkpoint import file_sha256
+
+    policy = run_dir / "policy.onnx"
+    policy.write_bytes(policy.read_bytes() + b"\0")
+    sim2sim.sim2sim(run_dir, episodes=1, max_steps=5, write=False)
+    assert file_sha256(policy) == json.loads(card_file.read_text())["policy"]["sha256"]
 
 
 def test_evaluating_another_task_writes_its_own_report_beside_the_runs(run_dir):

@@ -4,6 +4,7 @@ matmul precision, memory refusal before compiling, and an acyclic import graph."
 
 import ast
 import re
+import time
 from pathlib import Path
 
 import jax
@@ -108,6 +109,12 @@ def test_k_vmapped_seeds_equal_k_separate_runs(runs, tmp_path, algo):
         np.testing.assert_array_equal(policies[0][name], policies[1][name])
     seed0 = np.load(lifecycle.export_run(out, "npz", seed_index=0, out=tmp_path / "seed0.npz"))
     assert any(not np.array_equal(seed0[n], policies[0][n]) for n in seed0.files)  # another seed
+    # sim2sim asks for a seed too, even with seed 0's export in the folder (it ran that one silently)
+    from jaxrl.io import sim2sim
+
+    assert lifecycle.export_run(out, "onnx", seed_index=0) == out / "policy.onnx"
+    with pytest.raises(ValueError, match="trained 2 seeds at once: choose one"):
+        sim2sim.sim2sim(out, episodes=1, max_steps=2)
 
 
 def test_a_run_without_matplotlib_ends_normally_without_its_png(runs, tmp_path, monkeypatch, capsys):
@@ -344,10 +351,29 @@ def test_init_from_a_run_with_another_layout_names_the_field_and_both_shapes(run
 
 
 # --------------------------------------------------------------------------- donation, precision
+FIRST_CHUNK = {}  # tiny_loop's first chunk, the one that compiled: its row and wall seconds
+
+
 @pytest.fixture(scope="module")
 def tiny_loop():
-    return registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
+    loop = registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
                                               None, STEPS["flashsac"], 0, 2)
+    carry = loop.init_carry()
+    jax.block_until_ready(carry)
+    compiled0, t0 = loop.compile_s, time.perf_counter()
+    _, row = loop.run_chunk(carry)
+    FIRST_CHUNK.update(row=row, wall_s=time.perf_counter() - t0, compile_s=loop.compile_s - compiled0)
+    return loop
+
+
+def test_a_chunks_throughput_leaves_its_compile_out(tiny_loop):
+    """The first chunk compiles inside `run_chunk`; its row's ``chunk_s`` (and so ``sps`` and the
+    progress bar's rate) is the training time alone, the compile going to ``compile_s``.  Before,
+    the first row of every run and resume counted the compile as training."""
+    row, wall, compiled = FIRST_CHUNK["row"], FIRST_CHUNK["wall_s"], FIRST_CHUNK["compile_s"]
+    assert compiled > 0.05  # it did compile there
+    assert 0 < row["chunk_s"] <= wall - compiled + 1e-3
+    assert row["sps"] == pytest.approx(row["env_steps"] / row["chunk_s"])
 
 
 def test_evaluation_resets_through_the_first_reset_program_and_scores_as_one_program(monkeypatch):

@@ -11,6 +11,7 @@ def _fake_run(path):
     (path / "checkpoints" / "step_000000000100").mkdir(parents=True)
     (path / "config.json").write_text("{}")
     (path / "metrics.jsonl").write_text("")
+    (path / "eval_CartpoleBalanceHeavyPole.json").write_text("{}")  # its evaluation on another task
     (path / "notes.txt").write_text("mine")  # not a run file: never deleted
 
 
