@@ -15,13 +15,19 @@ import inspect
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 
-import envs
+# Both sides compile cold, in a compilation cache of this process's own (unless one is named with
+# JAXRL_COMPILATION_CACHE): with a shared warm cache the compile-inclusive ratios depended on
+# which side's programs earlier runs had left there (seeds 1 and 2 compiled in 9-16 s, seed 0 in 71-184 s).
+os.environ.setdefault("JAXRL_COMPILATION_CACHE", tempfile.mkdtemp(prefix="jaxrl_compare_cache_"))
+
+import envs  # reads JAXRL_COMPILATION_CACHE when imported
 from envs import upstream
 from jaxrl.io.metrics import plot_learning_curve
 

@@ -40,10 +40,22 @@ import envs
 from experiments.impl_speed import measure
 from jaxrl.train import registry, run
 
+_OUT: dict = {}  # "path" and "meta" of the results file, set by main
+
 
 def emit(row: dict, rows: list) -> None:
+    """Print ``row`` and rewrite the results file with it: `timeout`'s KILL, 20 s after its TERM,
+    can land inside an XLA compile, where Python never reaches ``finally``."""
     rows.append(row)
     print(json.dumps(row), flush=True)
+    if _OUT:
+        write(rows)
+
+
+def write(rows: list) -> None:
+    tmp = _OUT["path"].with_name(_OUT["path"].name + ".tmp")
+    tmp.write_text(json.dumps({"meta": _OUT["meta"], "rows": rows}, indent=1, default=str))
+    os.replace(tmp, _OUT["path"])
 
 
 def meta(args) -> dict:
@@ -157,7 +169,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("raw")
     a.add_argument("--tasks", nargs="+", default=["T1JoystickFlatTerrain", "G1JoystickFlatTerrain"])
-    a.add_argument("--num-envs", nargs="+", type=int, default=[1024, 4096, 8192])
+    a.add_argument("--num-envs", nargs="+", type=int, default=[4096, 1024, 8192])  # the presets' size first
     a.add_argument("--impl", default="jax")
     a.add_argument("--steps", type=int, default=50)
     b = sub.add_parser("loop")
@@ -182,13 +194,14 @@ def main() -> None:
     rows: list = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _OUT.update(path=out, meta=meta(args))
     # `timeout` (experiments/gpu_session.sh) sends SIGTERM: leave through `finally`, so the rows
     # measured so far are written.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     try:
         {"raw": raw, "loop": loop, "learn": learn}[args.cmd](args, rows)
     finally:
-        out.write_text(json.dumps({"meta": meta(args), "rows": rows}, indent=1, default=str))
+        write(rows)
         print(f"wrote {out}", flush=True)
 
 

@@ -6,10 +6,12 @@
 # Here, once (cp312 wheels of what an offline GPU box lacks, ~40 MiB, into the ignored .whl/):
 #     make gpu-wheels
 # Then, with the device tool (its $OUT comes back; copy the JSON into experiments/results/):
-#     run(command="bash experiments/gpu_session.sh raw,loop 480", carry=[".whl"], timeout_s=540)
-#     run(command="bash experiments/gpu_session.sh learn 240", carry=[".whl"], timeout_s=300)
-# (15 device minutes hold both with the machine's start; the second call finds the first's
-# compilation cache when the machine is still warm.)
+#     run(command="bash experiments/gpu_session.sh raw,loop 330", carry=[".whl"], timeout_s=390)
+#     run(command="bash experiments/gpu_session.sh learn 390", carry=[".whl"], timeout_s=450)
+# (15 device minutes hold both with the machine's start.  The learning run compiles its own
+# chunk: its budget, not the loop phase's, sets the schedules' lengths, so the second call
+# reuses the first's physics programs at most.)  Every row is in the JSON the moment it is
+# measured, so a phase cut off mid-compile keeps what came before.
 #
 # Phases (comma-separated, in this order): raw (MJX env-steps/s, T1 and G1 at 1024/4096/8192 envs),
 # loop (FlashSAC paper, SAC lift, PPO paper on T1: throughput, compile, memory), learn (FlashSAC
@@ -49,7 +51,7 @@ if [ -n "${JAXRL_GPU_SESSION_DRY:-}" ]; then  # the same commands at CPU size
     LOOP="--task CartpoleBalance --runs flashsac:cpu sac:cpu --seconds 5"
     LEARN="--algo flashsac --preset cpu --task CartpoleBalance --steps 2048 --num-evals 2"
 else
-    RAW="--tasks T1JoystickFlatTerrain G1JoystickFlatTerrain --num-envs 1024 4096 8192"
+    RAW="--tasks T1JoystickFlatTerrain G1JoystickFlatTerrain --num-envs 4096 1024 8192"  # presets' size first
     LOOP="--task T1JoystickFlatTerrain --runs flashsac:paper sac:lift ppo:paper --seconds 45"
     LEARN="--algo flashsac --preset paper --task T1JoystickFlatTerrain --steps 50000000 --num-evals 400"
 fi
