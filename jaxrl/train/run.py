@@ -172,6 +172,35 @@ def shared_env(name: str, num_envs: int, seed: int, env_kwargs: dict) -> VecEnv:
     return _ENVS[key]
 
 
+_LOOPS: dict[tuple, tuple] = {}  # the last few loops runs were built as (see `shared_loop`)
+
+
+def shared_loop(spec: registry.Algorithm, config: Any, train_env: VecEnv, eval_env: VecEnv | None, steps: int,
+                seed: int, num_evals: int, devices: int | None, seeds: int) -> Any:
+    """``spec.make_loop(...)``, reusing the loop an earlier run in this process built from the same
+    arguments (the same env objects: `shared_env`), compiled programs included.  Why: a loop's
+    programs are traced anew for every loop object (MJX and the update: 5-20 s each on CPU), and
+    a resume, a run stopped and started again, `jaxrl eval` / export after training, or a notebook
+    cell run twice builds exactly the same loop.  A loop holds no run's state (that is the carry);
+    its compile-time counter starts again.  Configs that cannot be hashed are not shared."""
+    key = (spec.name, config, id(train_env), id(eval_env), int(steps), int(seed), int(num_evals), devices,
+           int(seeds))
+    try:
+        hit = _LOOPS.get(key)
+    except TypeError:  # an unhashable config field
+        return spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
+    # (the envs are held with the loop, so their ids cannot be another object's while it is kept)
+    if hit is not None and hit[0] is train_env and hit[1] is eval_env:
+        loop = hit[2]
+        loop.compile_s = 0.0
+        return loop
+    if len(_LOOPS) >= 4:
+        _LOOPS.pop(next(iter(_LOOPS)))
+    loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
+    _LOOPS[key] = (train_env, eval_env, loop)
+    return loop
+
+
 def metadata(record: dict, env: VecEnv) -> dict:
     """What a checkpoint must match to be restored into this run."""
     ident = runfolder.identity(record)
@@ -220,9 +249,8 @@ def rebuild(record: dict, with_eval: bool = True, devices: int | None = None,
     scratch = record.get("eval_start") == SCRATCH_EVAL
     train_env, eval_env, _ = make_envs(record["env"], config.num_envs, record["seed"], record["env_kwargs"],
                                        resets_of(record, run_dir), n_eval if with_eval else 0, scratch)
-    loop = algo.make_loop(config, train_env, eval_env if with_eval else None, record["steps"],
-                          record["seed"], record["num_evals"], devices=devices,
-                          seeds=record.get("seeds", 1))
+    loop = shared_loop(algo, config, train_env, eval_env if with_eval else None, record["steps"],
+                       record["seed"], record["num_evals"], devices, record.get("seeds", 1))
     return algo, config, train_env, loop
 
 
@@ -326,8 +354,7 @@ def train(
     }
     if eval_env is not None and _draws_from_dataset(eval_env):
         record["eval_start"] = SCRATCH_EVAL  # scored from OmniReset's type (1): `rebuild` keeps it
-    loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices,
-                          seeds=seeds)
+    loop = shared_loop(spec, config, train_env, eval_env, steps, seed, num_evals, devices, seeds)
     record["devices"] = loop.devices  # information only: not part of the run's identity
     _preflight(loop)
     if init_from is not None:  # a layout mismatch is refused before anything compiles

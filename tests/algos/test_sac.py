@@ -611,7 +611,7 @@ def test_lift_smoke_trains_checkpoints_and_exports_t1(tmp_path):
     if (out / "rollout.mp4").exists():  # written where there is OpenGL
         reader = imageio_ffmpeg.read_frames(str(out / "rollout.mp4"))
         assert next(reader)["size"] == (256, 96)  # two 128-wide cells
-        assert sum(1 for _ in reader) == 10  # 10 steps at 50 Hz: every step a frame
+        assert sum(1 for _ in reader) == 11  # the start and 10 steps at 50 Hz: every state a frame
     else:  # only where MuJoCo found no OpenGL context, and the notebook said so
         video_cell = next(c for c in nb.cells if c.get("id") == "video")
         said = "".join(o.get("text", "") for o in video_cell.get("outputs", []))

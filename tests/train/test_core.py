@@ -50,6 +50,23 @@ def runs(tmp_path_factory):
     return out
 
 
+def test_a_run_built_as_an_earlier_one_reuses_its_loop_and_compiles_nothing(runs):
+    """`run.shared_loop`: training again with the same arguments in one process (a notebook cell
+    run twice, a resume, eval after training) reuses the earlier run's loop with its compiled
+    programs, and gives the same result; another budget builds a loop of its own."""
+    _, want, _ = runs["ppo", 2]
+    _train("ppo", 2)  # (the fixture's loop may have left the last four since)
+    carry, rows = _train("ppo", 2)
+    assert rows[-1]["compile_s"] == 0.0  # nothing compiled: the programs were there
+    for a, b in zip(jax.tree.leaves(carry.agent), jax.tree.leaves(want.agent)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    spec, cfg = registry.get("ppo"), TINY["ppo"]
+    env, eval_env, _ = run.make_envs("CartpoleBalance", cfg.num_envs, 0, ENV)
+    same = run.shared_loop(spec, cfg, env, eval_env, STEPS["ppo"], 0, 2, None, 1)
+    assert run.shared_loop(spec, cfg, env, eval_env, STEPS["ppo"], 0, 2, None, 1) is same
+    assert run.shared_loop(spec, cfg, env, eval_env, 2 * STEPS["ppo"], 0, 2, None, 1) is not same
+
+
 @pytest.mark.parametrize("algo", list(TINY))
 def test_number_of_evaluations_does_not_change_training(runs, algo):
     """Evaluation keys come from their own stream: 2 or 4 evaluations, the same parameters."""
