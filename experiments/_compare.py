@@ -22,12 +22,7 @@ from pathlib import Path
 
 import jax
 
-# Both sides compile cold, in a compilation cache of this process's own (unless one is named with
-# JAXRL_COMPILATION_CACHE): with a shared warm cache the compile-inclusive ratios depended on
-# which side's programs earlier runs had left there (seeds 1 and 2 compiled in 9-16 s, seed 0 in 71-184 s).
-os.environ.setdefault("JAXRL_COMPILATION_CACHE", tempfile.mkdtemp(prefix="jaxrl_compare_cache_"))
-
-import envs  # reads JAXRL_COMPILATION_CACHE when imported
+import envs
 from envs import upstream
 from jaxrl.io.metrics import plot_learning_curve
 
@@ -49,11 +44,27 @@ def compile_seconds() -> float:
     return _compile_s[0]
 
 
+def cold_compilation_cache() -> None:
+    """Both sides of a comparison compile cold, in an empty compilation cache of this process's
+    own (removed at exit), unless ``$JAXRL_COMPILATION_CACHE`` names one: with the shared warm
+    cache the compile-inclusive ratios depended on which side's programs earlier runs had left
+    there (stop 28's seeds 1 and 2 compiled in 9-16 s, seed 0 in 71-184 s)."""
+    import atexit
+    import shutil
+
+    if os.environ.get("JAXRL_COMPILATION_CACHE"):
+        return
+    cache = tempfile.mkdtemp(prefix="jaxrl_compare_cache_")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+
+
 def parse_args(doc: str, tasks: list[str], steps: int, out: str, seeds: bool = False,
                brax_choices: bool = False) -> argparse.Namespace:
     """The command line every comparison script takes (--tasks --steps --seed --num-evals --out;
     ``seeds``: also --seeds K, seeds per side; ``brax_choices``: also --brax-choices and
-    --brax-from FILE, see sac_vs_brax.py)."""
+    --brax-from FILE, see sac_vs_brax.py), in a process that compiles cold (`cold_compilation_cache`)."""
+    cold_compilation_cache()
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=tasks)
     p.add_argument("--steps", type=int, default=steps)

@@ -289,11 +289,6 @@ class CheckpointManager:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def latest_verified_step(self) -> int:
-        """The step `restore` reads by default: the newest that verifies (corrupt ones warned
-        about and passed over); `CheckpointError` when none does."""
-        return self._good_step(None)
-
     def _manifest(self, step: int) -> dict:
         with open(self._step_dir(step) / _MANIFEST) as f:
             return json.load(f)

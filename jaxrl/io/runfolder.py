@@ -22,7 +22,8 @@ import numpy as np
 RESETS_FILE = "resets.npz"  # the reset dataset of a run trained on a hand-built mixture VecEnv
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints", "eval.json",
              "sim2sim.json", "rollout.mp4", "policy.onnx", "policy.onnx.card.json", "policy.npz",
-             "policy.npz.card.json", "learning_curve.png", "wandb", RESETS_FILE)
+             "policy.npz.card.json", "learning_curve.png", "wandb", RESETS_FILE,
+             "policy.onnx.tmp", "policy.npz.tmp")  # (an export cut short: `export.export_policy`)
 
 
 def _jsonable(obj: Any) -> Any:

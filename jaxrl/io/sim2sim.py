@@ -169,11 +169,12 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
         lifecycle.check_seed_index(run_dir, record, seed_index)
         if policy_file.exists():
             ckpt = CheckpointManager(run_dir, save_interval_s=float("inf"))
-            # the step an export would restore: the newest (or best) that verifies
+            # (the newest step, not verified here: hashing a checkpoint with its replay buffer
+            # can take minutes, and an export restores the newest that verifies anyway)
             want = {"seed": record["seed"] + int(seed_index or 0),
                     "config_sha256": runfolder.config_hash(runfolder.identity(record)),
                     "env_steps": (lifecycle.best_step(ckpt, record, seed_index) if which == "best"
-                                  else ckpt.latest_verified_step())}
+                                  else ckpt.latest_step())}
             if stale := _stale_export(policy_file, want):
                 notice(f"sim2sim: re-exporting {policy_file}: the file there is not the policy asked for "
                        f"({stale})")
@@ -183,7 +184,7 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     policy = load_policy(policy_file)
     obs_key = policy_obs_key(policy_file)
     kwargs = dict(record.get("env_kwargs") or {})
-    if envs.source_of(record["env"]) == "playground":
+    if envs.source_of(record["env"]) != "brax":  # (our own tasks are JAX, or take impl: variants)
         kwargs["impl"] = "jax"  # the data layout `mjx.put_data(impl="jax")` produces
     venv = envs.make(record["env"], num_envs=1, seed=seed, **kwargs)
     task = lifecycle.sim_task(venv)

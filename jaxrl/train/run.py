@@ -178,27 +178,39 @@ _LOOPS: dict[tuple, tuple] = {}  # the last few loops runs were built as (see `s
 def shared_loop(spec: registry.Algorithm, config: Any, train_env: VecEnv, eval_env: VecEnv | None, steps: int,
                 seed: int, num_evals: int, devices: int | None, seeds: int) -> Any:
     """``spec.make_loop(...)``, reusing the loop an earlier run in this process built from the same
-    arguments (the same env objects: `shared_env`), compiled programs included.  Why: a loop's
-    programs are traced anew for every loop object (MJX and the update: 5-20 s each on CPU), and
-    a resume, a run stopped and started again, `jaxrl eval` / export after training, or a notebook
-    cell run twice builds exactly the same loop.  A loop holds no run's state (that is the carry);
-    its compile-time counter starts again.  Configs that cannot be hashed are not shared."""
+    arguments, compiled programs included.  Why: a loop's programs are traced anew for every loop
+    object (MJX and the update: 5-20 s each on CPU), and a resume, a run stopped and started
+    again or a notebook cell run twice builds exactly the same loop (`jaxrl eval` / export build
+    theirs without evaluation, on one device: shared among them).  A loop holds no run's state
+    (that is the carry); its compile-time counter starts again, and its programs' memory, checked
+    when they compiled, is not checked again.
+
+    Shared only between envs `shared_env` keeps (a hand-built or OmniReset VecEnv is new each
+    time: nothing to find, and holding it would hold its dataset), on one host (several hosts
+    must compile, and gather their memory checks, together), with ``$JAXRL_DEVICES`` part of the
+    key; the process-wide JAX settings a trace reads (matmul precision, x64) are assumed unchanged."""
+    import os
+
+    kept = list(_ENVS.values())
+    if (jax.process_count() > 1 or not any(train_env is e for e in kept)
+            or not (eval_env is None or any(eval_env is e for e in kept))):
+        return spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
     key = (spec.name, config, id(train_env), id(eval_env), int(steps), int(seed), int(num_evals), devices,
-           int(seeds))
+           int(seeds), os.environ.get("JAXRL_DEVICES", ""))
     try:
-        hit = _LOOPS.get(key)
+        hit = _LOOPS.pop(key, None)  # (popped: put back last, so the least recently used goes first)
     except TypeError:  # an unhashable config field
         return spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
     # (the envs are held with the loop, so their ids cannot be another object's while it is kept)
     if hit is not None and hit[0] is train_env and hit[1] is eval_env:
-        loop = hit[2]
-        loop.compile_s = 0.0
-        return loop
-    if len(_LOOPS) >= 4:
-        _LOOPS.pop(next(iter(_LOOPS)))
-    loop = spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
-    _LOOPS[key] = (train_env, eval_env, loop)
-    return loop
+        hit[2].compile_s = 0.0
+    else:
+        if len(_LOOPS) >= 4:
+            _LOOPS.pop(next(iter(_LOOPS)))
+        hit = (train_env, eval_env, spec.make_loop(config, train_env, eval_env, steps, seed, num_evals,
+                                                   devices=devices, seeds=seeds))
+    _LOOPS[key] = hit
+    return hit[2]
 
 
 def metadata(record: dict, env: VecEnv) -> dict:

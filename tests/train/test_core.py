@@ -47,6 +47,7 @@ def runs(tmp_path_factory):
     for algo in TINY:
         for n in (2, 4):
             out[algo, n] = (root / f"{algo}{n}",) + _train(algo, n, out_dir=root / f"{algo}{n}")
+    out["ppo", 2, "again"] = _train("ppo", 2)  # built as an earlier run: `run.shared_loop` (last four kept)
     return out
 
 
@@ -55,8 +56,7 @@ def test_a_run_built_as_an_earlier_one_reuses_its_loop_and_compiles_nothing(runs
     run twice, a resume, eval after training) reuses the earlier run's loop with its compiled
     programs, and gives the same result; another budget builds a loop of its own."""
     _, want, _ = runs["ppo", 2]
-    _train("ppo", 2)  # (the fixture's loop may have left the last four since)
-    carry, rows = _train("ppo", 2)
+    carry, rows = runs["ppo", 2, "again"]
     assert rows[-1]["compile_s"] == 0.0  # nothing compiled: the programs were there
     for a, b in zip(jax.tree.leaves(carry.agent), jax.tree.leaves(want.agent)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -65,6 +65,10 @@ def test_a_run_built_as_an_earlier_one_reuses_its_loop_and_compiles_nothing(runs
     same = run.shared_loop(spec, cfg, env, eval_env, STEPS["ppo"], 0, 2, None, 1)
     assert run.shared_loop(spec, cfg, env, eval_env, STEPS["ppo"], 0, 2, None, 1) is same
     assert run.shared_loop(spec, cfg, env, eval_env, 2 * STEPS["ppo"], 0, 2, None, 1) is not same
+    # a VecEnv built by hand is not kept (it would hold its task, and a dataset, for nothing)
+    own = envs.make("CartpoleBalance", cfg.num_envs, **ENV)
+    assert run.shared_loop(spec, cfg, own, None, STEPS["ppo"], 0, 2, None, 1) is not \
+        run.shared_loop(spec, cfg, own, None, STEPS["ppo"], 0, 2, None, 1)
 
 
 @pytest.mark.parametrize("algo", list(TINY))
