@@ -191,24 +191,26 @@ def shared_loop(spec: registry.Algorithm, config: Any, train_env: VecEnv, eval_e
     key; the process-wide JAX settings a trace reads (matmul precision, x64) are assumed unchanged."""
     import os
 
+    def build():
+        return spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
+
     kept = list(_ENVS.values())
     if (jax.process_count() > 1 or not any(train_env is e for e in kept)
             or not (eval_env is None or any(eval_env is e for e in kept))):
-        return spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
+        return build()
+    # (the envs are held with the loop, so their ids cannot be another object's while it is kept)
     key = (spec.name, config, id(train_env), id(eval_env), int(steps), int(seed), int(num_evals), devices,
            int(seeds), os.environ.get("JAXRL_DEVICES", ""))
     try:
         hit = _LOOPS.pop(key, None)  # (popped: put back last, so the least recently used goes first)
     except TypeError:  # an unhashable config field
-        return spec.make_loop(config, train_env, eval_env, steps, seed, num_evals, devices=devices, seeds=seeds)
-    # (the envs are held with the loop, so their ids cannot be another object's while it is kept)
-    if hit is not None and hit[0] is train_env and hit[1] is eval_env:
+        return build()
+    if hit is not None:
         hit[2].compile_s = 0.0
     else:
         if len(_LOOPS) >= 4:
             _LOOPS.pop(next(iter(_LOOPS)))
-        hit = (train_env, eval_env, spec.make_loop(config, train_env, eval_env, steps, seed, num_evals,
-                                                   devices=devices, seeds=seeds))
+        hit = (train_env, eval_env, build())
     _LOOPS[key] = hit
     return hit[2]
 
