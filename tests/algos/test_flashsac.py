@@ -18,6 +18,9 @@ from jaxrl.algos import flashsac as fs
 from jaxrl.data.transition import Transition
 from jaxrl.nets import bounded
 
+# Most tests read the module's compiled update and its `history`: one xdist worker builds them once.
+pytestmark = pytest.mark.xdist_group("flashsac_update")
+
 N, D, P, A, B = 4, 3, 5, 2, 16
 ONCE = run_once_options()  # programs a test runs a few times: the quick compile (CPU)
 CFG = fs.FlashSACConfig(

@@ -50,6 +50,10 @@ def _batch(key, n=B) -> Transition:
                       truncated=jax.random.bernoulli(ks[7], 0.3, (n,)))
 
 
+# The tests on the compiled `tiny` update share an xdist worker (it compiles once, not on both).
+TINY_GROUP = pytest.mark.xdist_group("sac_tiny")
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """(state with non-trivial normaliser statistics, batch, jitted update) — compiled once."""
@@ -105,6 +109,7 @@ def test_actor_loss_matches_hand_value_and_log_std_range():
 
 
 # --------------------------------------------------------------------------- update order
+@TINY_GROUP
 def test_update_steps_alpha_first_then_critic_with_new_alpha_then_actor_with_old_critic(tiny):
     state, batch, update = tiny
     key = jax.random.PRNGKey(7)
@@ -136,6 +141,7 @@ def test_update_steps_alpha_first_then_critic_with_new_alpha_then_actor_with_old
     assert int(new.step) == 1
 
 
+@TINY_GROUP
 def test_previous_alpha_switch_feeds_the_pre_update_alpha_to_critic_and_actor(tiny):
     """``alpha_in_losses="previous"`` (Brax's order): α steps as before, but the critic and actor
     losses use exp(log α) from before that step."""
@@ -154,6 +160,7 @@ def test_previous_alpha_switch_feeds_the_pre_update_alpha_to_critic_and_actor(ti
     np.testing.assert_allclose(m["alpha"], jnp.exp(new.log_alpha), rtol=1e-6)  # reports the new α
 
 
+@TINY_GROUP
 def test_softplus_std_head_is_braxs_normal_tanh_distribution(tiny):
     """``std_head="softplus"`` against Brax's own NormalTanhDistribution on the same network
     output: the same σ (small to large), log-prob of the same pre-tanh sample, and mode."""
@@ -179,6 +186,7 @@ def test_softplus_std_head_is_braxs_normal_tanh_distribution(tiny):
                                            deterministic=True)[0], dist.mode(raw), rtol=1e-5, atol=1e-6)
 
 
+@TINY_GROUP
 def test_bfloat16_compute_is_finite_and_close_to_float32_on_the_same_batch(tiny):
     """Same fp32 parameters, hidden layers in bf16 vs fp32.  Measured on this batch: Q values
     within ~1e-2 relative, policy means within ~1e-2 absolute; asserted: 5e-2 (bf16 has an 8-bit
@@ -422,6 +430,7 @@ def test_every_lift_task_builds_offline_with_its_preset_env_changes(task):
     assert task.startswith("G1") or pg.noise_config.level == 0.0
 
 
+@TINY_GROUP
 def test_policy_layers_equal_the_deterministic_policy(tiny):
     from jaxrl.io import export
 
@@ -432,6 +441,7 @@ def test_policy_layers_equal_the_deterministic_policy(tiny):
     np.testing.assert_allclose(export.to_jax(ops)(batch.obs["state"]), want, atol=1e-5)
 
 
+@TINY_GROUP
 def test_exported_normaliser_keeps_a_feature_with_a_large_mean_and_a_tiny_std(tiny):
     """Gravity at 9.81 ± 1e-7, a joint held at 0.7: (x − mean) / std in float64 against the
     exported ops in float32, on the same float32 x.  Folded into one affine (x·(1/std) − mean/std)
@@ -706,6 +716,7 @@ def test_a_rebuilt_run_keeps_the_evaluation_its_record_describes():
     assert run.rebuild(record, with_eval=False, devices=1)[3].eval_env is None
 
 
+@TINY_GROUP
 def test_evaluation_acts_at_the_learners_matmul_precision(tiny):
     """The lift presets' 'highest' covers acting in training (the chunk); the evaluation's
     deterministic act (`OffPolicyAgent.act`) takes it too: no dot left at JAX's default (on a

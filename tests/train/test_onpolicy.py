@@ -13,6 +13,9 @@ from jaxrl.train.onpolicy import OnPolicyLoop
 
 LEARN_STEPS = 1_000_000
 LEARN_THRESHOLD = 700.0
+# The tests on the one learning run (module fixture `learned`) share an xdist worker: on two they
+# trained it twice (~60 s each in the clean CI of stop 50).
+LEARNED = pytest.mark.xdist_group("ppo_learned")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,7 @@ def learned():
     return state, rows, seen, time.perf_counter() - t
 
 
+@LEARNED
 def test_ppo_cpu_preset_learns_cartpole_balance(learned):
     """PPO cpu preset (64 envs, (64, 64) ELU nets) on Playground CartpoleBalance, 1M env steps,
     data-parallel on 2 CPU devices: the same threshold as a one-device run must hold.
@@ -42,6 +46,7 @@ def test_ppo_cpu_preset_learns_cartpole_balance(learned):
     assert max(r["eval_return"] for r in rows[-2:]) > LEARN_THRESHOLD, [r["eval_return"] for r in rows]
 
 
+@LEARNED
 def test_rows_have_the_promised_keys_and_progress_fn_sees_them(learned):
     _, rows, seen, _ = learned
     assert seen == rows and len(rows) == 4  # one per evaluation
