@@ -80,6 +80,19 @@ def _help(text: str):
     return tyro.conf.arg(help=text)
 
 
+def _run_dir_arg(text: str):
+    """The run folder, positional anywhere on the command line (`jaxrl eval --episodes 3 runs/x`)."""
+    import tyro
+
+    return tyro.conf.arg(metavar="RUN_DIR", help=text)
+
+
+def _positional():
+    import tyro
+
+    return tyro.conf.Positional
+
+
 def _also(*names: str):
     """Other spellings of an option (tyro aliases)."""
     import tyro
@@ -125,7 +138,7 @@ class TrainArgs:
     num_evals: Annotated[int, _help("evaluations (metrics rows, eval-return points) over the run")] = 10
     checkpoint_every_s: Annotated[float, _help("seconds between checkpoints (one at the end always)")] = 600.0
     init_from: Annotated[str | None, _help("start from another run's agent (its newest verified checkpoint)")] = None
-    init_parts: Annotated[str | None, _help("with --init-from: comma-separated agent parts, e.g. actor,critic (default: all)")] = None
+    init_parts: Annotated[str | None, _help("with --init-from: comma-separated agent parts, e.g. actor,critic; None: all of them")] = None
     progress: Annotated[bool, _help("live progress bar (env steps, steps/s, eval return, ETA)")] = True
     verbose: Annotated[bool, _help("show the simulators' raw console messages (warp module loads, solver-limit prints)")] = False
     wandb: Annotated[bool, _help("also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")] = False
@@ -152,11 +165,15 @@ def train_cmd(argv: list[str]) -> None:
 
     from jaxrl.train import registry
 
-    names = ", ".join(registry.ALGORITHMS)
+    trainers = [n for n in registry.ALGORITHMS if n != "finetune"]  # (finetune: `jaxrl finetune`)
+    usage = (f"usage: jaxrl train {{{','.join(trainers)}}} [options]   "
+             f"(jaxrl train {trainers[0]} --help)")
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage + "\n\n" + "\n".join(f"  {n:<10} {registry.get(n).summary}" for n in trainers))
+        return
     if not argv or argv[0] not in registry.ALGORITHMS:
         unknown = f"unknown algorithm {argv[0]!r}\n" if argv and not argv[0].startswith("-") else ""
-        raise SystemExit(f"{unknown}usage: jaxrl train {{{names.replace(', ', ',')}}} [options]   "
-                         f"(jaxrl train {next(iter(registry.ALGORITHMS))} --help)")
+        raise SystemExit(f"{unknown}{usage}")
     algo, rest = registry.get(argv[0]), argv[1:]
     if algo.name == "finetune":
         raise SystemExit("finetuning starts from a pretrained run: `jaxrl finetune RUN_DIR --env TARGET "
@@ -195,7 +212,11 @@ def train_cmd(argv: list[str]) -> None:
     if a.resets:
         if algo.name != "ppo":
             raise SystemExit("--resets is for ppo (OmniReset)")
-        probs = [float(p) for p in a.mix.split(",")] if a.mix else None
+        try:
+            probs = [float(p) for p in a.mix.split(",")] if a.mix else None
+        except ValueError:
+            raise SystemExit(f"--mix {a.mix!r}: expected reset-type probabilities separated by commas, "
+                             "e.g. 0.25,0.25,0.25,0.25") from None
         resets = {"path": str(Path(a.resets).absolute()), "probs": probs}
     elif a.mix:
         raise SystemExit("--mix needs --resets FILE")
@@ -218,16 +239,18 @@ def train_cmd(argv: list[str]) -> None:
 class FinetuneArgs:
     """World-model finetuning of a pretrained `sac` run (RUN_DIR) on a target task."""
 
-    run_dir: Annotated[str, _help("the pretraining run (`jaxrl train sac ...`)")]
+    run_dir: Annotated[str, _positional(), _run_dir_arg("the pretraining run (`jaxrl train sac ...`)")]
     env: Annotated[str, _help("target task, e.g. CartpoleBalanceHeavyPole (see `jaxrl list-envs --source jaxrl`)")] = "CartpoleBalanceHeavyPole"
     real_steps: Annotated[int, _help("budget of REAL env steps (prefill included); the target env runs only tanh(μ)")] = 5_000
     out: Annotated[str, _help("run folder of the finetuning run")] = "runs/finetune"
     preset: Annotated[Literal["cpu", "paper"], _help("FinetuneConfig preset the --config.* overrides apply to")] = "cpu"
-    seed: int = 0
+    seed: Annotated[int, _help("seed of the target envs, the world model and the imagined rollouts")] = 0
     num_evals: Annotated[int, _help("evaluations of the deterministic policy in a copy of the target env (not counted as real steps)")] = 10
-    overwrite: bool = False
-    progress: bool = True
-    checkpoint_every_s: float = 600.0
+    overwrite: Annotated[bool, _help("delete a run already in --out first (else refuse: use `jaxrl resume`)")] = False
+    progress: Annotated[bool, _help("live progress bar (real env steps, eval return, ETA)")] = True
+    checkpoint_every_s: Annotated[float, _help("seconds between checkpoints (one at the end always)")] = 600.0
+    verbose: Annotated[bool, _help("show the simulators' raw console messages (warp module loads, solver-limit prints)")] = False
+    wandb: Annotated[bool, _help("also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")] = False
     env_kwargs: Annotated[tuple[str, ...], _help("target env settings KEY=VALUE ..., over the pretraining config's "
                                                   "env changes (as `jaxrl train --env-kwargs`)")] = ()
 
@@ -240,31 +263,60 @@ def finetune_cmd(rest: list[str]) -> None:
     from jaxrl.train import run
     from jaxrl.train.finetune import FinetuneConfig
 
-    rest = _with_run_dir(rest)
-    preset, env = _chosen_preset(rest)
-    run_dir = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--run-dir"), None)
+    rest = _run_dir_compat(rest)
+
+    def parser(default):
+        return dataclasses.make_dataclass("Args", [("config", FinetuneConfig, dataclasses.field(default=default))],
+                                          bases=(FinetuneArgs,), frozen=True)
+
+    # The config's defaults are the pretraining run's networks (and, for `paper`, the target
+    # task's): read RUN_DIR, --env and --preset first, so that --help shows those defaults and the
+    # parsed config carries them (the same rule as `run.finetune` without a config).
+    first = _peek(parser(FinetuneConfig.cpu()), rest)
+    preset = first.preset if first is not None else FinetuneArgs.preset
+    env = first.env if first is not None else FinetuneArgs.env
     pretrained = None
-    if run_dir and runfolder.is_run(run_dir):
-        record = runfolder.read_record(run_dir)
+    if first is not None and runfolder.is_run(first.run_dir):
+        record = runfolder.read_record(first.run_dir)
         if record.get("algo") == "sac":
             pretrained = runfolder.config_from_dict(sac.SACConfig, record["config"])
-    if preset not in ("cpu", "paper"):
-        raise SystemExit(f"jaxrl finetune: unknown --preset {preset!r}; choices: cpu, paper")
-    default = FinetuneConfig.cpu(pretrained) if preset == "cpu" else FinetuneConfig.paper(env, pretrained)
-    Args = dataclasses.make_dataclass("Args", [("config", FinetuneConfig, dataclasses.field(default=default))],
-                                      bases=(FinetuneArgs,), frozen=True)
-    a = tyro.cli(Args, args=rest, prog="jaxrl finetune RUN_DIR")
+    try:
+        default = FinetuneConfig.cpu(pretrained) if preset == "cpu" else FinetuneConfig.paper(env, pretrained)
+    except ValueError as e:  # e.g. the paper preset of a task it has no settings for
+        raise SystemExit(f"jaxrl finetune --preset {preset} --env {env}: {e}") from None
+    a = tyro.cli(parser(default), args=rest, prog="jaxrl finetune",
+                 description=FinetuneArgs.__doc__.strip() + "  Presets: cpu, paper.")
+    if a.verbose:
+        import envs
+
+        envs.set_verbose(True)
     run.finetune(a.run_dir, a.env, real_steps=a.real_steps, config=a.config, out_dir=a.out, seed=a.seed,
-                 num_evals=a.num_evals, overwrite=a.overwrite, progress=a.progress,
+                 num_evals=a.num_evals, overwrite=a.overwrite, progress=a.progress, wandb=a.wandb,
                  checkpoint_every_s=a.checkpoint_every_s, env_kwargs=parse_env_kwargs(a.env_kwargs))
     print(json.dumps(json.loads((Path(a.out) / "summary.json").read_text()), indent=1))
+
+
+def _peek(Args, rest: list[str]):
+    """``rest`` parsed as ``Args`` with its defaults, quietly (help requests left out), or None
+    where it does not parse (the real parse after it reports why)."""
+    import contextlib
+    import io
+
+    import tyro
+
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            return tyro.cli(Args, args=[x for x in rest if x not in ("-h", "--help")])
+    except SystemExit:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
 class ResumeArgs:
     """Continue a run from its newest verified checkpoint (from step 0 if it has none yet)."""
 
-    run_dir: str
+    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder to continue")]
     devices: int | None = None  # data parallel over N devices; need not be the count it trained on
     progress: bool = True  # live progress bar
     verbose: bool = False  # show the simulators' raw console messages
@@ -274,7 +326,7 @@ class ResumeArgs:
 class ExportArgs:
     """Export the deterministic policy of a run for deployment."""
 
-    run_dir: str
+    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder whose policy to export")]
     format: Literal["onnx", "npz"] | None = None  # default: --out's suffix, else onnx
     out: str | None = None  # default: RUN_DIR/policy.<format>
     checkpoint: Literal["latest", "best"] = "latest"
@@ -292,7 +344,7 @@ def export_cmd(a: ExportArgs) -> Path:
 class EvalArgs:
     """Evaluate a run's deterministic policy on fresh episodes; optionally render a video."""
 
-    run_dir: str
+    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder whose policy to evaluate")]
     episodes: int = 10  # episodes, run in parallel (one env each)
     video: str | None = None  # write a video of the first --grid episodes here (.mp4 or .gif)
     grid: int = 1  # episodes shown side by side in the video
@@ -310,19 +362,29 @@ class EvalArgs:
 class Sim2SimArgs:
     """Run the exported policy in MuJoCo C (not MJX) and report its return next to MJX's."""
 
-    run_dir: str
+    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder whose policy to run")]
     episodes: int = 3  # episodes on each simulator, same initial states
-    policy: str | None = None  # policy file (.onnx/.npz); default RUN_DIR/policy.onnx, exported if missing
-    checkpoint: Literal["latest", "best"] = "latest"  # exported when no policy file exists yet
+    policy: str | None = None  # policy file (.onnx/.npz) run as it is; default RUN_DIR/policy.onnx, exported when missing or stale
+    checkpoint: Literal["latest", "best"] = "latest"  # which checkpoint RUN_DIR/policy.onnx must hold (re-exported otherwise); not with --policy
     seed: int = 0  # seed of the initial states
     max_steps: int | None = None  # cap episode length (default: the task's)
-    seed_index: int | None = None  # a run of K seeds: whose policy (0..K-1)
+    seed_index: int | None = None  # a run of K seeds: whose policy (0..K-1); not with --policy
     max_gap: float | None = None  # fail (exit status 1) when |relative gap| exceeds this, e.g. 0.05
 
 
-def _with_run_dir(rest: list[str]) -> list[str]:
-    """`jaxrl CMD RUN_DIR ...` -> `--run-dir RUN_DIR ...` for tyro."""
-    return ["--run-dir", rest[0], *rest[1:]] if rest and not rest[0].startswith("-") else rest
+def _run_dir_compat(rest: list[str]) -> list[str]:
+    """``--run-dir PATH`` (or ``--run-dir=PATH``), as earlier versions spelt it, -> the positional
+    RUN_DIR."""
+    out, found = [], []
+    it = iter(rest)
+    for arg in it:
+        if arg == "--run-dir":
+            found.append(next(it, ""))
+        elif arg.startswith("--run-dir="):
+            found.append(arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+    return found + out
 
 
 def _camera(text: str) -> str | int | None:
@@ -398,7 +460,7 @@ def _command(cmd: str, rest: list[str]) -> None:
     elif cmd == "finetune":
         finetune_cmd(rest)
     elif cmd == "resume":
-        a = tyro.cli(ResumeArgs, args=_with_run_dir(rest), prog="jaxrl resume RUN_DIR")
+        a = tyro.cli(ResumeArgs, args=_run_dir_compat(rest), prog="jaxrl resume")
         from jaxrl.train import run
 
         if a.verbose:
@@ -407,11 +469,11 @@ def _command(cmd: str, rest: list[str]) -> None:
             envs.set_verbose(True)
         run.resume(a.run_dir, devices=a.devices, progress=a.progress)
     elif cmd == "export":
-        print(export_cmd(tyro.cli(ExportArgs, args=_with_run_dir(rest), prog="jaxrl export RUN_DIR")))
+        print(export_cmd(tyro.cli(ExportArgs, args=_run_dir_compat(rest), prog="jaxrl export")))
     elif cmd == "eval":
         from jaxrl.io import lifecycle
 
-        a = tyro.cli(EvalArgs, args=_with_run_dir(rest), prog="jaxrl eval RUN_DIR")
+        a = tyro.cli(EvalArgs, args=_run_dir_compat(rest), prog="jaxrl eval")
         report = lifecycle.evaluate_run(a.run_dir, episodes=a.episodes, which=a.checkpoint, seed=a.seed,
                                         video=a.video, grid=a.grid, height=a.height, width=a.width,
                                         camera=_camera(a.camera), seed_index=a.seed_index, env=a.env,
@@ -420,7 +482,7 @@ def _command(cmd: str, rest: list[str]) -> None:
     elif cmd == "sim2sim":
         from jaxrl.io import sim2sim
 
-        a = tyro.cli(Sim2SimArgs, args=_with_run_dir(rest), prog="jaxrl sim2sim RUN_DIR")
+        a = tyro.cli(Sim2SimArgs, args=_run_dir_compat(rest), prog="jaxrl sim2sim")
         report = sim2sim.sim2sim(a.run_dir, episodes=a.episodes, policy_file=a.policy, which=a.checkpoint,
                                  seed=a.seed, max_steps=a.max_steps, seed_index=a.seed_index,
                                  max_gap=a.max_gap)
@@ -428,8 +490,12 @@ def _command(cmd: str, rest: list[str]) -> None:
         if not report.get("passed", True):
             raise SystemExit(1)
     elif cmd == "resets":
+        usage = "usage: jaxrl resets build --task NAME --per-type N --out FILE   (jaxrl resets build --help)"
+        if rest and rest[0] in ("-h", "--help"):
+            print(usage)
+            return
         if not rest or rest[0] != "build":
-            raise SystemExit("usage: jaxrl resets build --task NAME --per-type N --out FILE")
+            raise SystemExit(usage)
         a = tyro.cli(ResetsBuildArgs, args=rest[1:], prog="jaxrl resets build")
         from envs import omnireset
 

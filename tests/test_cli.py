@@ -135,3 +135,81 @@ def test_train_refuses_bad_budgets_and_a_config_of_another_algorithm_before_anyt
         run.train("flashsac", "CartpoleBalance", "cpu", steps=100, progress=False)
     with pytest.raises(TypeError, match="sac needs a SACConfig, got PPOConfig"):
         run.train("sac", "CartpoleBalance", ppo.PPOConfig.cpu(), steps=100, progress=False)
+
+
+def test_help_of_train_and_resets_exits_0_and_train_lists_only_trainers(capsys):
+    cli.main(["train", "--help"])  # returns: exit status 0
+    out = capsys.readouterr().out
+    assert "usage: jaxrl train {flashsac,ppo,sac}" in out and "finetune" not in out.split("\n")[0]
+    cli.main(["resets", "-h"])
+    assert "jaxrl resets build" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"usage: jaxrl train \{flashsac,ppo,sac\}") as e:
+        cli.main(["train"])  # no algorithm: a usage error
+    assert e.value.code != 0
+
+
+@pytest.mark.parametrize("args", [["--episodes", "1", "RUN"], ["--run-dir=RUN", "--episodes", "1"],
+                                  ["--run-dir", "RUN"]])
+def test_run_dir_may_stand_anywhere_and_the_old_run_dir_option_still_works(tmp_path, args):
+    args = [str(tmp_path) if a == "RUN" else a.replace("RUN", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit, match=f"jaxrl eval: FileNotFoundError: {tmp_path} is not a jaxrl run folder"):
+        cli.main(["eval", *args])
+
+
+def _fake_sac_run(path, **config):
+    """A run record as `jaxrl train sac` writes it (no checkpoint: the CLI reads the record only)."""
+    import dataclasses
+    import json
+
+    from jaxrl.algos import sac
+
+    cfg = sac.SACConfig.cpu().replace(**config)
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"algo": "sac", "env": "CartpoleBalance", "steps": 100,
+                                                  "seed": 0, "config": dataclasses.asdict(cfg)}))
+    return path
+
+
+@pytest.mark.parametrize("where", ["first", "last", "option="])
+def test_finetune_takes_the_pretrained_networks_wherever_run_dir_stands(tmp_path, monkeypatch, capsys, where):
+    """`--run-dir=PATH` and a RUN_DIR after the options used to lose the pretraining run's networks
+    (the config was built around SAC's defaults and the loaded weights refused or misread)."""
+    from jaxrl.train import run
+
+    src = str(_fake_sac_run(tmp_path / "pre", actor_hidden=(24, 12), activation="swish"))
+    opts = ["--env", "CartpoleBalanceHeavyPole", "--real-steps", "2000", "--out", str(tmp_path / "ft")]
+    args = {"first": [src, *opts], "last": [*opts, src], "option=": [f"--run-dir={src}", *opts]}[where]
+    seen = {}
+    monkeypatch.setattr(run, "finetune", lambda run_dir, env, **kw: seen.update(run_dir=run_dir, env=env, **kw))
+    with pytest.raises(FileNotFoundError):  # (the stand-in wrote no summary.json)
+        cli.main(["finetune", *args])
+    assert seen["run_dir"] == src and seen["env"] == "CartpoleBalanceHeavyPole"
+    assert seen["config"].sac.actor_hidden == (24, 12) and seen["config"].sac.activation == "swish"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["finetune", *args, "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "--config.sac.actor-hidden [INT [INT ...]] policy MLP widths (default: 24 12)" in out
+
+
+def test_usage_mistakes_name_the_option_and_a_corrupt_run_record_is_refused_clearly(tmp_path):
+    with pytest.raises(SystemExit, match="--mix 'a,b': expected reset-type probabilities"):
+        cli.main(["train", "ppo", "--resets", str(tmp_path / "r.npz"), "--mix", "a,b"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{")
+    with pytest.raises(SystemExit, match=r"jaxrl eval: ValueError: .*config.json is not valid JSON"):
+        cli.main(["eval", str(run)])
+    (run / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"jaxrl resume: ValueError: .*config.json lacks algo, env, steps, seed, "
+                       "config: not a run record"):
+        cli.main(["resume", str(run)])
+
+
+def test_sim2sim_refuses_a_policy_file_beside_the_choice_of_what_to_export(tmp_path):
+    from jaxrl.io import sim2sim
+
+    with pytest.raises(ValueError, match=r"runs that file as it is, so which='best' would be ignored"):
+        sim2sim.sim2sim(tmp_path, policy_file=tmp_path / "p.onnx", which="best")
+    with pytest.raises(SystemExit, match=r"so seed_index=1 would be ignored"):
+        cli.main(["sim2sim", str(tmp_path), "--policy", "p.onnx", "--seed-index", "1"])

@@ -290,8 +290,10 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, which: str = "lates
     start = start or default_start(record, name)
     env = eval_envs({**record, "resets": run.resets_of(record, run_dir)}, name, episodes, seed, start)
     k = grid if video is not None else 0
-    if k:
-        sim_task(env)  # a task that cannot be rendered is refused before anything compiles
+    if k:  # a task that cannot be rendered, or a video that cannot be written, is refused
+        from jaxrl.io import video as video_io  # before anything compiles
+
+        video_io.check_request(sim_task(env).mj_model, video, height, width, camera)
 
     def frame(s):  # what the video needs of the first k envs
         d = s.inner.data

@@ -87,12 +87,26 @@ def is_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "config.json").is_file()
 
 
+# what every run record holds (config.json): how to rebuild the run
+RECORD_KEYS = ("algo", "env", "steps", "seed", "config")
+
+
 def read_record(run_dir: str | Path) -> dict:
-    """The run's config.json."""
+    """The run's config.json; a ValueError when it is not one (unreadable, or lacking
+    `RECORD_KEYS`)."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a jaxrl run folder (no config.json)")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): resume, eval and export rebuild the run from "
+                         "it; restore the file (train writes it once, at the run's start)") from None
+    missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a run record as `jaxrl train` writes "
+                         "it; restore the file (train writes it once, at the run's start)")
+    return record
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -37,10 +37,11 @@ def shadow_map_size(model: mujoco.MjModel, height: int, width: int) -> int:
     return min(model.vis.quality.shadowsize, edge)
 
 
-def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
-    """A ``mujoco.Renderer`` with a `shadow_map_size` shadow map (on a copy: the caller's model
-    is left as it is).  An oversized request is a ValueError here (the model is not enlarged
-    behind the caller's back); a missing GL backend is a RuntimeError with GL_HELP."""
+def _check_size(model: mujoco.MjModel, height: int, width: int) -> None:
+    """Frames of at least one pixel, within the model's offscreen buffer (the model is not
+    enlarged behind the caller's back)."""
+    if isinstance(height, bool) or isinstance(width, bool) or int(height) < 1 or int(width) < 1:
+        raise ValueError(f"video height and width must be >= 1 pixel, got {height}x{width} (HxW)")
     vis = model.vis.global_
     if height > vis.offheight or width > vis.offwidth:
         raise ValueError(
@@ -50,6 +51,25 @@ def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Rend
             f'offheight="{max(height, vis.offheight)}"/></visual> '
             "(or set model.vis.global_.offwidth/offheight before rendering)."
         )
+
+
+def check_request(model: mujoco.MjModel, path: str | os.PathLike, height: int, width: int,
+                  camera: str | int | None) -> None:
+    """Everything about a video request that can be refused before the rollout that feeds it
+    (suffix, frame size, camera): a bad ``--video`` must not cost a compiled rollout first."""
+    if Path(path).suffix.lower() not in _CODECS:
+        raise ValueError(f"unsupported video suffix {Path(path).suffix!r} in {str(path)!r}; use one of "
+                         f"{list(_CODECS)}")
+    _check_size(model, height, width)
+    if camera is not None:
+        _check_camera(model, camera)
+
+
+def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
+    """A ``mujoco.Renderer`` with a `shadow_map_size` shadow map (on a copy: the caller's model
+    is left as it is).  An oversized request is a ValueError here (the model is not enlarged
+    behind the caller's back); a missing GL backend is a RuntimeError with GL_HELP."""
+    _check_size(model, height, width)
     shadow = shadow_map_size(model, height, width)
     if shadow < model.vis.quality.shadowsize:
         model = copy.copy(model)

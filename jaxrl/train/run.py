@@ -334,6 +334,9 @@ def train(
                         f"{', '.join(spec.presets)})")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(num_evals, bool) or not isinstance(num_evals, (int, np.integer)) or num_evals < 1:
+        raise ValueError(f"num_evals must be >= 1, got {num_evals!r}: an integer, the evaluations (and "
+                         "metrics rows) over the run")
     if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     seeds = int(seeds)

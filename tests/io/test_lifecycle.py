@@ -85,11 +85,22 @@ def test_sim2sim_return_in_mujoco_c_matches_mjx(run_dir, monkeypatch):
     assert "MuJoCo C" in sim2sim.format_report(report)
 
 
-def test_bad_eval_and_sim2sim_requests_are_refused(run_dir, tmp_path):
+def test_bad_eval_and_sim2sim_requests_are_refused(run_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="episodes"):
         lifecycle.evaluate_run(run_dir, episodes=0)
     with pytest.raises(ValueError, match="grid"):
         lifecycle.evaluate_run(run_dir, episodes=2, video=tmp_path / "v.mp4", grid=3)
+    # a video that cannot be written is refused before the rollout (which used to run first)
+    from jaxrl.train import evaluate
+
+    monkeypatch.setattr(evaluate, "episode_rollout", lambda *a, **k: pytest.fail("rolled out first"))
+    for kw, why in (({"video": tmp_path / "v.avi"}, r"unsupported video suffix '\.avi'"),
+                    ({"video": tmp_path / "v.mp4", "height": 0}, "height and width must be >= 1 pixel"),
+                    ({"video": tmp_path / "v.gif", "width": 10**5}, "exceeds the model's offscreen buffer"),
+                    ({"video": tmp_path / "v.mp4", "camera": "nope"}, "camera 'nope' is not in the model")):
+        with pytest.raises(ValueError, match=why):
+            lifecycle.evaluate_run(run_dir, episodes=1, **kw)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="checkpoint"):
         lifecycle.evaluate_run(run_dir, episodes=1, which="oldest")
     with pytest.raises(ValueError, match="start must be 'nominal' or 'anywhere'"):

@@ -196,9 +196,13 @@ def test_bad_finetuning_requests_are_refused_before_compiling(pretrained, tmp_pa
                      progress=False)
     fake = tmp_path / "ppo_run"
     fake.mkdir()
-    (fake / "config.json").write_text(json.dumps({"algo": "ppo", "config": {}}))
+    (fake / "config.json").write_text(json.dumps({"algo": "ppo", "env": "CartpoleBalance", "steps": 10,
+                                                  "seed": 0, "config": {}}))
     with pytest.raises(ValueError, match="loads a large-batch SAC agent"):
         run.finetune(fake, "CartpoleBalance", real_steps=100, progress=False)
+    with pytest.raises(ValueError, match="num_evals must be >= 1, got 0"):  # was a StopIteration after
+        run.finetune(pretrained, "CartpoleBalanceHeavyPole", real_steps=FT.prefill + EPOCH, config=FT,  # compiling
+                     num_evals=0, progress=False)
     with pytest.raises(ValueError, match="prefill"):
         FT.replace(prefill=2)
     with pytest.raises(ValueError, match="num_eval_envs=0 is invalid"):
