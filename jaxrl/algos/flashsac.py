@@ -37,6 +37,7 @@ from envs.registry import override_pairs
 from envs.specs import EnvSpec
 from jaxrl.algos import distributional
 from jaxrl.algos.compiled_init import compiled_init
+from jaxrl.data import replay
 from jaxrl.data.transition import Transition
 from jaxrl.nets.bounded import BIAS, UNIT_KERNEL, project
 from jaxrl.nets.heads import (
@@ -106,7 +107,7 @@ class FlashSACConfig:
     # dtype the networks' products multiply in (float32 accumulation, float32 everything else):
     # "bfloat16" is the official use_amp (fp16 autocast) of its GPU-simulator runs (`paper`)
     compute_dtype: str = "float32"
-    # replay's observation dtype: "bfloat16" halves the buffer (normalised inputs tolerate it)
+    # replay's observation dtype: "bfloat16" halves the buffer; acting and export then round too
     replay_obs_dtype: str = "float32"
     # ((dotted Playground config key, value), ...) the run applies to its env; `paper` on the
     # G1/T1 joystick tasks: pushes off, as for the paper's headline numbers
@@ -360,8 +361,9 @@ def init(key: jax.Array, spec: EnvSpec, cfg: FlashSACConfig) -> FlashSACState:
 def _policy(state: FlashSACState, obs: dict, cfg: FlashSACConfig, amp: bool = False):
     """Actor in eval mode (BN running statistics): (mean, log_std), each [N, A]; ``amp``: inside
     an update (the critic target's next action), products in ``compute_dtype``."""
+    x = replay.as_stored(obs[cfg.actor_obs_key], cfg.replay_obs_dtype)  # as its updates see it
     return _actor(cfg, _action_size(state), train=False, amp=amp).apply(
-        {"params": state.actor_params, "batch_stats": state.actor_stats}, obs[cfg.actor_obs_key]
+        {"params": state.actor_params, "batch_stats": state.actor_stats}, x
     )
 
 
@@ -719,7 +721,9 @@ def policy_layers(state: FlashSACState, cfg: FlashSACConfig) -> list[dict]:
         return {"op": "dense", "kernel": pp["unit_kernel"], "bias": None}
 
     tp, ts = p["trunk"], s["trunk"]
-    ops = [bn(tp["input_bn"], ts["input_bn"]), unit(tp["embed"])]
+    # bfloat16 replay: the policy learned from (and acts on) rounded observations (`replay.as_stored`)
+    ops = [{"op": "round_bf16"}] if cfg.replay_obs_dtype == "bfloat16" else []
+    ops += [bn(tp["input_bn"], ts["input_bn"]), unit(tp["embed"])]
     for i in range(cfg.num_blocks):
         bp, bs = tp[f"block_{i}"], ts[f"block_{i}"]
         ops += [

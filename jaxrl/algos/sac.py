@@ -49,7 +49,7 @@ from flax import struct
 from envs.registry import override_pairs
 from envs.specs import EnvSpec
 from jaxrl.algos.compiled_init import compiled_init
-from jaxrl.data import normalizer
+from jaxrl.data import normalizer, replay
 from jaxrl.data.transition import Transition
 from jaxrl.nets.heads import sample_tanh_gaussian
 from jaxrl.nets.mlp import ACTIVATIONS, MLP, TwinQ
@@ -114,7 +114,7 @@ class SACConfig:
     warmup_actions: str = "uniform"  # warm-up acting: "uniform" random actions (ALGORITHMS.md §2), "policy" = the initial policy (Brax; LIFT's code)
     compute_dtype: str = "bfloat16"  # hidden-layer compute dtype; parameters stay float32
     matmul_precision: str | None = None  # learner matmul precision (None: JAX's default)
-    replay_obs_dtype: str = "float32"  # replay's observation dtype: "bfloat16" halves the buffer
+    replay_obs_dtype: str = "float32"  # replay's observation dtype: "bfloat16" halves the buffer; acting, statistics and export then round too
     # --- observations
     normalize_obs: bool = True  # running mean / std normalisation of both observation keys
     obs_std_min: float = 1e-6  # the normaliser's std is clipped to [obs_std_min, obs_std_max]
@@ -360,7 +360,7 @@ def reset_alpha(state: SACState, cfg: SACConfig) -> SACState:
 # ============================================================================ networks
 def norm_obs(state: SACState, obs: dict, key: str, cfg: SACConfig) -> jax.Array:
     """obs[key] standardised by its running statistics (identity without ``normalize_obs``)."""
-    x = obs[key].astype(jnp.float32)
+    x = replay.as_stored(obs[key].astype(jnp.float32), cfg.replay_obs_dtype)  # (as its updates see it)
     if not cfg.normalize_obs:
         return x
     return normalizer.standardize(state.obs_stats[key], x, cfg.obs_std_min, cfg.obs_std_max)
@@ -402,7 +402,9 @@ def observe(state: SACState, tr: Transition, cfg: SACConfig) -> SACState:
     """Merge the collected batch's observations into the running statistics of each key."""
     if not cfg.normalize_obs:
         return state
-    stats = {k: normalizer.update(s, tr.obs[k]) for k, s in state.obs_stats.items()}
+    # as replay stores them (bfloat16 or float32): the statistics of what the networks are fed
+    stats = {k: normalizer.update(s, replay.as_stored(tr.obs[k], cfg.replay_obs_dtype))
+             for k, s in state.obs_stats.items()}
     return state.replace(obs_stats=stats)
 
 
@@ -496,7 +498,8 @@ def policy_layers(state: SACState, cfg: SACConfig) -> list[dict]:
     with a large mean and a tiny std, e.g. gravity at 9.81 ± 1e-7, loses its value to rounding),
     dense + ``cfg.activation`` per hidden layer, the mean half of the output layer, tanh."""
     f32 = lambda x: np.asarray(x, np.float32)
-    ops: list[dict] = []
+    # bfloat16 replay: the policy learned from (and acts on) rounded observations (`replay.as_stored`)
+    ops: list[dict] = [{"op": "round_bf16"}] if cfg.replay_obs_dtype == "bfloat16" else []
     if cfg.normalize_obs:
         stats = state.obs_stats[cfg.actor_obs_key]
         scale, _ = normalizer.standardize_affine(stats, cfg.obs_std_min, cfg.obs_std_max)

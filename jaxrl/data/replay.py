@@ -49,6 +49,19 @@ class ReplayState:
         return self.rows * self.num_envs
 
 
+def as_stored(x: jax.Array, dtype: str) -> jax.Array:
+    """Observations as a replay storing them in ``dtype`` gives them back: rounded to bfloat16 and
+    returned as float32, or unchanged for "float32".
+
+    An agent whose replay stores bfloat16 observations sees them so everywhere, not only in its
+    updates: acting, the observation normaliser's statistics and the exported policy (export op
+    ``round_bf16``).  Else a feature with a tiny spread beside a large value (a constant 0.3, std
+    clipped to 1e-6) normalises to 0 when acting but to (bf16(0.3) − 0.3)/1e-6 ≈ 781 in training."""
+    if jnp.dtype(dtype) == jnp.float32 or not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return x.astype(dtype).astype(jnp.float32)
+
+
 def time_rows(capacity: int, num_envs: int) -> int:
     """Time rows a buffer of ``capacity`` transitions filled ``num_envs`` at a time needs."""
     return max(1, math.ceil(int(capacity) / max(int(num_envs), 1)))

@@ -12,6 +12,9 @@ squashing folded in.  They are applied in order to x = observation [B, D] float3
     {"op": "add_pop"}                                     x = x + stack.pop()   (residual)
     {"op": "slice", "start": int, "stop": int}            along the last axis
     {"op": "clip", "low": float, "high": float}
+    {"op": "round_bf16"}                                  x = x rounded to the nearest bfloat16
+                                                          (observations a policy learned as its
+                                                          replay stored them: bfloat16)
 
 The same list runs in jax (``to_jax``), numpy (``jaxrl.io.numpy_policy.forward``) and onnxruntime
 (``to_onnx``); the tests hold the three equal.
@@ -47,6 +50,7 @@ OPS = (
     "add_pop",
     "slice",
     "clip",
+    "round_bf16",
 )
 _ARRAY_FIELDS = {"affine": ("scale", "shift"), "dense": ("kernel", "bias"), "rmsnorm": ("scale",)}
 
@@ -165,6 +169,8 @@ def to_jax(layers: Sequence[Mapping]) -> Callable:
                 x = x[..., int(layer["start"]) : int(layer["stop"])]
             elif op == "clip":
                 x = jnp.clip(x, layer["low"], layer["high"])
+            elif op == "round_bf16":
+                x = x.astype(jnp.bfloat16).astype(jnp.float32)
         return x
 
     return jax.jit(policy)
@@ -266,6 +272,8 @@ def to_onnx(layers: Sequence[Mapping], obs_dim: int, path: str | os.PathLike, op
             low = g.const(np.array(layer["low"], np.float32), tag + "_low")
             high = g.const(np.array(layer["high"], np.float32), tag + "_high")
             x = g.node("Clip", [x, low, high], tag)
+        elif op == "round_bf16":  # (onnxruntime rounds to nearest, ties to even, as numpy and JAX)
+            x = g.node("Cast", [g.node("Cast", [x], tag, to=TensorProto.BFLOAT16)], tag, to=TensorProto.FLOAT)
     g.nodes.append(helper.make_node("Identity", [x], ["action"], name="action"))
     graph = helper.make_graph(
         g.nodes,

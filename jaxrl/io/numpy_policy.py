@@ -9,6 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest bfloat16 (ties to even), as float32: what ``astype(bfloat16)`` gives
+    in JAX, written with integer arithmetic (numpy has no bfloat16).  NaN stays NaN."""
+    x = np.asarray(x, np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return np.where(np.isnan(x), x, u.astype(np.uint32).view(np.float32))
+
+
 class _Params:
     """``p("scale")``: a layer's field as float32 (layers may hold float64 or lists)."""
 
@@ -48,6 +57,8 @@ def forward(layers: list[dict], obs: np.ndarray) -> np.ndarray:
             x = x[..., int(layer["start"]) : int(layer["stop"])]
         elif op == "clip":
             x = np.clip(x, p("low"), p("high"))
+        elif op == "round_bf16":
+            x = round_bf16(x)
         else:
             raise ValueError(f"layer {i}: unknown op {op!r}")
         x = x.astype(np.float32, copy=False)

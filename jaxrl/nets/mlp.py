@@ -70,6 +70,8 @@ def hidden_layers(x: jax.Array, widths: Sequence[int], activation: str, *,
     are float32; biases start at zero (``torch_init``: kernels and biases as PyTorch's nn.Linear
     default, `dense`, instead of ``kernel_init``).
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
     act = ACTIVATIONS[activation]
     for i, width in enumerate(widths):
         if torch_init:
@@ -79,7 +81,9 @@ def hidden_layers(x: jax.Array, widths: Sequence[int], activation: str, *,
                              name=f"hidden_{i}")
         x = act(layer(x))
         if layer_norm:
-            x = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name=f"norm_{i}")(x)
+            # float32 output (LIFT's base_networks.py), whatever the compute dtype: the output layer
+            # reads the last one in float32, the next hidden layer casts it to its own dtype
+            x = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32, name=f"norm_{i}")(x)
     return x
 
 

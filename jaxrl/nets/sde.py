@@ -46,6 +46,8 @@ class Actor(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        if self.layer_init not in ("torch", "lecun"):  # (the value net's `dense` refuses it too)
+            raise ValueError(f"layer_init must be 'torch' or 'lecun', got {self.layer_init!r}")
         phi = hidden_layers(x, self.hidden, self.activation, torch_init=self.layer_init == "torch")
         if self.layer_init == "torch":
             mean = dense(self.action_size, phi.shape[-1], "torch", "mean")(phi)

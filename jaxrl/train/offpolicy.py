@@ -82,8 +82,9 @@ class OffPolicySettings:
     # True: ONE uniform sample of batch_size x updates_per_step rows per iteration, reshaped to
     # [updates, batch] and scanned (Brax / LIFT SAC); False: a fresh sample per update (FlashSAC).
     sample_once: bool = False
-    # Observations in replay: float32, or bfloat16 (half the memory; 3 significant digits, which
-    # normalised observations tolerate).  Where the actor's `state` is the first entries of the
+    # Observations in replay: float32, or bfloat16 (half the memory; 3 significant digits).  The
+    # agents then see bfloat16-rounded observations everywhere (acting, normaliser statistics,
+    # export: `replay.as_stored`), not only in their updates.  Where the actor's `state` is the first entries of the
     # critic's `privileged_state` (flat tasks, Playground's locomotion tasks) only the latter is
     # stored and `state` is sliced from it when sampling.
     obs_dtype: str = "float32"

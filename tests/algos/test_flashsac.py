@@ -648,6 +648,15 @@ def test_policy_layers_interpreted_in_numpy_equal_deterministic_act(states):
     want, _ = fs.act(s2, obs, None, CFG, deterministic=True)
     got = _interpret(ops, np.asarray(obs["state"], np.float64))
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
+    # bfloat16 replay: acting and the export see observations rounded as the updates read them
+    bf16 = CFG.replace(replay_obs_dtype="bfloat16")
+    ops = fs.policy_layers(s2, bf16)
+    assert ops[0] == {"op": "round_bf16"} and fs.policy_layers(s2, CFG)[0]["op"] == "affine"
+    rounded = {"state": obs["state"].astype(jnp.bfloat16).astype(jnp.float32)}
+    want, _ = fs.act(s2, obs, None, bf16, deterministic=True)
+    np.testing.assert_array_equal(np.asarray(want), np.asarray(fs.act(s2, rounded, None, CFG, deterministic=True)[0]))
+    assert not np.array_equal(np.asarray(want), np.asarray(fs.act(s2, obs, None, CFG, deterministic=True)[0]))
+    np.testing.assert_allclose(_interpret(ops, np.asarray(obs["state"])), np.asarray(want), atol=1e-5)
 
 
 def test_an_eager_init_is_one_compiled_program_and_equals_the_traced_init():

@@ -441,6 +441,33 @@ def test_policy_layers_equal_the_deterministic_policy(tiny):
     np.testing.assert_allclose(export.to_jax(ops)(batch.obs["state"]), want, atol=1e-5)
 
 
+def test_bfloat16_replay_feeds_acting_statistics_updates_and_export_the_same_observations():
+    """With ``replay_obs_dtype="bfloat16"`` the updates read rounded observations.  A near-constant
+    feature (0.3 + 1e-7·noise: std clipped near 1e-6) once normalised to ~0 when acting (float32
+    from the env, float32 statistics) but to (bf16(0.3) − 0.3)/1e-6 ≈ 781 in the updates; now the
+    statistics, the acting policy and the export round as replay does, and all three agree."""
+    from jaxrl.data import replay
+    from jaxrl.io import export, numpy_policy
+
+    cfg = TINY.replace(replay_obs_dtype="bfloat16")
+    tr = _batch(jax.random.PRNGKey(3), 64)
+    noise = jax.random.normal(jax.random.PRNGKey(4), (64,))
+    obs = {k: v.at[:, 0].set(0.3 + 1e-7 * noise) for k, v in tr.obs.items()}
+    state = sac.observe(sac.init(jax.random.PRNGKey(0), _spec(), cfg), tr._replace(obs=obs), cfg)
+    stored = {k: v.astype(jnp.bfloat16).astype(jnp.float32) for k, v in obs.items()}  # what updates read
+    for key in ("state", "privileged_state"):
+        acting, updating = sac.norm_obs(state, obs, key, cfg), sac.norm_obs(state, stored, key, cfg)
+        np.testing.assert_array_equal(acting, updating)
+        assert float(jnp.max(jnp.abs(acting[:, 0]))) < 1.0  # the constant is ~0, not hundreds
+    np.testing.assert_array_equal(replay.as_stored(obs["state"], "float32"), obs["state"])  # (float32: as is)
+    ops = sac.policy_layers(state, cfg)
+    assert ops[0] == {"op": "round_bf16"} and sac.policy_layers(state, TINY)[0]["op"] == "affine"
+    want = np.asarray(sac.act(state, obs, None, cfg, deterministic=True)[0])
+    np.testing.assert_allclose(np.asarray(export.to_jax(ops)(obs["state"])), want, atol=1e-5)
+    np.testing.assert_allclose(numpy_policy.forward(export.as_numpy(ops), np.asarray(obs["state"])), want,
+                               atol=1e-5)
+
+
 @TINY_GROUP
 def test_exported_normaliser_keeps_a_feature_with_a_large_mean_and_a_tiny_std(tiny):
     """Gravity at 9.81 ± 1e-7, a joint held at 0.7: (x − mean) / std in float64 against the

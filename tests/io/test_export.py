@@ -34,6 +34,7 @@ def random_layers(seed: int = 0) -> list[dict]:
         }
 
     return [
+        {"op": "round_bf16"},  # (a policy that learned from bfloat16 replay)
         {"op": "affine", "scale": rng.uniform(0.5, 2, OBS_DIM), "shift": rng.normal(0, 1, OBS_DIM)},
         {"op": "clip", "low": -5.0, "high": 5.0},
         dense(OBS_DIM, HIDDEN),
@@ -110,7 +111,7 @@ def test_npz_round_trip_gives_the_same_actions(tmp_path, observations):
     save_npz(layers, tmp_path / "policy.npz")
     loaded = numpy_policy.load_npz(tmp_path / "policy.npz")
     assert [layer["op"] for layer in loaded] == [layer["op"] for layer in layers]
-    assert loaded[5].get("bias") is None and isinstance(loaded[3]["eps"], float)
+    assert loaded[6].get("bias") is None and isinstance(loaded[4]["eps"], float)
     np.testing.assert_array_equal(
         numpy_policy.forward(loaded, observations), numpy_policy.forward(layers, observations)
     )
@@ -137,14 +138,14 @@ def test_unknown_op_raises_naming_it():
 
 def test_shape_mismatch_between_layers_raises_naming_the_layer_index(tmp_path):
     layers = random_layers()
-    layers[8] = {"op": "dense", "kernel": np.zeros((HIDDEN + 1, HIDDEN)), "bias": None}
-    with pytest.raises(ValueError, match=r"layer 8 \(dense\): kernel has shape \(33, 32\)"):
+    layers[9] = {"op": "dense", "kernel": np.zeros((HIDDEN + 1, HIDDEN)), "bias": None}
+    with pytest.raises(ValueError, match=r"layer 9 \(dense\): kernel has shape \(33, 32\)"):
         to_onnx(layers, OBS_DIM, tmp_path / "bad.onnx")
     layers = random_layers()
-    layers[3] = {"op": "rmsnorm", "scale": np.ones(HIDDEN - 1), "eps": 1e-6}
-    with pytest.raises(ValueError, match=r"layer 3 \(rmsnorm\): scale has shape \(31,\)"):
+    layers[4] = {"op": "rmsnorm", "scale": np.ones(HIDDEN - 1), "eps": 1e-6}
+    with pytest.raises(ValueError, match=r"layer 4 \(rmsnorm\): scale has shape \(31,\)"):
         check_layers(layers, OBS_DIM)
-    with pytest.raises(ValueError, match=r"layer 0 \(affine\)"):
+    with pytest.raises(ValueError, match=r"layer 1 \(affine\)"):
         check_layers(random_layers(), OBS_DIM + 1)
     with pytest.raises(ValueError, match=r"layer 1 \(add_pop\): no matching push"):
         check_layers([{"op": "relu"}, {"op": "add_pop"}], 3)
@@ -304,3 +305,18 @@ def test_export_eval_and_sim2sim_read_the_observation_the_actor_was_trained_on(t
     assert sim2sim.policy_obs_key(path) == "privileged_state"
     (tmp_path / "bare.onnx").write_bytes(path.read_bytes())  # no card: the default block
     assert sim2sim.policy_obs_key(tmp_path / "bare.onnx") == "state"
+
+
+def test_numpy_bfloat16_rounding_is_jaxs_bit_for_bit():
+    """The robot-side `round_bf16` (integer arithmetic, numpy only) against JAX's astype: random
+    values over many magnitudes, exact ties (to even), the largest finite floats, inf and NaN."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(0, 1, 20_000) * 10.0 ** rng.integers(-30, 30, 20_000)).astype(np.float32)
+    ties = (np.arange(1, 2001, dtype=np.uint32) << 16 | 0x8000).view(np.float32)  # exactly half-way
+    edge = np.array([0.0, -0.0, 0.3, 9.81, 1.00390625, 3.4e38, -3.4e38, np.inf, -np.inf], np.float32)
+    x = np.concatenate([x, ties, -ties, edge])
+    want = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_array_equal(numpy_policy.round_bf16(x), want)
+    assert np.isnan(numpy_policy.round_bf16(np.array([np.nan], np.float32))).all()

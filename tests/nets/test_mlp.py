@@ -38,3 +38,30 @@ def test_elu_matches_float64_expm1_and_its_gradient():
     grad = np.asarray(jax.vmap(jax.grad(mlp.elu))(jnp.asarray(x)))
     np.testing.assert_allclose(grad, np.where(x > 0, 1.0, np.exp(np.minimum(x.astype(np.float64), 0.0))),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_layer_norm_outputs_float32_under_bfloat16_compute_as_lift():
+    """LIFT's MLP keeps its LayerNorm in float32 (`LayerNorm(dtype=jnp.float32)`): with bfloat16
+    hidden layers the norms still return float32, so the float32 output layer reads the last one
+    unrounded; the Dense layers compute in bfloat16."""
+    from jaxrl.nets.mlp import MLP
+
+    net = MLP(hidden=(16, 8), out=3, compute_dtype=jnp.bfloat16, layer_norm=True)
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
+    params = net.init(jax.random.PRNGKey(1), x)
+    y, seen = net.apply(params, x, capture_intermediates=True)
+    inner = seen["intermediates"]
+    assert inner["norm_0"]["__call__"][0].dtype == inner["norm_1"]["__call__"][0].dtype == jnp.float32
+    assert inner["hidden_0"]["__call__"][0].dtype == jnp.bfloat16
+    assert y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all()
+
+
+def test_networks_refuse_an_unknown_activation_or_initialisation_by_name():
+    from jaxrl.nets.mlp import MLP
+
+    x = jnp.zeros((1, 3))
+    with pytest.raises(ValueError, match="activation must be one of 'elu', 'relu', 'swish', 'tanh', got 'gelu'"):
+        MLP(hidden=(4,), out=1, activation="gelu").init(jax.random.PRNGKey(0), x)
+    for net in (sde.Actor((4,), 2, "elu", 1.0, "xavier"), sde.Critic((4,), "elu", "xavier")):
+        with pytest.raises(ValueError, match="must be 'torch' or 'lecun', got 'xavier'"):
+            net.init(jax.random.PRNGKey(0), x)
