@@ -213,3 +213,16 @@ def test_sim2sim_refuses_a_policy_file_beside_the_choice_of_what_to_export(tmp_p
         sim2sim.sim2sim(tmp_path, policy_file=tmp_path / "p.onnx", which="best")
     with pytest.raises(SystemExit, match=r"so seed_index=1 would be ignored"):
         cli.main(["sim2sim", str(tmp_path), "--policy", "p.onnx", "--seed-index", "1"])
+
+
+def test_init_from_a_run_of_another_algorithm_is_refused_naming_both(tmp_path):
+    from jaxrl.algos import flashsac
+    from jaxrl.train import run
+
+    src = _fake_sac_run(tmp_path / "sac_run")
+    with pytest.raises(ValueError, match=r"is a 'sac' run and this one trains 'flashsac'"):
+        run.train("flashsac", "CartpoleBalance", flashsac.FlashSACConfig.cpu(), steps=100, progress=False,
+                  init_from=src)
+    with pytest.raises(SystemExit, match=r"jaxrl train: ValueError: --init-from .* is a 'sac' run and this one "
+                       "trains 'ppo'"):
+        cli.main(["train", "ppo", "--steps", "100", "--init-from", str(src), "--no-progress"])

@@ -66,7 +66,8 @@ def check_seed_index(run_dir: Path, record: dict, seed_index: int | None) -> int
         raise ValueError(f"{run_dir} trained {seeds} seeds at once: choose one with seed_index 0..{seeds - 1} "
                          "(CLI: --seed-index I; export takes --seed I too)")
     if seed_index is not None and not 0 <= int(seed_index) < seeds:
-        raise ValueError(f"seed_index={seed_index}: {run_dir} trained {seeds} seed(s), so 0..{seeds - 1}")
+        raise ValueError(f"seed_index={seed_index} (CLI: --seed-index): {run_dir} trained {seeds} seed(s), "
+                         f"so 0..{seeds - 1}")
     return seeds
 
 

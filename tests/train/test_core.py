@@ -115,6 +115,8 @@ def test_k_vmapped_seeds_equal_k_separate_runs(runs, tmp_path, algo):
     assert list((out / "tensorboard").iterdir()) and (out / "learning_curve.png").stat().st_size > 5000
     with pytest.raises(ValueError, match="trained 2 seeds at once: choose one"):
         lifecycle.export_run(out, "npz")
+    with pytest.raises(ValueError, match=r"seed_index=2 \(CLI: --seed-index\): .* trained 2 seed\(s\), so 0\.\.1"):
+        lifecycle.export_run(out, "npz", seed_index=2)
     _, _, _, agent1, _ = lifecycle.load_run(out, seed_index=1)
     for a, b in zip(jax.tree.leaves(agent1), jax.tree.leaves(jax.tree.map(lambda x: x[1], carry.agent))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
