@@ -6,9 +6,13 @@ The update merges the statistics of a whole batch into the running ones with the
     n = n_a + n_b,  δ = μ_b − μ_a,
     μ = μ_a + δ·n_b/n,  M2 = M2_a + M2_b + δ²·n_a·n_b/n
 
-which stays accurate in float32 over billions of samples (no sum of squares that grows without
-bound, no catastrophic cancellation ``E[x²] − E[x]²``).  The count is kept in float32 as well;
-only the ratio ``n_b / n`` enters the mean update, so its rounding error is harmless.
+which stays accurate in float32 over long streams (no sum of squares that grows without bound,
+no catastrophic cancellation ``E[x²] − E[x]²``; tests/algos/test_sac.py checks 10M samples of
+mean 1e3, std 1e-2 against float64).  The count is kept in float32 as well; only the ratio
+``n_b / n`` enters the update.  Limits of float32: a batch smaller than about count·2⁻²⁴ no longer
+moves the count (batches of 4,096 envs: past ~7·10¹⁰ samples; one env at a time: past 2²⁴ ≈
+1.7·10⁷), and its share of the mean and M2 is lost alike, so the statistics freeze rather than
+drift; late in a run a mean shift under half an ulp of the mean is not absorbed.
 
     stats = normalizer.init((obs_dim,))
     stats = normalizer.update(stats, obs)          # obs [..., obs_dim]

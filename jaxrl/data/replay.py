@@ -188,7 +188,9 @@ def insert(state: ReplayState, batch: Any) -> ReplayState:
 
 
 def _sample_local(data: Any, size: jax.Array, key: jax.Array, batch_size: int) -> Any:
-    """``batch_size`` rows uniform over the filled time rows x the envs of ``data``."""
+    """``batch_size`` rows uniform over the filled time rows x the envs of ``data``.  An empty
+    buffer (``size`` 0) gives its zero-filled first row: inside a compiled program there is no
+    raising, so callers insert before they sample (the loops' warm-up does)."""
     envs = jax.tree.leaves(data)[0].shape[1]
     k_t, k_e = jax.random.split(key)
     t = jax.random.randint(k_t, (batch_size,), 0, jnp.maximum(size, 1))

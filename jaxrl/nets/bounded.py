@@ -73,7 +73,8 @@ low_precision_matmul.defvjp(_lpm_fwd, _lpm_bwd)
 class UnitDense(nn.Module):
     """Dense layer whose kernel columns are kept at unit L2 norm by `project`.
 
-    Trunk layers have no bias (a BatchNorm follows them).  Output heads set ``use_bias``: a
+    Trunk layers have no bias, as the official code's: a BatchNorm follows the block layers, and
+    the embedding feeds the residual stream that RMSNorm rescales.  Output heads set ``use_bias``: a
     zero-init bias that `project` leaves FREE, so a head can shift its outputs (the action mean,
     the log-std, the value logits) without un-bounding the kernel.
     """

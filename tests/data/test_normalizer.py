@@ -98,3 +98,21 @@ def test_eps_form_is_rsl_rl_empirical_normalization_and_affine_matches():
     scale, shift = normalizer.affine(s, eps=1e-2)
     np.testing.assert_allclose(x * scale + shift, want, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(normalizer.normalize(s, x, clip=None), (x - mean) / np.sqrt(var), rtol=1e-3)
+
+
+def test_a_float32_count_past_its_resolution_freezes_the_statistics_instead_of_drifting():
+    """The module docstring's limit: at a count of 2^25 one more sample is under half an ulp of the
+    count (and its share of the mean and M2 under half an ulp of theirs), so nothing moves; the
+    variance does not grow from M2 alone (m2 / count stays put)."""
+    stats = normalizer.RunningStats(count=jnp.float32(2**25), mean=jnp.full((3,), 2.0, jnp.float32),
+                                    m2=jnp.full((3,), 2.0**25 * 0.25, jnp.float32))
+    after = normalizer.update(stats, jnp.asarray([[2.5, 1.5, 2.0]], jnp.float32))
+    assert float(after.count) == 2**25
+    np.testing.assert_array_equal(np.asarray(after.mean), np.asarray(stats.mean))
+    np.testing.assert_array_equal(np.asarray(after.var), np.asarray(stats.var))
+    # a batch of 4 (= count·2⁻²³, one ulp) still moves the count; the mean is float64's within rounding
+    batch = jnp.asarray(np.full((4, 3), [3.0, 1.0, 2.0]), jnp.float32)
+    moved = normalizer.update(stats, batch)
+    assert float(moved.count) == 2**25 + 4
+    want = (2.0 * 2**25 + np.array([3.0, 1.0, 2.0]) * 4) / (2**25 + 4)
+    np.testing.assert_allclose(np.asarray(moved.mean), want, rtol=0, atol=2 * np.spacing(np.float32(2.0)))
