@@ -198,3 +198,35 @@ def test_unit_dense_in_bfloat16_keeps_float32_parameters_and_output():
     kernel = params["params"][bounded.UNIT_KERNEL]
     np.testing.assert_allclose(y16, _bf16_f64(x) @ _bf16_f64(kernel), rtol=1e-5, atol=1e-5)
     assert 0 < float(jnp.abs(y16 - y32).max()) < 0.05
+
+
+def test_each_critic_member_keeps_its_own_batchnorm_statistics_and_paired_rows_equal_a_concatenation():
+    """The ensemble vmaps params AND batch stats: member i's training-mode output and updated
+    running statistics are those of one `CategoricalCritic` with member i's variables (computed
+    alone, another way); and `pair_rows` gives BatchNorm the rows a concatenation would (same
+    statistics, the same outputs in the other order)."""
+    from jaxrl.nets.heads import CategoricalCritic, pair_rows
+
+    kw = {"num_atoms": 5, "width": 8, "num_blocks": 1, "train": True, "expansion": 2}
+    ens = critic_ensemble(2)(**kw)
+    k = jax.random.split(jax.random.PRNGKey(3), 4)
+    c_obs, f_obs = jax.random.normal(k[0], (6, 3)), 3.0 + jax.random.normal(k[1], (6, 3))
+    c_act, f_act = jax.random.normal(k[2], (6, 2)), jax.random.normal(k[3], (6, 2))
+    variables = _init(ens, jax.random.PRNGKey(0), c_obs, c_act)
+    apply = jax.jit(lambda v, o, a: ens.apply(v, o, a, mutable=["batch_stats"]), compiler_options=ONCE)
+    paired, new = apply(variables, pair_rows(c_obs, f_obs), pair_rows(c_act, f_act))
+    concat, new_c = apply(variables, jnp.concatenate([c_obs, f_obs]), jnp.concatenate([c_act, f_act]))
+    order = np.arange(12).reshape(2, 6).T.reshape(-1)  # concatenation row of each paired row
+    np.testing.assert_allclose(np.asarray(paired), np.asarray(concat)[:, order], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(new_c)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    one = CategoricalCritic(**kw)
+    for i in range(2):
+        member = jax.tree.map(lambda x, i=i: x[i], variables)
+        out, stats = jax.jit(lambda v, o, a: one.apply(v, o, a, mutable=["batch_stats"]),
+                             compiler_options=ONCE)(member, pair_rows(c_obs, f_obs), pair_rows(c_act, f_act))
+        np.testing.assert_allclose(np.asarray(paired[i]), np.asarray(out), rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x, i=i: x[i], new)), jax.tree.leaves(stats)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    stats0, stats1 = (jax.tree.leaves(jax.tree.map(lambda x, i=i: x[i], new["batch_stats"])) for i in range(2))
+    assert any(not np.allclose(a, b) for a, b in zip(stats0, stats1))  # two members, two sets of statistics
