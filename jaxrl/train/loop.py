@@ -13,8 +13,8 @@ A loop (`OffPolicyLoop`, `OnPolicyLoop`, the finetuning loop) is a `HostLoop`:
 This module holds the pieces each loop would otherwise repeat: lifting one seed's pure
 functions over K seeds and a device mesh, compile-and-time with a donated carry, the NaN guards,
 the metrics row (per seed, with means and intervals), the training-episode statistics of a
-chunk, the budget -> chunk rounding and the evaluation key stream (its own, so evaluating never
-changes training).
+chunk, the budget's split into chunks (`chunk_ends`: exactly the budget, whatever the number of
+evaluations) and the evaluation key stream (its own, so evaluating never changes training).
 """
 
 from __future__ import annotations
@@ -41,13 +41,23 @@ _EVAL_STREAM = 0xE7A1
 SEED_AXIS = "seed"  # the name of the seed vmap (`HostLoop._lift`), for decisions shared by all seeds
 
 
-def chunk_plan(total_iters: int, num_chunks: int) -> tuple[int, int]:
-    """(iterations per chunk, iterations in all) for a budget of ``total_iters`` split into
-    ``num_chunks`` equal chunks, rounded up so that one compiled chunk serves the whole run."""
+def chunk_ends(total_iters: int, num_chunks: int) -> tuple[int, ...]:
+    """Iterations done after each chunk when a budget of ``total_iters`` is split into
+    min(``num_chunks``, ``total_iters``) chunks whose lengths differ by at most one: the budget
+    exactly, whatever the number of evaluations.  (Rounding the budget up to equal chunks ran up
+    to ``num_chunks`` − 1 iterations over it, and FlashSAC's schedules, whose length is the run's
+    number of updates, depended on the number of evaluations.)  A chunk's length is an argument
+    of its one compiled program (`repeat`)."""
     if num_chunks < 1:
         raise ValueError(f"num_evals must be >= 1, got {num_chunks}")
-    per_chunk = max(1, math.ceil(max(total_iters, 1) / num_chunks))
-    return per_chunk, per_chunk * num_chunks
+    total = max(int(total_iters), 1)
+    chunks = min(int(num_chunks), total)
+    return tuple((k + 1) * total // chunks for k in range(chunks))
+
+
+def iterations_to_next(ends: tuple[int, ...], done: int) -> int:
+    """The length of the chunk that starts after ``done`` iterations (of the plan `chunk_ends`)."""
+    return next((e for e in ends if e > done), ends[-1] + 1) - done
 
 
 def repeat(body: Callable, carry: Any, n: jax.Array) -> tuple[Any, Any]:
@@ -106,8 +116,12 @@ def episode_metrics(before: Any, after: Any) -> dict:
     }
 
 
+COUNTERS = ("train_episodes", "train_return", "solver_limit_hits")  # `chunk_counters`' keys
+
+
 def chunk_counters(before: EnvState, after: EnvState) -> dict:
-    """Per-chunk metrics every loop reports from the env state: episodes, return, solver limits."""
+    """Per-chunk metrics every loop reports from the env state: episodes, return, solver limits
+    (`COUNTERS`; a warm-up's row has these alone)."""
     return {**episode_metrics(before.stats, after.stats),
             "solver_limit_hits": after.solver_limit_hits - before.solver_limit_hits}
 
@@ -139,7 +153,7 @@ class HostLoop:
         _chunk_fn(carry, n, warm) -> carry, metrics  one chunk of ``n`` iterations (`repeat`); a
                                           warm-up or prefill (``warm``) is the same program taking
                                           the other branch of a `lax.cond` (one compiled program)
-        _evaluate_fn(agent, key) -> dict  optional: deterministic evaluation (set ``evaluate``)
+        make_evaluate(act)                optional: deterministic evaluation with ``act`` (sets ``evaluate``)
 
     and the host side (``finished``, ``env_steps``, ``_advance``).  `setup` then lifts them:
     vmapped over ``num_seeds`` seeds (the run is a pure function of its key, so K seeds are one

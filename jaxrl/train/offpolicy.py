@@ -22,10 +22,12 @@ from envs.wrappers import VecEnv
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
 from jaxrl.train.loop import (
+    COUNTERS,
     HostLoop,
     chunk_counters,
-    chunk_plan,
+    chunk_ends,
     init_keys,
+    iterations_to_next,
     notice,
     repeat,
     skip_when,
@@ -77,7 +79,7 @@ class OffPolicySettings:
     updates_per_step: int  # gradient steps per vector env step (UTD = this / num_envs)
     buffer_size: int  # replay capacity in transitions
     min_buffer: int  # warm-up transitions collected before the first update
-    num_evals: int = 10  # evaluations (and metrics rows) over the run
+    num_evals: int = 10  # evaluations over the run (at most one per iteration); rows: these, plus the warm-up's
     learner_precision: str | None = None  # matmul precision of the updates (None: JAX's default)
     # True: ONE uniform sample of batch_size x updates_per_step rows per iteration, reshaped to
     # [updates, batch] and scanned (Brax / LIFT SAC); False: a fresh sample per update (FlashSAC).
@@ -146,7 +148,8 @@ class OffPolicyLoop(HostLoop):
         self.setup(env, eval_env, seed, devices, seeds, {"batch_size": settings.batch_size})
         self.agent, self.s = agent, settings
         self.per_env_paths = tuple(".agent" + p for p in agent.per_env)
-        self.warmup_iters, self.chunk_iters, train_iters = self.budget(env.num_envs, settings)
+        self.warmup_iters, train_iters = self.budget(env.num_envs, settings)
+        self.chunk_ends = chunk_ends(train_iters, settings.num_evals)  # training iterations after each
         if self.warmup_iters * env.num_envs < settings.min_buffer:
             notice(f"a budget of {settings.total_steps} env steps leaves room for a warm-up of only "
                    f"{self.warmup_iters * env.num_envs} of min_buffer={settings.min_buffer} transitions "
@@ -166,13 +169,12 @@ class OffPolicyLoop(HostLoop):
         self._chunk = self.program(self._chunk_fn, carry_out=False)
 
     @staticmethod
-    def budget(num_envs: int, settings: OffPolicySettings) -> tuple[int, int, int]:
-        """(warm-up iterations, iterations per chunk, training iterations) of a run: the env-step
-        budget in vector steps, the warm-up's share, the rest rounded up to whole chunks."""
+    def budget(num_envs: int, settings: OffPolicySettings) -> tuple[int, int]:
+        """(warm-up iterations, training iterations) of a run: the env-step budget in vector steps
+        (rounded up to whole ones), the warm-up's share and the rest (`chunk_ends` splits it)."""
         total = max(1, math.ceil(settings.total_steps / num_envs))
         warmup = min(total - 1, math.ceil(settings.min_buffer / num_envs))
-        per_chunk, train = chunk_plan(total - warmup, settings.num_evals)
-        return warmup, per_chunk, train
+        return warmup, total - warmup
 
     # ------------------------------------------------------------------ carry
     def _pack(self, tr: Transition) -> Transition:
@@ -366,7 +368,11 @@ class OffPolicyLoop(HostLoop):
         """Warm-up (first call: the chunk program run for the warm-up iterations) or one
         training chunk."""
         done = self.counter(carry.iteration)
-        if done < self.warmup_iters:
-            carry, _ = self.chunk(carry, self.warmup_iters - done, warm=True)
-            return carry, {}
-        return self.chunk(carry, self.chunk_iters)
+        if done < self.warmup_iters:  # its row: the env's counters (no update ran: no losses)
+            carry, metrics = self.chunk(carry, self.warmup_iters - done, warm=True)
+            return carry, {k: v for k, v in metrics.items() if k in COUNTERS}
+        return self.chunk(carry, self.chunk_length(carry))
+
+    def chunk_length(self, carry: OffPolicyCarry) -> int:
+        """Training iterations of the next chunk (`chunk_ends`)."""
+        return iterations_to_next(self.chunk_ends, self.counter(carry.iteration) - self.warmup_iters)

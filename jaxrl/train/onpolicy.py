@@ -1,6 +1,6 @@
 """The on-policy loop: rollout -> GAE -> PPO update, many iterations per jitted host call.
 
-One *chunk* is ``chunk_iters`` iterations (`repeat`: a traced count, one program for any), each a scanned rollout of
+One *chunk* is a share of the iterations (`chunk_ends`; `repeat`: a traced count, one program for any), each a scanned rollout of
 ``unroll_length`` steps on all envs followed by ``ppo.update``.  The observation normaliser is
 updated at every rollout step, before acting (rsl_rl's order, ALGORITHMS.md §3).  Between chunks
 the host only checks for NaNs, evaluates the deterministic policy and logs one row
@@ -26,7 +26,17 @@ from flax import struct
 
 from envs.wrappers import VecEnv
 from jaxrl.algos import ppo
-from jaxrl.train.loop import HostLoop, chunk_counters, chunk_plan, init_keys, repeat
+from jaxrl.train.loop import (
+    HostLoop,
+    chunk_counters,
+    chunk_ends,
+    init_keys,
+    iterations_to_next,
+    repeat,
+)
+
+# Salt of the random episode starts' key (`PPOConfig.random_episode_start`), apart from the reset's.
+_EPISODE_START_STREAM = 0x5E7A57
 
 
 @struct.dataclass
@@ -87,11 +97,15 @@ class OnPolicyLoop(HostLoop):
                    {"minibatch (num_envs*unroll_length/num_minibatches)": cfg.batch_size // cfg.num_minibatches})
         self.cfg = cfg
         iters = math.ceil(steps / cfg.batch_size)
-        self.chunk_iters, self.total_iters = chunk_plan(iters, num_evals)
+        self.chunk_ends, self.total_iters = chunk_ends(iters, num_evals), iters
         # the budget, not its rounding to whole chunks; every epoch passes over the whole batch
         self.quick_if_short(iters * cfg.batch_size, iters * cfg.num_epochs * cfg.batch_size)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
-        self.make_evaluate(lambda state, obs, key: ppo.act(state, obs, key, cfg, deterministic=True)[0])
+        def act(state, obs, key):  # evaluation acts at the learner's precision, as its rollouts do
+            with jax.default_matmul_precision(cfg.matmul_precision):
+                return ppo.act(state, obs, key, cfg, deterministic=True)[0]
+
+        self.make_evaluate(act)
 
     def _init_agent(self, key: jax.Array) -> ppo.PPOState:
         return ppo.init(init_keys(key)[0], self.env.spec, self.cfg)
@@ -102,8 +116,9 @@ class OnPolicyLoop(HostLoop):
             agent = ppo.init(k_agent, self.env.spec, self.cfg)
         env_state = self.env.reset(k_env) if env_state is None else env_state
         if self.cfg.random_episode_start:  # rsl_rl's init_at_random_ep_len: envs out of lockstep
-            steps = jax.random.randint(jax.random.fold_in(k_env, 1), env_state.episode_step.shape, 0,
-                                       self.env.episode_length, jnp.int32)
+            # (a stream of its own: fold_in(k_env, 1) was the key the reset split into the envs' keys)
+            steps = jax.random.randint(jax.random.fold_in(k_env, _EPISODE_START_STREAM),
+                                       env_state.episode_step.shape, 0, self.env.episode_length, jnp.int32)
             env_state = env_state.replace(episode_step=steps)
         return OnPolicyCarry(agent=agent, env_state=env_state, key=k_loop, iteration=jnp.zeros((), jnp.int32))
 
@@ -127,7 +142,11 @@ class OnPolicyLoop(HostLoop):
         return carry, {**metrics, **chunk_counters(before, carry.env_state)}
 
     def _advance(self, carry):
-        return self.chunk(carry, self.chunk_iters)
+        return self.chunk(carry, self.chunk_length(carry))
+
+    def chunk_length(self, carry: OnPolicyCarry) -> int:
+        """Iterations of the next chunk (`chunk_ends`)."""
+        return iterations_to_next(self.chunk_ends, self.counter(carry.iteration))
 
     def env_steps(self, carry: OnPolicyCarry) -> int:
         """Env steps taken so far (host int; no int32 overflow at billions of steps)."""

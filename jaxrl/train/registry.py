@@ -81,7 +81,7 @@ def flashsac_loop(cfg: flashsac_algo.FlashSACConfig, env: VecEnv, eval_env: VecE
         buffer_size=cfg.buffer_size, min_buffer=cfg.min_buffer, num_evals=num_evals,
         learner_precision=cfg.matmul_precision, obs_dtype=cfg.replay_obs_dtype,
     )
-    iters = OffPolicyLoop.budget(env.num_envs, settings)[2]
+    iters = OffPolicyLoop.budget(env.num_envs, settings)[1]
     cfg = cfg.replace(total_updates=max(1, iters * cfg.updates_per_step))
     return OffPolicyLoop(env, flashsac_agent(cfg, env), settings, eval_env, seed, devices=devices,
                          seeds=seeds)

@@ -31,7 +31,7 @@ TINY = {
     "ppo": registry.get("ppo").config.cpu(num_envs=4, unroll_length=8, num_minibatches=2,
                                           num_epochs=1, hidden=(8,)),
 }
-# Budgets whose training part splits evenly into 2 or 4 chunks (flashsac: 4 warm-up iterations).
+# Budgets of 8 training iterations (flashsac: after 4 warm-up ones): even in 2 chunks, not in 3.
 STEPS = {"flashsac": 4 * (4 + 8), "ppo": 32 * 8}
 
 
@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("core")
     out = {}
     for algo in TINY:
-        for n in (2, 4):
+        for n in (2, 3):
             out[algo, n] = (root / f"{algo}{n}",) + _train(algo, n, out_dir=root / f"{algo}{n}")
     out["ppo", 2, "again"] = _train("ppo", 2)  # built as an earlier run: `run.shared_loop` (last four kept)
     return out
@@ -73,12 +73,17 @@ def test_a_run_built_as_an_earlier_one_reuses_its_loop_and_compiles_nothing(runs
 
 @pytest.mark.parametrize("algo", list(TINY))
 def test_number_of_evaluations_does_not_change_training(runs, algo):
-    """Evaluation keys come from their own stream: 2 or 4 evaluations, the same parameters."""
+    """Evaluation keys come from their own stream, and the budget is split into chunks exactly
+    (`loop.chunk_ends`: 8 iterations in 3 chunks are 2, 3, 3; rounding up to equal chunks ran 9,
+    and FlashSAC's schedule length followed): 2 or 3 evaluations, the same parameters."""
     _, carry2, rows2 = runs[algo, 2]
-    _, carry4, rows4 = runs[algo, 4]
-    assert len(rows2) == 2 + (algo == "flashsac") and len(rows4) == 4 + (algo == "flashsac")
-    assert rows2[-1]["env_steps"] == rows4[-1]["env_steps"] == STEPS[algo]
-    for a, b in zip(jax.tree.leaves(carry2.agent), jax.tree.leaves(carry4.agent)):
+    _, carry3, rows3 = runs[algo, 3]
+    assert len(rows2) == 2 + (algo == "flashsac") and len(rows3) == 3 + (algo == "flashsac")
+    assert rows2[-1]["env_steps"] == rows3[-1]["env_steps"] == STEPS[algo]
+    per_iter = STEPS[algo] // (12 if algo == "flashsac" else 8)
+    trained = [r["env_steps"] // per_iter - (4 if algo == "flashsac" else 0) for r in rows3]
+    assert trained[-3:] == [2, 5, 8]
+    for a, b in zip(jax.tree.leaves(carry2.agent), jax.tree.leaves(carry3.agent)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -216,7 +221,7 @@ def test_unknown_preset_and_algorithm_are_refused():
 
 # --------------------------------------------------------------------------- init_from
 def test_init_from_loads_only_the_chosen_parts_and_records_them(runs, tmp_path):
-    src, src_carry, _ = runs["flashsac", 4]
+    src, src_carry, _ = runs["flashsac", 3]
     out = tmp_path / "child"
     # The child's first chunk already trains; compare what was loaded before any update.
     loop = registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
@@ -248,7 +253,7 @@ def test_a_run_restarted_before_its_first_checkpoint_loads_the_source_step_it_st
     from jaxrl.io.checkpoint import CheckpointError, CheckpointManager
 
     src = tmp_path / "source"
-    _train("flashsac", 4, out_dir=src, checkpoint_every_s=0.0, keep_last=5)
+    _train("flashsac", 3, out_dir=src, checkpoint_every_s=0.0, keep_last=5)
     kept = CheckpointManager(src).steps()
     assert len(kept) >= 3
     child = tmp_path / "child"
@@ -280,11 +285,11 @@ def test_a_resume_keeps_the_runs_own_checkpoint_settings(runs, tmp_path, stop_af
 
     out = tmp_path / "kept"
     with pytest.raises(stop_after.Stop):
-        _train("flashsac", 4, out_dir=out, keep_last=5, checkpoint_every_s=0.0, progress_fn=stop_after(2))
+        _train("flashsac", 3, out_dir=out, keep_last=5, checkpoint_every_s=0.0, progress_fn=stop_after(2))
     assert run.read_record(out)["session"] == {"checkpoint_every_s": 0.0, "keep_last": 5,
                                                "save_buffer": True, "tensorboard": True}
     run.resume(out, progress=False)
-    assert len(CheckpointManager(out).steps()) == 5  # one per row: warm-up and 4 evaluations
+    assert len(CheckpointManager(out).steps()) == 4  # one per row: warm-up and 3 evaluations (default keeps 3)
 
 
 def test_a_run_refused_by_another_writers_lock_writes_nothing(runs, tmp_path, monkeypatch):
@@ -344,13 +349,13 @@ def test_a_restored_carry_lowers_to_the_program_of_a_fresh_one(runs):
     """Resume and `init_from` find the fresh run's programs in the compilation cache: the chunk's
     arguments, as the loop passes them (`HostLoop.place`), lower to the same module for a fresh
     carry and for one restored from a checkpoint (orbax's arrays are committed to a device)."""
-    src = runs["flashsac", 4][0]
+    src = runs["flashsac", 3][0]
     loop = registry.get("flashsac").make_loop(TINY["flashsac"], envs.make("CartpoleBalance", 4, **ENV),
                                               None, STEPS["flashsac"], 0, 2)
     fresh = loop.init_carry()
     restored, _ = run.load_parts(loop.init_carry(), src, None)
     assert any(x.committed for x in jax.tree.leaves(restored.agent))  # what made them differ
-    n, warm = jnp.int32(loop.chunk_iters), jnp.bool_(False)
+    n, warm = jnp.int32(loop.chunk_length(fresh)), jnp.bool_(False)
     texts = [loop._chunk.lower(*loop.place((c, n, warm), donate=False)).as_text(debug_info=False)
              for c in (fresh, restored)]
     assert texts[0] == texts[1]
@@ -494,7 +499,7 @@ def test_chunk_donates_its_carry_and_equals_the_copying_path(tiny_loop):
     loop = tiny_loop
     carry, _ = loop.run_chunk(loop.init_carry())  # warm-up; flat task: state IS privileged_state
     copying = jax.jit(loop._chunk_fn, compiler_options=loop.compiler_options)  # no donation
-    reference, _ = copying(jax.tree.map(jnp.copy, carry), loop.chunk_iters, False)
+    reference, _ = copying(jax.tree.map(jnp.copy, carry), loop.chunk_length(carry), False)
     buffer_in = jax.tree.leaves(carry.buffer)
     out, _ = loop.run_chunk(carry)
     assert all(x.is_deleted() for x in buffer_in)  # updated in place, not copied
@@ -653,3 +658,18 @@ def test_xdist_group_marks_take_effect(request):
     if not getattr(request.config.option, "loadgroup", False):
         pytest.skip("not run under `pytest -n N --dist loadgroup`")
     assert request.node.nodeid.endswith("@core"), request.node.nodeid
+
+
+def test_a_budget_splits_into_chunks_exactly_whatever_the_number_of_evaluations():
+    from jaxrl.train.loop import chunk_ends, iterations_to_next
+
+    for total in (1, 2, 7, 8, 96, 1001):
+        for chunks in (1, 2, 3, 7, 10, 50):
+            ends = chunk_ends(total, chunks)
+            sizes = np.diff((0, *ends))
+            assert ends[-1] == total and len(ends) == min(chunks, total)
+            assert sizes.min() >= 1 and sizes.max() - sizes.min() <= 1, (total, chunks, sizes)
+            assert [iterations_to_next(ends, done) for done in (0, *ends[:-1])] == list(sizes)
+    assert chunk_ends(96, 100) == tuple(range(1, 97))  # more evaluations than iterations: one each
+    with pytest.raises(ValueError, match="num_evals must be >= 1, got 0"):
+        chunk_ends(8, 0)
