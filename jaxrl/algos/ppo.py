@@ -57,8 +57,7 @@ class PPOConfig:
     """Every PPO hyper-parameter; defaults are OmniReset's (ALGORITHMS.md §3)."""
 
     num_envs: int = 16384
-    """Parallel envs; the paper uses tens of thousands so that one batch covers many resets (its
-    training commands, UWLab docs/source/publications/omnireset/rl_training.rst: 16,384)."""
+    """Parallel envs: many, so that one batch covers many resets (the official commands: 16,384)."""
     unroll_length: int = 32
     """Env steps per env per iteration (batch = num_envs × unroll_length)."""
     num_epochs: int = 5

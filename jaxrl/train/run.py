@@ -342,11 +342,6 @@ def train(
     seeds = int(seeds)
     if init_from is not None and not runfolder.is_run(init_from):
         raise FileNotFoundError(f"--init-from {init_from}: not a jaxrl run folder (no config.json)")
-    if init_from is not None:  # (finetuning starts from a large-batch SAC run)
-        source = runfolder.read_record(init_from)["algo"]
-        if source != ("sac" if algo == "finetune" else algo):
-            raise ValueError(f"--init-from {init_from} is a {source!r} run and this one trains {algo!r}: "
-                             f"its agent has other parts; start from a {algo!r} run (or train {source!r})")
     primary = jax.process_index() == 0  # several hosts: one of them writes the run folder
     parallel.guard_compilation_cache()  # several CPU processes on jaxlib 0.12.1: no cached programs
     if out_dir is not None and not overwrite:
@@ -357,6 +352,11 @@ def train(
             if path is not None and Path(out_dir).resolve() in (Path(path).resolve(), *Path(path).resolve().parents):
                 raise ValueError(f"overwrite=True would delete {out_dir}, which holds this run's {name} "
                                  f"({path}): train into another folder, or move that input out first")
+    if init_from is not None:  # (finetuning starts from a large-batch SAC run)
+        source = runfolder.read_record(init_from)["algo"]
+        if source != ("sac" if algo == "finetune" else algo):
+            raise ValueError(f"--init-from {init_from} is a {source!r} run and this one trains {algo!r}: "
+                             f"its agent has other parts; start from a {algo!r} run (or train {source!r})")
     if resets and resets.get("path") and Path(resets["path"]).is_file():
         # the dataset's fingerprint: a resume, eval or export refuses a file rebuilt at that path
         resets = {**resets, "sha256": file_sha256(resets["path"])}
