@@ -135,7 +135,7 @@ class TrainArgs:
     out: Annotated[str, _help("run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json")] = "runs/latest"
     overwrite: Annotated[bool, _help("delete a run already in --out first (else refuse: use `jaxrl resume`)")] = False
     preset: Annotated[str, _help("config preset the --config.* overrides apply to (choices: see usage)")] = "cpu"
-    num_evals: Annotated[int, _help("evaluations (metrics rows, eval-return points) over the run")] = 10
+    num_evals: Annotated[int, _help("evaluations over the run, each a metrics row and eval-return point (an off-policy run's warm-up adds a row)")] = 10
     checkpoint_every_s: Annotated[float, _help("seconds between checkpoints (one at the end always)")] = 600.0
     init_from: Annotated[str | None, _help("start from another run's agent (its newest verified checkpoint)")] = None
     init_parts: Annotated[str | None, _help("with --init-from: comma-separated agent parts, e.g. actor,critic; None: all of them")] = None
@@ -147,10 +147,11 @@ class TrainArgs:
     env_kwargs: Annotated[tuple[str, ...], _help(ENV_KWARGS_HELP)] = ()
 
 
-def _chosen_preset(rest: list[str]) -> tuple[str, str]:
-    """(--preset, --env) as given on the command line (defaults otherwise), read before tyro
-    parses so that --help shows the chosen preset's defaults."""
-    found = {"preset": TrainArgs.preset, "env": TrainArgs.env}
+def _chosen_preset(rest: list[str], defaults: type | None = None) -> tuple[str, str]:
+    """(--preset, --env) as given on the command line (``defaults``' otherwise, `TrainArgs`), read
+    before tyro parses so that --help shows the chosen preset's defaults."""
+    defaults = defaults or TrainArgs
+    found = {"preset": defaults.preset, "env": defaults.env}
     for i, arg in enumerate(rest):
         for name in found:
             if arg == f"--{name}" and i + 1 < len(rest):
@@ -273,11 +274,15 @@ def finetune_cmd(rest: list[str]) -> None:
     # task's): read RUN_DIR, --env and --preset first, so that --help shows those defaults and the
     # parsed config carries them (the same rule as `run.finetune` without a config).
     first = _peek(parser(FinetuneConfig.cpu()), rest)
-    preset = first.preset if first is not None else FinetuneArgs.preset
-    env = first.env if first is not None else FinetuneArgs.env
+    if first is not None:
+        preset, env, run_dir = first.preset, first.env, first.run_dir
+    else:  # e.g. an override valid under the chosen preset only (--preset paper --config.horizon-min 15)
+        preset, env = _chosen_preset(rest, FinetuneArgs)
+        run_dir = next((a for i, a in enumerate(rest) if not a.startswith("-") and runfolder.is_run(a)
+                        and (i == 0 or rest[i - 1] != "--out")), None)
     pretrained = None
-    if first is not None and runfolder.is_run(first.run_dir):
-        record = runfolder.read_record(first.run_dir)
+    if run_dir is not None and runfolder.is_run(run_dir):
+        record = runfolder.read_record(run_dir)
         if record.get("algo") == "sac":
             pretrained = runfolder.config_from_dict(sac.SACConfig, record["config"])
     try:
@@ -379,7 +384,11 @@ def _run_dir_compat(rest: list[str]) -> list[str]:
     it = iter(rest)
     for arg in it:
         if arg == "--run-dir":
-            found.append(next(it, ""))
+            value = next(it, None)
+            if value is None:  # (no value: left for the parser to refuse)
+                out.append(arg)
+            else:
+                found.append(value)
         elif arg.startswith("--run-dir="):
             found.append(arg.split("=", 1)[1])
         else:

@@ -154,6 +154,9 @@ def test_run_dir_may_stand_anywhere_and_the_old_run_dir_option_still_works(tmp_p
     args = [str(tmp_path) if a == "RUN" else a.replace("RUN", str(tmp_path)) for a in args]
     with pytest.raises(SystemExit, match=f"jaxrl eval: FileNotFoundError: {tmp_path} is not a jaxrl run folder"):
         cli.main(["eval", *args])
+    with pytest.raises(SystemExit) as e:  # no value: a usage error, not the current folder
+        cli.main(["eval", "--run-dir"])
+    assert e.value.code == 2
 
 
 def _fake_sac_run(path, **config):
@@ -170,7 +173,7 @@ def _fake_sac_run(path, **config):
     return path
 
 
-@pytest.mark.parametrize("where", ["first", "last", "option="])
+@pytest.mark.parametrize("where", ["first", "last", "option=", "paper-only override"])
 def test_finetune_takes_the_pretrained_networks_wherever_run_dir_stands(tmp_path, monkeypatch, capsys, where):
     """`--run-dir=PATH` and a RUN_DIR after the options used to lose the pretraining run's networks
     (the config was built around SAC's defaults and the loaded weights refused or misread)."""
@@ -178,13 +181,17 @@ def test_finetune_takes_the_pretrained_networks_wherever_run_dir_stands(tmp_path
 
     src = str(_fake_sac_run(tmp_path / "pre", actor_hidden=(24, 12), activation="swish"))
     opts = ["--env", "CartpoleBalanceHeavyPole", "--real-steps", "2000", "--out", str(tmp_path / "ft")]
-    args = {"first": [src, *opts], "last": [*opts, src], "option=": [f"--run-dir={src}", *opts]}[where]
+    args = {"first": [src, *opts], "last": [*opts, src], "option=": [f"--run-dir={src}", *opts],
+            # valid under paper (horizon_max 20), not under the cpu preset the first reading assumes
+            "paper-only override": [*opts, "--preset", "paper", "--config.horizon-min", "15", src]}[where]
     seen = {}
     monkeypatch.setattr(run, "finetune", lambda run_dir, env, **kw: seen.update(run_dir=run_dir, env=env, **kw))
     with pytest.raises(FileNotFoundError):  # (the stand-in wrote no summary.json)
         cli.main(["finetune", *args])
     assert seen["run_dir"] == src and seen["env"] == "CartpoleBalanceHeavyPole"
     assert seen["config"].sac.actor_hidden == (24, 12) and seen["config"].sac.activation == "swish"
+    if where == "paper-only override":
+        assert seen["config"].horizon_min == 15 and seen["config"].horizon_max == 20
     with pytest.raises(SystemExit) as e:
         cli.main(["finetune", *args, "--help"])
     assert e.value.code == 0
@@ -226,3 +233,14 @@ def test_init_from_a_run_of_another_algorithm_is_refused_naming_both(tmp_path):
     with pytest.raises(SystemExit, match=r"jaxrl train: ValueError: --init-from .* is a 'sac' run and this one "
                        "trains 'ppo'"):
         cli.main(["train", "ppo", "--steps", "100", "--init-from", str(src), "--no-progress"])
+    # a finetuning run's agent is a large-batch SAC agent: each starts from the other
+    import json
+
+    tuned = tmp_path / "ft_run"
+    tuned.mkdir()
+    (tuned / "config.json").write_text(json.dumps({**json.loads((src / "config.json").read_text()),
+                                                   "algo": "finetune"}))
+    run.check_init_source("sac", tuned)
+    run.check_init_source("finetune", src)
+    with pytest.raises(ValueError, match="is a 'finetune' run and this one trains 'flashsac'"):
+        run.check_init_source("flashsac", tuned)

@@ -403,7 +403,7 @@ def observe(state: SACState, tr: Transition, cfg: SACConfig) -> SACState:
     if not cfg.normalize_obs:
         return state
     # as replay stores them (bfloat16 or float32): the statistics of what the networks are fed
-    stats = {k: normalizer.update(s, replay.as_stored(tr.obs[k], cfg.replay_obs_dtype))
+    stats = {k: normalizer.update(s, replay.as_stored(tr.obs[k].astype(jnp.float32), cfg.replay_obs_dtype))
              for k, s in state.obs_stats.items()}
     return state.replace(obs_stats=stats)
 

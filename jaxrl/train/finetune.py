@@ -48,7 +48,7 @@ from jaxrl.algos import sac
 from jaxrl.algos import world_model as wm
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import HostLoop, chunk_counters, init_keys, repeat, skip_when
+from jaxrl.train.loop import COUNTERS, HostLoop, chunk_counters, init_keys, repeat, skip_when
 
 # The agent parts a finetuning run loads from its pretraining run: everything but α (and its
 # optimiser), which LIFT re-initialises.
@@ -419,8 +419,8 @@ class FinetuneLoop(HostLoop):
 
     def _advance(self, carry: FinetuneCarry):
         done = self.counter(carry.iteration)
-        if done < self.prefill_iters:  # the prefill: one chunk "epoch"
-            carry, _ = self.chunk(carry, 1, warm=True)
-            return carry, {}
+        if done < self.prefill_iters:  # the prefill: one chunk "epoch"; its row: the env's counters
+            carry, metrics = self.chunk(carry, 1, warm=True)
+            return carry, {k: v for k, v in metrics.items() if k in COUNTERS}
         epochs = (done - self.prefill_iters) // self.epoch_iters
         return self.chunk(carry, next(e for e in self.chunk_ends if e > epochs) - epochs)

@@ -56,8 +56,13 @@ def chunk_ends(total_iters: int, num_chunks: int) -> tuple[int, ...]:
 
 
 def iterations_to_next(ends: tuple[int, ...], done: int) -> int:
-    """The length of the chunk that starts after ``done`` iterations (of the plan `chunk_ends`)."""
-    return next((e for e in ends if e > done), ends[-1] + 1) - done
+    """The length of the chunk that starts after ``done`` iterations (of the plan `chunk_ends`;
+    ``done`` < its last end: a finished run has no next chunk)."""
+    import bisect
+
+    if not 0 <= done < ends[-1]:
+        raise ValueError(f"no chunk starts after {done} of {ends[-1]} iterations")
+    return ends[bisect.bisect_right(ends, done)] - done
 
 
 def repeat(body: Callable, carry: Any, n: jax.Array) -> tuple[Any, Any]:

@@ -367,12 +367,14 @@ class OffPolicyLoop(HostLoop):
     def _advance(self, carry: OffPolicyCarry) -> tuple[OffPolicyCarry, dict]:
         """Warm-up (first call: the chunk program run for the warm-up iterations) or one
         training chunk."""
-        done = self.counter(carry.iteration)
-        if done < self.warmup_iters:  # its row: the env's counters (no update ran: no losses)
-            carry, metrics = self.chunk(carry, self.warmup_iters - done, warm=True)
+        if self.counter(carry.iteration) < self.warmup_iters:  # its row: the env's counters (no
+            carry, metrics = self.chunk(carry, self.chunk_length(carry), warm=True)  # update ran)
             return carry, {k: v for k, v in metrics.items() if k in COUNTERS}
         return self.chunk(carry, self.chunk_length(carry))
 
     def chunk_length(self, carry: OffPolicyCarry) -> int:
-        """Training iterations of the next chunk (`chunk_ends`)."""
-        return iterations_to_next(self.chunk_ends, self.counter(carry.iteration) - self.warmup_iters)
+        """Iterations of the next chunk: the rest of the warm-up, or training's next (`chunk_ends`)."""
+        done = self.counter(carry.iteration)
+        if done < self.warmup_iters:
+            return self.warmup_iters - done
+        return iterations_to_next(self.chunk_ends, done - self.warmup_iters)

@@ -352,11 +352,8 @@ def train(
             if path is not None and Path(out_dir).resolve() in (Path(path).resolve(), *Path(path).resolve().parents):
                 raise ValueError(f"overwrite=True would delete {out_dir}, which holds this run's {name} "
                                  f"({path}): train into another folder, or move that input out first")
-    if init_from is not None:  # (finetuning starts from a large-batch SAC run)
-        source = runfolder.read_record(init_from)["algo"]
-        if source != ("sac" if algo == "finetune" else algo):
-            raise ValueError(f"--init-from {init_from} is a {source!r} run and this one trains {algo!r}: "
-                             f"its agent has other parts; start from a {algo!r} run (or train {source!r})")
+    if init_from is not None:
+        check_init_source(algo, init_from)
     if resets and resets.get("path") and Path(resets["path"]).is_file():
         # the dataset's fingerprint: a resume, eval or export refuses a file rebuilt at that path
         resets = {**resets, "sha256": file_sha256(resets["path"])}
@@ -447,6 +444,16 @@ def check_same_layout(record: dict, target: str, target_kwargs: dict, purpose: s
         raise ValueError(f"cannot {purpose} the {record['env']} policy on {target}: observation / action layout "
                          f"differs (the run vs target) — {'; '.join(diff)}. Use a variant of "
                          f"{record['env']} (same observations and actions), e.g. from `jaxrl list-envs --source jaxrl`")
+
+
+def check_init_source(algo: str, init_from: str | Path) -> None:
+    """Refuse ``init_from`` a run of another algorithm, naming both (its agent has other parts).
+    A finetuning run's agent is a large-batch SAC agent: the two start from each other."""
+    source = runfolder.read_record(init_from)["algo"]
+    family = {"finetune": "sac"}
+    if family.get(source, source) != family.get(algo, algo):
+        raise ValueError(f"--init-from {init_from} is a {source!r} run and this one trains {algo!r}: "
+                         f"its agent has other parts; start from a {algo!r} run (or train {source!r})")
 
 
 def load_parts(carry: Any, run_dir: str | Path, parts: Sequence[str] | None,

@@ -676,3 +676,6 @@ def test_a_budget_splits_into_chunks_exactly_whatever_the_number_of_evaluations(
     assert chunk_ends(96, 100) == tuple(range(1, 97))  # more evaluations than iterations: one each
     with pytest.raises(ValueError, match="num_evals must be >= 1, got 0"):
         chunk_ends(8, 0)
+    for done in (8, 10, -1):  # a finished run has no next chunk (it would overrun or never end)
+        with pytest.raises(ValueError, match=f"no chunk starts after {done} of 8 iterations"):
+            iterations_to_next(chunk_ends(8, 3), done)

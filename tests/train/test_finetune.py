@@ -106,6 +106,7 @@ def test_finetuning_loads_everything_but_alpha_and_reports_the_model(pretrained,
     assert record["algo"] == "finetune" and record["init_from"]["parts"] == list(
         __import__("jaxrl.train.finetune", fromlist=["x"]).FINETUNE_PARTS)
     assert rows[-1]["env_steps"] == FT.prefill + 2 * EPOCH  # real steps only
+    assert "solver_limit_hits" in rows[0] and "critic_loss" not in rows[0]  # the prefill's row: counters
     # the target env took the pretraining config's env changes (`FinetuneConfig.env_overrides`)
     assert record["env_kwargs"] == {"vision": False}
     last = rows[-1]
