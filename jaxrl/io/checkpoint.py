@@ -262,6 +262,11 @@ class CheckpointManager:
             raise refused
         self._claimed = True
 
+    @property
+    def lock_path(self) -> Path:
+        """The writer's lock file (`claim`)."""
+        return self.directory / _LOCK
+
     def release(self) -> None:
         """Give up the writer's lock (another process may then write here)."""
         lock, self._lock, self._claimed = getattr(self, "_lock", None), None, False

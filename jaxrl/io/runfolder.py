@@ -130,8 +130,10 @@ def write_record(run_dir: str | Path, record: dict) -> None:
     write_text_atomic(out / "config.json", json.dumps(record, indent=1))
 
 
-def claim(out: Path, overwrite: bool) -> None:
-    """Refuse a folder that already holds a run unless ``overwrite``; then remove that run's files."""
+def claim(out: Path, overwrite: bool, keep: tuple = ()) -> None:
+    """Refuse a folder that already holds a run unless ``overwrite``; then remove that run's files,
+    but not the paths in ``keep`` (the writer's lock file the new run already holds: deleting it
+    would let another process lock a new file at its path)."""
     out = Path(out)
     if not ((out / "config.json").exists() or (out / "checkpoints").exists()):
         return
@@ -142,6 +144,13 @@ def claim(out: Path, overwrite: bool) -> None:
             f"{out} already holds a run ({', '.join(existing)}). Continue it with `jaxrl resume {out}`, "
             "train into a new folder, or pass overwrite=True (CLI: --overwrite) to delete that run first."
         )
+    kept = {Path(k).absolute() for k in keep}
     for name in existing:
         path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        inside = [k for k in kept if path.absolute() in k.parents]
+        if inside:  # a folder holding a kept file: everything else in it goes
+            for child in path.iterdir():
+                if child.absolute() not in kept:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif path.absolute() not in kept:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -41,7 +41,6 @@ import envs
 from envs.wrappers import VecEnv
 from jaxrl.io import runfolder
 from jaxrl.io.checkpoint import CheckpointError, CheckpointManager, file_sha256
-from jaxrl.io.checkpoint import writer_absent as checkpoint_writer_absent
 from jaxrl.train import parallel, registry
 from jaxrl.train.loop import notice
 
@@ -378,19 +377,16 @@ def train(
     _preflight(loop)
     if init_from is not None:  # a layout mismatch is refused before anything compiles
         load_parts(jax.eval_shape(loop._lift(loop._init), loop._keys()), init_from, init_parts, check_only=True)
-    if out_dir is not None and overwrite and primary:
-        # Only now, when every request has been checked: a refused run leaves the old one intact,
-        # and so does a run still training there (its writer's lock).
-        checkpoint_writer_absent(Path(out_dir))
-        runfolder.claim(Path(out_dir), True)
     carry = loop.init_carry()
     if init_from is not None:
         carry, record["init_from"] = load_parts(carry, init_from, init_parts)
     # how the run is checkpointed and logged: its resume keeps it (information, not identity)
     record["session"] = {"checkpoint_every_s": float(checkpoint_every_s), "keep_last": int(keep_last),
                          "save_buffer": bool(save_buffer), "tensorboard": bool(tensorboard)}
+    # `overwrite` deletes the old run only now, when every request has been checked (a refused
+    # run leaves it intact) and under the writer's lock (a run still training there is refused)
     session = _Session(loop, record, train_env, out_dir, progress, checkpoint_every_s,
-                       keep_last, save_buffer, progress_fn, tensorboard, wandb)
+                       keep_last, save_buffer, progress_fn, tensorboard, wandb, overwrite=overwrite)
     try:  # the folder's writer now (its lock): its files go in
         if dataset_env is not None and primary:
             keep_resets(dataset_env, out_dir, env_kwargs)
@@ -571,7 +567,7 @@ class _Session:
     """Drives a loop to the end of its budget: metrics, checkpoints, progress bar, summary."""
 
     def __init__(self, loop, record, env, out_dir, progress, checkpoint_every_s,
-                 keep_last, save_buffer, progress_fn, tensorboard, wandb):
+                 keep_last, save_buffer, progress_fn, tensorboard, wandb, overwrite=False):
         self.loop, self.record = loop, record
         self.out = Path(out_dir) if out_dir is not None else None
         self.metadata = metadata(record, env)
@@ -590,6 +586,8 @@ class _Session:
             self.ckpt.claim()
             if jax.process_index() == 0:  # one metrics file, one TensorBoard, one W&B run
                 try:
+                    if overwrite:  # the old run goes while this one holds the lock (not before)
+                        runfolder.claim(self.out, True, keep=(self.ckpt.lock_path,))
                     self.logger = MetricsLogger(self.out, tensorboard=tensorboard, wandb=wandb,
                                                 config=self.metadata)
                 except BaseException:

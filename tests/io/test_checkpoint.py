@@ -296,7 +296,7 @@ def test_one_writer_per_folder_and_readers_never_touch_a_save_in_progress(tmp_pa
                        r".*: two runs writing one folder would mix their checkpoints"):
         second.save(3, make_state(3), META, force=True)
     with pytest.raises(CheckpointError, match="is writing checkpoints into"):
-        writer_absent(tmp_path)  # what `train(..., overwrite=True)` asks first
+        writer_absent(tmp_path)  # a reader asking whether a run writes here
     assert second.steps() == [1] and in_progress.exists()
     writer.release()
     writer_absent(tmp_path)

@@ -679,3 +679,39 @@ def test_a_budget_splits_into_chunks_exactly_whatever_the_number_of_evaluations(
     for done in (8, 10, -1):  # a finished run has no next chunk (it would overrun or never end)
         with pytest.raises(ValueError, match=f"no chunk starts after {done} of 8 iterations"):
             iterations_to_next(chunk_ends(8, 3), done)
+
+
+def test_overwrite_deletes_the_old_run_while_holding_the_writers_lock(runs, tmp_path, monkeypatch):
+    """``overwrite=True`` takes the folder's writer lock, then deletes the old run (keeping the
+    lock file it holds): a run still writing there is refused with its files intact, and no other
+    writer can start between the check and the deletion (before stop 51: check, delete, then lock)."""
+    import json
+    import shutil
+
+    from jaxrl.io import runfolder
+    from jaxrl.io.checkpoint import CheckpointError, CheckpointManager, writer_absent
+
+    out = tmp_path / "old"
+    shutil.copytree(runs["flashsac", 3][0], out)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    other = CheckpointManager(out)
+    other.claim()  # a run still writing there
+    with pytest.raises(CheckpointError, match="is writing checkpoints into"):
+        _train("flashsac", 3, out_dir=out, overwrite=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before and (out / "config.json").exists()
+    other.release()
+    real, held = runfolder.claim, []
+
+    def claim(path, overwrite, keep=()):
+        if overwrite:  # the deletion runs with this run's lock already taken
+            with pytest.raises(CheckpointError, match="is writing checkpoints into"):
+                writer_absent(path)
+            held.append(keep)
+        return real(path, overwrite, keep)
+
+    monkeypatch.setattr(runfolder, "claim", claim)
+    (out / "metrics.jsonl").write_text('{"env_steps": -1}\n')  # the old run's rows, to be replaced
+    _, rows = _train("flashsac", 3, out_dir=out, overwrite=True)
+    assert held and held[0][0].name == ".writer.lock"
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in logged] == [r["env_steps"] for r in rows] and logged[0]["env_steps"] > 0

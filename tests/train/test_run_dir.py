@@ -78,3 +78,12 @@ def test_a_run_on_a_vecenv_records_how_to_rebuild_it_and_evaluates_on_the_same_t
     assert run.recorded_env_kwargs(VecEnv(env.env, 4, 7), quiet=True) == {}  # no run folder: no notice
     assert "cannot rebuild it" not in capsys.readouterr().err
     assert envs.make("CartpoleBalance", randomization_fn=lambda m, k: (m, None)).make_kwargs is None
+
+
+def test_overwrite_keeps_the_lock_file_its_new_writer_holds(tmp_path):
+    _fake_run(tmp_path)
+    lock = tmp_path / "checkpoints" / ".writer.lock"
+    lock.write_text("process 1")
+    runfolder.claim(tmp_path, overwrite=True, keep=(lock,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.txt"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [".writer.lock"]
