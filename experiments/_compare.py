@@ -102,6 +102,17 @@ def brax_network(kw: dict) -> dict:
     return net | dict(factory.keywords)
 
 
+def brax_sac_steps(steps: int, num_envs: int, min_buffer: int, num_evals: int) -> int:
+    """Env steps Brax's ``sac.train`` really takes when asked for ``steps`` with ``num_evals``
+    evaluations after its first (`run_brax`): its prefill in whole vector steps, then training
+    rounded up to whole epochs of vector steps (brax/training/agents/sac/train.py).  Our run is
+    given this budget (it splits a budget exactly since stop 51), so both end at the same env step:
+    40,000 asked with 16 envs, 5 evaluations and a 2,048 prefill is 40,048 for both."""
+    prefill = -(-min_buffer // num_envs) * num_envs
+    per_epoch = -(-(steps - prefill) // (max(num_evals, 1) * num_envs))
+    return prefill + max(num_evals, 1) * per_epoch * num_envs
+
+
 def run_brax(task: str, cfg, steps: int, seed: int, num_evals: int) -> dict:
     """Brax's ``sac.train`` with Playground's config for ``task``, but num_envs, batch size,
     updates per env step and replay sizes from ``cfg`` and `EVAL_ENVS` eval envs."""

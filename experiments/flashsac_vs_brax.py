@@ -21,11 +21,13 @@ def main() -> None:
     a = _compare.parse_args(__doc__, ["CartpoleSwingup", "CheetahRun", "CartpoleBalance"], 100_000,
                             "experiments/results/flashsac_vs_brax_cpu")
     cfg = flashsac.FlashSACConfig.cpu()
-    results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, flashsac_config="FlashSACConfig.cpu()"),
+    equal = _compare.brax_sac_steps(a.steps, cfg.num_envs, cfg.min_buffer, a.num_evals)  # both end here
+    results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, flashsac_config="FlashSACConfig.cpu()",
+                                     equal_env_steps=equal),
                "tasks": {}}
     _compare.compare_tasks(
         a.tasks, "flashsac", "FlashSAC",
-        lambda task: _compare.run_ours(flashsac.train, task, cfg, a.steps, a.seed, a.num_evals),
+        lambda task: _compare.run_ours(flashsac.train, task, cfg, equal, a.seed, a.num_evals),
         lambda task: _compare.run_brax(task, cfg, a.steps, a.seed, a.num_evals),
         results, a.out)
 

@@ -104,14 +104,16 @@ def compare_seeds(a, cfg: sac.SACConfig) -> None:
     from jaxrl.train.loop import confidence_interval
 
     k = a.seeds
+    equal = _compare.brax_sac_steps(a.steps, cfg.num_envs, cfg.min_buffer, a.num_evals)  # both end here
     results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, seeds=k, num_evals=a.num_evals,
-                                     sac_config=config_name(a), sac_settings=dataclasses.asdict(cfg)),
+                                     sac_config=config_name(a), sac_settings=dataclasses.asdict(cfg),
+                                     equal_env_steps=equal),
                "tasks": {}}
     curves = {}
     for task in a.tasks:
         earlier = earlier_brax(a.brax_from, a, cfg, task) if a.brax_from else None
         t0 = time.perf_counter()
-        _, ours = sac.train(task, cfg, steps=a.steps, seed=a.seed, seeds=k, num_evals=a.num_evals, progress=False)
+        _, ours = sac.train(task, cfg, steps=equal, seed=a.seed, seeds=k, num_evals=a.num_evals, progress=False)
         ours_wall = time.perf_counter() - t0
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         t0, brax_runs = time.perf_counter(), []
@@ -157,12 +159,14 @@ def main() -> None:
         raise SystemExit("--brax-from reads an earlier --seeds K run: give --seeds K (K >= 2) as well")
     if a.seeds > 1:
         return compare_seeds(a, cfg)
+    equal = _compare.brax_sac_steps(a.steps, cfg.num_envs, cfg.min_buffer, a.num_evals)  # both end here
     results = {"meta": _compare.meta(steps=a.steps, seed=a.seed, num_evals=a.num_evals,
-                                     sac_config=config_name(a), sac_settings=dataclasses.asdict(cfg)),
+                                     sac_config=config_name(a), sac_settings=dataclasses.asdict(cfg),
+                                     equal_env_steps=equal),
                "tasks": {}}
     _compare.compare_tasks(
         a.tasks, "sac", "jaxrl SAC",
-        lambda task: _compare.run_ours(sac.train, task, cfg, a.steps, a.seed, a.num_evals),
+        lambda task: _compare.run_ours(sac.train, task, cfg, equal, a.seed, a.num_evals),
         lambda task: _compare.run_brax(task, cfg, a.steps, a.seed, a.num_evals),
         results, a.out, extra=extra(cfg))
 

@@ -135,7 +135,7 @@ class TrainArgs:
     out: Annotated[str, _help("run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json")] = "runs/latest"
     overwrite: Annotated[bool, _help("delete a run already in --out first (else refuse: use `jaxrl resume`)")] = False
     preset: Annotated[str, _help("config preset the --config.* overrides apply to (choices: see usage)")] = "cpu"
-    num_evals: Annotated[int, _help("evaluations over the run, each a metrics row and eval-return point (an off-policy run's warm-up adds a row)")] = 10
+    num_evals: Annotated[int, _help("evaluations over the run, each a metrics row and eval-return point (off-policy runs add one after their warm-up)")] = 10
     checkpoint_every_s: Annotated[float, _help("seconds between checkpoints (one at the end always)")] = 600.0
     init_from: Annotated[str | None, _help("start from another run's agent (its newest verified checkpoint)")] = None
     init_parts: Annotated[str | None, _help("with --init-from: comma-separated agent parts, e.g. actor,critic; None: all of them")] = None

@@ -704,7 +704,8 @@ def policy_layers(state: FlashSACState, cfg: FlashSACConfig) -> list[dict]:
 
     Ops (applied in order to x = obs["state"] [B, D]): affine (folded eval-mode BatchNorm),
     dense (unit kernels; the mean head adds its free bias), relu, push / add_pop (residual),
-    rmsnorm, tanh.
+    rmsnorm, tanh; first of all ``round_bf16`` when replay stores bfloat16 observations
+    (`replay.as_stored`).
     """
     p = jax.tree.map(lambda x: np.asarray(x, np.float32), state.actor_params)
     s = jax.tree.map(lambda x: np.asarray(x, np.float32), state.actor_stats)

@@ -496,7 +496,8 @@ def policy_layers(state: SACState, cfg: SACConfig) -> list[dict]:
     """The deterministic policy tanh(mean(norm(obs[actor_obs_key]))) as export ops, in float32:
     the normaliser as two affines, x − mean then × 1/std (as one, x·(1/std) − mean/std, a feature
     with a large mean and a tiny std, e.g. gravity at 9.81 ± 1e-7, loses its value to rounding),
-    dense + ``cfg.activation`` per hidden layer, the mean half of the output layer, tanh."""
+    dense + ``cfg.activation`` per hidden layer, the mean half of the output layer, tanh; first of
+    all ``round_bf16`` when replay stores bfloat16 observations (`replay.as_stored`)."""
     f32 = lambda x: np.asarray(x, np.float32)
     # bfloat16 replay: the policy learned from (and acts on) rounded observations (`replay.as_stored`)
     ops: list[dict] = [{"op": "round_bf16"}] if cfg.replay_obs_dtype == "bfloat16" else []

@@ -205,9 +205,10 @@ class FinetuneLoop(HostLoop):
         self.prefill_iters = math.ceil(cfg.prefill / env.num_envs)
         self.epoch_iters = math.ceil(cfg.real_steps_per_epoch / env.num_envs)
         # The budget is real steps, the number finetuning is judged by: exactly ``epochs`` epochs
-        # (rounding the epochs up to a multiple of ``num_evals``, as the other loops round
-        # iterations, overran it by up to a quarter), in min(num_evals, epochs) chunks whose
-        # sizes differ by at most one epoch; a chunk's length is an argument of its program.
+        # (rounding the epochs up to a multiple of ``num_evals``, as every loop did before stop
+        # 51, overran it by up to a quarter), in min(num_evals, epochs) chunks whose sizes differ
+        # by at most one epoch (`loop.chunk_ends`' rule, in epochs); a chunk's length is an
+        # argument of its program.
         chunks = min(num_evals, epochs)
         self.chunk_ends = [(k + 1) * epochs // chunks for k in range(chunks)]  # epochs after chunk k
         self.total_iters = self.prefill_iters + epochs * self.epoch_iters

@@ -79,7 +79,7 @@ class OffPolicySettings:
     updates_per_step: int  # gradient steps per vector env step (UTD = this / num_envs)
     buffer_size: int  # replay capacity in transitions
     min_buffer: int  # warm-up transitions collected before the first update
-    num_evals: int = 10  # evaluations over the run (at most one per iteration); rows: these, plus the warm-up's
+    num_evals: int = 10  # evaluations over the training part (at most one per iteration), plus one after the warm-up
     learner_precision: str | None = None  # matmul precision of the updates (None: JAX's default)
     # True: ONE uniform sample of batch_size x updates_per_step rows per iteration, reshaped to
     # [updates, batch] and scanned (Brax / LIFT SAC); False: a fresh sample per update (FlashSAC).
@@ -161,7 +161,7 @@ class OffPolicyLoop(HostLoop):
         spec = env.spec.obs
         self._state_prefix = (spec["state"].shape[-1] if getattr(env, "state_in_privileged", False)
                               and "privileged_state" in spec else None)
-        # the budget, not its rounding to whole chunks (which depends on the number of evaluations)
+        # the budget (in whole vector steps; the number of evaluations does not enter)
         budget = max(1, math.ceil(settings.total_steps / env.num_envs))
         self.quick_if_short(budget * env.num_envs,
                             (budget - self.warmup_iters) * settings.updates_per_step * settings.batch_size)

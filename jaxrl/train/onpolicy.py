@@ -98,7 +98,8 @@ class OnPolicyLoop(HostLoop):
         self.cfg = cfg
         iters = math.ceil(steps / cfg.batch_size)
         self.chunk_ends, self.total_iters = chunk_ends(iters, num_evals), iters
-        # the budget, not its rounding to whole chunks; every epoch passes over the whole batch
+        # the budget (whole iterations; the number of evaluations does not enter); every epoch
+        # passes over the whole batch
         self.quick_if_short(iters * cfg.batch_size, iters * cfg.num_epochs * cfg.batch_size)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
         def act(state, obs, key):  # evaluation acts at the learner's precision, as its rollouts do

@@ -319,7 +319,8 @@ def train(
     ``out_dir`` must not already hold a run: its checkpoints would mix with this run's (resume and
     export pick the newest step of either).  Continue it with `resume`, or pass ``overwrite=True``
     to delete that run's files (only the files a run writes) once every request (devices, seeds,
-    memory, ``init_from``'s layout) has been checked, before the first compile.
+    memory, ``init_from``'s layout) has been checked and under the folder's writer lock (after
+    the fresh carry is built, before the first chunk).
 
     ``init_from`` (a run folder) loads the agent subtrees named by ``init_parts`` (agent fields or
     their prefixes, e.g. ``actor`` = actor_params, actor_stats, actor_opt; default: the whole
