@@ -80,17 +80,12 @@ def _help(text: str):
     return tyro.conf.arg(help=text)
 
 
-def _run_dir_arg(text: str):
-    """The run folder, positional anywhere on the command line (`jaxrl eval --episodes 3 runs/x`)."""
+def _run_dir(text: str):
+    """The type of a run-folder argument: positional anywhere on the command line
+    (`jaxrl eval --episodes 3 runs/x`), shown as RUN_DIR."""
     import tyro
 
-    return tyro.conf.arg(metavar="RUN_DIR", help=text)
-
-
-def _positional():
-    import tyro
-
-    return tyro.conf.Positional
+    return Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR", help=text)]
 
 
 def _also(*names: str):
@@ -240,7 +235,7 @@ def train_cmd(argv: list[str]) -> None:
 class FinetuneArgs:
     """World-model finetuning of a pretrained `sac` run (RUN_DIR) on a target task."""
 
-    run_dir: Annotated[str, _positional(), _run_dir_arg("the pretraining run (`jaxrl train sac ...`)")]
+    run_dir: _run_dir("the pretraining run (`jaxrl train sac ...`)")
     env: Annotated[str, _help("target task, e.g. CartpoleBalanceHeavyPole (see `jaxrl list-envs --source jaxrl`)")] = "CartpoleBalanceHeavyPole"
     real_steps: Annotated[int, _help("budget of REAL env steps (prefill included); the target env runs only tanh(μ)")] = 5_000
     out: Annotated[str, _help("run folder of the finetuning run")] = "runs/finetune"
@@ -321,7 +316,7 @@ def _peek(Args, rest: list[str]):
 class ResumeArgs:
     """Continue a run from its newest verified checkpoint (from step 0 if it has none yet)."""
 
-    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder to continue")]
+    run_dir: _run_dir("the run folder to continue")
     devices: int | None = None  # data parallel over N devices; need not be the count it trained on
     progress: bool = True  # live progress bar
     verbose: bool = False  # show the simulators' raw console messages
@@ -331,7 +326,7 @@ class ResumeArgs:
 class ExportArgs:
     """Export the deterministic policy of a run for deployment."""
 
-    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder whose policy to export")]
+    run_dir: _run_dir("the run folder whose policy to export")
     format: Literal["onnx", "npz"] | None = None  # default: --out's suffix, else onnx
     out: str | None = None  # default: RUN_DIR/policy.<format>
     checkpoint: Literal["latest", "best"] = "latest"
@@ -349,7 +344,7 @@ def export_cmd(a: ExportArgs) -> Path:
 class EvalArgs:
     """Evaluate a run's deterministic policy on fresh episodes; optionally render a video."""
 
-    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder whose policy to evaluate")]
+    run_dir: _run_dir("the run folder whose policy to evaluate")
     episodes: int = 10  # episodes, run in parallel (one env each)
     video: str | None = None  # write a video of the first --grid episodes here (.mp4 or .gif)
     grid: int = 1  # episodes shown side by side in the video
@@ -367,7 +362,7 @@ class EvalArgs:
 class Sim2SimArgs:
     """Run the exported policy in MuJoCo C (not MJX) and report its return next to MJX's."""
 
-    run_dir: Annotated[str, _positional(), _run_dir_arg("the run folder whose policy to run")]
+    run_dir: _run_dir("the run folder whose policy to run")
     episodes: int = 3  # episodes on each simulator, same initial states
     policy: str | None = None  # policy file (.onnx/.npz) run as it is; default RUN_DIR/policy.onnx, exported when missing or stale
     checkpoint: Literal["latest", "best"] = "latest"  # which checkpoint RUN_DIR/policy.onnx must hold (re-exported otherwise); not with --policy

@@ -147,8 +147,7 @@ def claim(out: Path, overwrite: bool, keep: tuple = ()) -> None:
     kept = {Path(k).absolute() for k in keep}
     for name in existing:
         path = out / name
-        inside = [k for k in kept if path.absolute() in k.parents]
-        if inside:  # a folder holding a kept file: everything else in it goes
+        if any(path.absolute() in k.parents for k in kept):  # a folder holding a kept file: the rest goes
             for child in path.iterdir():
                 if child.absolute() not in kept:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -147,8 +147,8 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     The policy file defaults to ``RUN_DIR/policy.onnx``, exported first when missing or when its
     card names another seed, config or checkpoint than ``seed_index`` and ``which`` ask for (an
     older export, a run resumed since).  A ``policy_file`` given runs as it is: ``which`` and
-    ``seed_index``, which choose what to export, are refused beside it.  Both sides run the same file through the same runtime,
-    so the gap is the simulator's alone.  The MJX side uses the JAX implementation (the data
+    ``seed_index``, which choose what to export, are refused beside it.  Both sides run the same
+    file through the same runtime, so the gap is the simulator's alone.  The MJX side uses the JAX implementation (the data
     layout the C state is converted into) even when the run trained with MJX-Warp; observation
     and reward code are the task's either way.  ``max_gap``: the largest |relative gap| that
     passes (the report's ``passed``; the CLI exits with status 1 when it fails).
@@ -164,8 +164,8 @@ def sim2sim(run_dir: str | Path, *, episodes: int = 3, policy_file: str | Path |
     if max_gap is not None and not max_gap >= 0:
         raise ValueError(f"max_gap must be >= 0, got {max_gap}")
     if policy_file is not None and (which != "latest" or seed_index is not None):
-        asked = ", ".join(f"{k}={v!r}" for k, v in (("which", which), ("seed_index", seed_index))
-                          if (k == "which" and v != "latest") or (k == "seed_index" and v is not None))
+        asked = ", ".join([f"which={which!r}"] * (which != "latest")
+                          + [f"seed_index={seed_index!r}"] * (seed_index is not None))
         raise ValueError(f"policy_file={str(policy_file)!r} runs that file as it is, so {asked} would be ignored: "
                          "drop policy_file (CLI: --policy) to run RUN_DIR/policy.onnx, exported from the "
                          "checkpoint and seed asked for, or export that policy first (`jaxrl export`)")

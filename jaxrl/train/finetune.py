@@ -48,7 +48,16 @@ from jaxrl.algos import sac
 from jaxrl.algos import world_model as wm
 from jaxrl.data import replay
 from jaxrl.data.transition import Transition
-from jaxrl.train.loop import COUNTERS, HostLoop, chunk_counters, init_keys, repeat, skip_when
+from jaxrl.train.loop import (
+    COUNTERS,
+    HostLoop,
+    chunk_counters,
+    chunk_ends,
+    init_keys,
+    iterations_to_next,
+    repeat,
+    skip_when,
+)
 
 # The agent parts a finetuning run loads from its pretraining run: everything but α (and its
 # optimiser), which LIFT re-initialises.
@@ -206,11 +215,9 @@ class FinetuneLoop(HostLoop):
         self.epoch_iters = math.ceil(cfg.real_steps_per_epoch / env.num_envs)
         # The budget is real steps, the number finetuning is judged by: exactly ``epochs`` epochs
         # (rounding the epochs up to a multiple of ``num_evals``, as every loop did before stop
-        # 51, overran it by up to a quarter), in min(num_evals, epochs) chunks whose sizes differ
-        # by at most one epoch (`loop.chunk_ends`' rule, in epochs); a chunk's length is an
-        # argument of its program.
-        chunks = min(num_evals, epochs)
-        self.chunk_ends = [(k + 1) * epochs // chunks for k in range(chunks)]  # epochs after chunk k
+        # 51, overran it by up to a quarter), split as every loop splits its budget
+        # (`loop.chunk_ends`, here in epochs); a chunk's length is an argument of its program.
+        self.chunk_ends = list(chunk_ends(epochs, num_evals))  # epochs after each chunk
         self.total_iters = self.prefill_iters + epochs * self.epoch_iters
         # At most, per epoch: every round at rounds_max and horizon_max; each model fit at
         # max_epochs over a full real buffer (sequences of `horizon` steps).
@@ -424,4 +431,4 @@ class FinetuneLoop(HostLoop):
             carry, metrics = self.chunk(carry, 1, warm=True)
             return carry, {k: v for k, v in metrics.items() if k in COUNTERS}
         epochs = (done - self.prefill_iters) // self.epoch_iters
-        return self.chunk(carry, next(e for e in self.chunk_ends if e > epochs) - epochs)
+        return self.chunk(carry, iterations_to_next(tuple(self.chunk_ends), epochs))

@@ -86,9 +86,9 @@ class OffPolicySettings:
     sample_once: bool = False
     # Observations in replay: float32, or bfloat16 (half the memory; 3 significant digits).  The
     # agents then see bfloat16-rounded observations everywhere (acting, normaliser statistics,
-    # export: `replay.as_stored`), not only in their updates.  Where the actor's `state` is the first entries of the
-    # critic's `privileged_state` (flat tasks, Playground's locomotion tasks) only the latter is
-    # stored and `state` is sliced from it when sampling.
+    # export: `replay.as_stored`), not only in their updates.  Where the actor's `state` is the
+    # first entries of the critic's `privileged_state` (flat tasks, Playground's locomotion tasks)
+    # only the latter is stored and `state` is sliced from it when sampling.
     obs_dtype: str = "float32"
     # How the warm-up acts: "uniform" random actions within the bounds (FlashSAC; ALGORITHMS.md §2's
     # "random steps"), or "policy": the agent's own exploration with its initial parameters (Brax's
@@ -367,8 +367,9 @@ class OffPolicyLoop(HostLoop):
     def _advance(self, carry: OffPolicyCarry) -> tuple[OffPolicyCarry, dict]:
         """Warm-up (first call: the chunk program run for the warm-up iterations) or one
         training chunk."""
-        if self.counter(carry.iteration) < self.warmup_iters:  # its row: the env's counters (no
-            carry, metrics = self.chunk(carry, self.chunk_length(carry), warm=True)  # update ran)
+        if self.counter(carry.iteration) < self.warmup_iters:
+            carry, metrics = self.chunk(carry, self.chunk_length(carry), warm=True)
+            # its row: the env's counters (no update ran, so no losses)
             return carry, {k: v for k, v in metrics.items() if k in COUNTERS}
         return self.chunk(carry, self.chunk_length(carry))
 

@@ -102,6 +102,7 @@ class OnPolicyLoop(HostLoop):
         # passes over the whole batch
         self.quick_if_short(iters * cfg.batch_size, iters * cfg.num_epochs * cfg.batch_size)
         self._chunk = self.program(self._chunk_fn, carry_out=False)
+
         def act(state, obs, key):  # evaluation acts at the learner's precision, as its rollouts do
             with jax.default_matmul_precision(cfg.matmul_precision):
                 return ppo.act(state, obs, key, cfg, deterministic=True)[0]
